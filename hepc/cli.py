@@ -1,0 +1,209 @@
+"""The `hepc` command line: a thin Typer app. Results go to stdout, narration and progress to stderr.
+
+Every user-facing failure prints one located line per problem and exits 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import wraps
+from typing import Annotated, Optional
+
+import typer
+
+from hepc.errors import HepcError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="hepc: compile and run hyper-epoch pretraining (q0) populations.",
+    pretty_exceptions_enable=False,
+)
+
+SpecArg = Annotated[str, typer.Argument(help="Population spec (YAML).", show_default=False)]
+Overrides = Annotated[
+    Optional[list[str]], typer.Argument(help="key=value overrides, e.g. population.cycles=12 prior.budgets=[1,4,all]")
+]
+StoreOpt = Annotated[
+    Optional[str], typer.Option("--store", help="Store folder (default: $HEPC_STORE, runtime.store, or runs/).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def user_errors(fn):
+    """Turn HepcError into located messages + exit 2, and Ctrl-C into exit 130, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HepcError as e:
+            for p in e.problems:
+                _err(f"error: {p}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            _err("interrupted: finished steps are committed; `hepc run` resumes")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def _load(spec: str, overrides, *, strict_data: bool = False):
+    from hepc.compile import compile_spec
+    from hepc.spec.load import load_spec
+
+    loaded = load_spec(spec, overrides or [])
+    return loaded, compile_spec(loaded, strict_data=strict_data)
+
+
+def _store(cli_value: Optional[str], loaded):
+    from hepc.store import Store, resolve_store_path
+
+    return Store(resolve_store_path(cli_value, loaded.spec.runtime.store))
+
+
+def _warn(compiled) -> None:
+    for w in compiled.warnings:
+        _err(f"warning: {w}")
+
+
+@app.command()
+@user_errors
+def validate(spec: SpecArg, overrides: Overrides = None) -> None:
+    """Check a spec (and overrides) without running anything."""
+    loaded, compiled = _load(spec, overrides)
+    _warn(compiled)
+    t = compiled.totals
+    print(
+        f"{spec}: ok ({len(compiled.graph)} steps, {t['members']} snapshots, {t['epochs']:g} epochs, "
+        f"{t['params']:,} parameters)"
+    )
+
+
+@app.command()
+@user_errors
+def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Show what `hepc run` would do: each step cached (=), new (+), resumable (~) or failed before (!)."""
+    from hepc.plan import SYMBOLS, make_plan
+
+    loaded, compiled = _load(spec, overrides)
+    _warn(compiled)
+    the_plan = make_plan(compiled, _store(store, loaded))
+    if json_out:
+        print(json.dumps(the_plan.to_json(), indent=1))
+        return
+    e = compiled.spec.population.epochs_per_cycle
+    lines = []
+    for s in the_plan.steps:
+        extra = f"  {e:g} epochs" if s.step.kind == "cycle" else ""
+        detail = f"  ({s.detail})" if s.detail else ""
+        lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<22} {s.step.key12}{extra}{detail}")
+    print("\n".join(lines))
+    print(the_plan.summary_line())
+
+
+@app.command()
+@user_errors
+def run(
+    spec: SpecArg,
+    overrides: Overrides = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Run every step that is not in the store yet, then print the results."""
+    from hepc.plan import make_plan
+    from hepc.results import collect, render
+
+    t0 = time.time()
+    loaded, compiled = _load(spec, overrides, strict_data=True)
+    the_store = _store(store, loaded)
+    the_plan = make_plan(compiled, the_store)
+    if not quiet:
+        _err(the_plan.summary_line())
+    from hepc.execute.driver import execute
+
+    runtime = loaded.spec.runtime.model_dump()
+    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet)
+    results = collect(compiled, the_store)
+    if json_out:
+        print(json.dumps(results, indent=1))
+    else:
+        render(results, _stdout())
+    if not quiet:
+        _err(f"done in {time.time() - t0:.1f}s (store: {the_store.root})")
+
+
+@app.command()
+@user_errors
+def results(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Print a finished population's members, ensembles and loss curve."""
+    from hepc.results import collect, render
+
+    loaded, compiled = _load(spec, overrides)
+    res = collect(compiled, _store(store, loaded))
+    if json_out:
+        print(json.dumps(res, indent=1))
+    else:
+        render(res, _stdout())
+
+
+@app.command()
+@user_errors
+def diff(
+    spec_a: Annotated[str, typer.Argument(help="First spec.")],
+    spec_b: Annotated[str, typer.Argument(help="Second spec.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Changed fields (old → new) and the steps two specs share or not, by kind."""
+    from hepc.diff import diff as diff_specs
+
+    la, ca = _load(spec_a, [])
+    lb, cb = _load(spec_b, [])
+    d = diff_specs(la, ca, lb, cb)
+    if json_out:
+        print(json.dumps(d, indent=1))
+        return
+    if not d["changed"]:
+        print("no field differs")
+    for c in d["changed"]:
+        print(f"~ {c['field']}: {json.dumps(c['old'])} → {json.dumps(c['new'])}")
+    kinds = sorted(set(d["steps"]["shared"]) | set(d["steps"]["only_a"]) | set(d["steps"]["only_b"]))
+    for k in kinds:
+        print(
+            f"  {k:<6} shared {d['steps']['shared'].get(k, 0):>5}   only in A {d['steps']['only_a'].get(k, 0):>5}"
+            f"   only in B {d['steps']['only_b'].get(k, 0):>5}"
+        )
+    ep = d["epochs"]
+    print(
+        f"epochs: A {ep['a']:g}, B {ep['b']:g}; running B after A trains {ep['only_b']:g} epochs "
+        f"({ep['only_a']:g} of A's are not reused)"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of a population spec."""
+    from hepc.spec.models import Spec
+
+    print(json.dumps(Spec.model_json_schema(), indent=1))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

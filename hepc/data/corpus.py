@@ -1,0 +1,97 @@
+"""Build a corpus: tokenize a source's shuffled documents and carve val, heldout and train.
+
+Documents are taken in order and each split is filled in turn: val (val_tokens), then heldout
+(heldout_tokens), then train (train_tokens - heldout_tokens: heldout is carved out of the train
+budget and never trained on). The document that crosses a split's size is cut so the split is
+exact, and the rest of it is dropped, so no document (or part of one) is in two splits. Because
+val and heldout come first, a larger train_tokens keeps val and heldout and extends train.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hepc.data import synthetic
+from hepc.data.identity import DataError, source_identity
+from hepc.data.sources import iter_documents
+from hepc.data.tokenizers import make_tokenizer, token_dtype
+
+SPLITS = ("val", "heldout", "train")
+
+
+def build_corpus(
+    source_cfg: dict,
+    tokenizer_cfg: dict,
+    *,
+    train_tokens: int,
+    val_tokens: int,
+    heldout_tokens: int,
+    seed: int,
+    base_dir: Path,
+    out_dir: Path,
+) -> dict:
+    """Write train/heldout/val token arrays, train_docs offsets and meta.json to out_dir; return the meta."""
+    _check_sizes(train_tokens, val_tokens, heldout_tokens)
+    tokenizer = make_tokenizer(tokenizer_cfg)
+    identity = source_identity(source_cfg, Path(base_dir))
+    documents = (tokenizer.encode(doc) for doc in iter_documents(source_cfg, Path(base_dir), seed))
+    targets = {"val": val_tokens, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
+
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    seen_tokens = dropped = 0
+    for name in SPLITS:
+        filled = 0
+        while filled < targets[name]:
+            doc = next(documents, None)
+            if doc is None:
+                raise DataError(
+                    f"the source has only {seen_tokens:,} tokens; the splits need "
+                    f"{val_tokens + train_tokens:,} (val {val_tokens:,} + train {train_tokens:,}, heldout included in train) "
+                    f"plus the {dropped:,} dropped where documents were cut at split ends",
+                    "data.train_tokens",
+                )
+            seen_tokens += len(doc)
+            piece = doc[: targets[name] - filled]
+            dropped += len(doc) - len(piece)
+            pieces[name].append(piece)
+            filled += len(piece)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    arrays = {name: np.concatenate(pieces[name]).astype(dtype, copy=False) if pieces[name] else np.zeros(0, dtype) for name in SPLITS}
+    for name in SPLITS:
+        np.save(out_dir / f"{name}.npy", arrays[name])
+    lengths = np.array([len(p) for p in pieces["train"]], dtype=np.int64)
+    np.save(out_dir / "train_docs.npy", np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths)
+
+    token_bytes = tokenizer.token_bytes
+    n_bytes = {name: int(token_bytes[arrays[name]].sum()) for name in SPLITS}
+    meta = {
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "tokenizer": tokenizer.config,
+        "seed": seed,
+        "tokens": {name: int(arrays[name].size) for name in SPLITS},
+        "bytes": n_bytes,
+        "bytes_per_token": {name: (n_bytes[name] / arrays[name].size if arrays[name].size else None) for name in SPLITS},
+        "documents": {name: len(pieces[name]) for name in SPLITS},
+        "tokens_dropped": dropped,
+        "source": identity,
+    }
+    if source_cfg.get("kind") == "synthetic":
+        meta.update(synthetic.entropy_meta(source_cfg))
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _check_sizes(train_tokens: int, val_tokens: int, heldout_tokens: int) -> None:
+    for field, value in (("train_tokens", train_tokens), ("val_tokens", val_tokens), ("heldout_tokens", heldout_tokens)):
+        if int(value) != value or value < 0:
+            raise DataError(f"must be a non-negative integer (got {value})", f"data.{field}")
+    if heldout_tokens >= train_tokens:
+        raise DataError(f"must be < train_tokens (got {heldout_tokens} >= {train_tokens})", "data.heldout_tokens")

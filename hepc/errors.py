@@ -1,0 +1,43 @@
+"""User-facing errors: each carries one located message per problem and maps to exit code 2."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in user input: where it is (``file:line:col`` or a label) and what is wrong."""
+
+    where: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        head = f"{self.where}: " if self.where else ""
+        field = f"{self.path}: " if self.path else ""
+        return f"{head}{field}{self.message}"
+
+
+class HepcError(Exception):
+    """Any failure the user can act on. The CLI prints each problem on one line and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem] | str):
+        if isinstance(problems, str):
+            problems = [Problem("", "", problems)]
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class SpecError(HepcError):
+    """The spec (or an override) is malformed or inconsistent."""
+
+
+class StoreError(HepcError):
+    """The store is unreadable, corrupted or locked in a way the user must resolve."""
+
+
+class StepFailed(HepcError):
+    """A step body raised; finished steps stay committed."""

@@ -1,0 +1,71 @@
+"""Read a population's results back from the store: members, top-K ensembles, the loss curve."""
+
+from __future__ import annotations
+
+import json
+
+from hepc.compile import Compiled
+from hepc.errors import HepcError
+from hepc.store import Store
+
+
+def collect(compiled: Compiled, store: Store) -> dict:
+    """The results of a compiled spec; raises if its prior/curve steps have not run yet."""
+    graph = compiled.graph
+    prior_dir = store.find(graph[compiled.prior_key])
+    curve_dir = store.find(graph[compiled.curve_key])
+    if prior_dir is None or curve_dir is None:
+        raise HepcError(
+            f"no results yet for spec '{compiled.spec.name}' in store {store.root} "
+            f"(run `hepc run` first; `hepc plan` shows what is missing)"
+        )
+    prior = json.loads((prior_dir / "prior.json").read_text())
+    curve = json.loads((curve_dir / "curve.json").read_text())
+    members = prior["members"]
+    best_single = min(members, key=lambda m: m["val_loss"])
+    best_ensemble = min(prior["ensembles"], key=lambda e: e["val_loss"])
+    corpus_dir = store.find(graph[compiled.corpus_key])
+    corpus = store.manifest(corpus_dir)["summary"] if corpus_dir else {}
+    return {
+        "spec": compiled.spec.name,
+        "budget_epochs": compiled.totals["epochs"],
+        "prior": prior["prior"],
+        "fit": prior["fit"],
+        "members": members,
+        "ensembles": prior["ensembles"],
+        "curve": curve["points"],
+        "best_single": {k: best_single[k] for k in ("trajectory", "cycle", "val_loss", "val_bpb")},
+        "best_ensemble": {k: best_ensemble[k] for k in ("k", "k_label", "val_loss", "val_bpb")},
+        "corpus": corpus,
+    }
+
+
+def render(results: dict, console) -> None:
+    """Print the results tables with rich (to stdout)."""
+    from rich.table import Table
+
+    members = Table(title=f"{results['spec']}: members (val loss, nats/token)")
+    for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
+        members.add_column(col, justify="right")
+    for m in results["members"]:
+        members.add_row(
+            str(m["trajectory"]), str(m["cycle"]), f"{m['cost_epochs']:g}", f"{m['weight']:.3f}",
+            f"{m['val_loss']:.4f}", f"{m['val_bpb']:.4f}",
+        )
+    console.print(members)
+
+    ens = Table(title=f"ensembles ({results['prior']['kind']} prior, weighted probability averaging)")
+    for col in ("K", "val loss", "val bpb", "vs best single"):
+        ens.add_column(col, justify="right")
+    best = results["best_single"]["val_loss"]
+    ens.add_row("1 (best single)", f"{best:.4f}", f"{results['best_single']['val_bpb']:.4f}", "")
+    for e in results["ensembles"]:
+        label = f"{e['k']}" + (" (all)" if e["k_label"] == "all" else "")
+        ens.add_row(label, f"{e['val_loss']:.4f}", f"{e['val_bpb']:.4f}", f"{e['val_loss'] - best:+.4f}")
+    console.print(ens)
+    b = results["best_ensemble"]
+    console.print(
+        f"budget {results['budget_epochs']:g} epochs: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "
+        f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats); "
+        f"prior fit on held-out {results['fit']['nll']:.4f} vs uniform {results['fit']['uniform_nll']:.4f}"
+    )

@@ -1,0 +1,355 @@
+"""Read a spec: YAML (ruamel, YAML 1.2, locations kept) + `key=value` overrides → validated `Spec`.
+
+Every problem is reported as `file:line:col: dotted.path: message`; nothing is raised but
+`SpecError`, which carries one `Problem` per finding.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from hepc.errors import Problem, SpecError
+from hepc.spec.checks import consistency_problems
+from hepc.spec.models import Spec
+
+Path_ = tuple  # a path into the spec tree: ("population", "cycles") or ("prior", "budgets", 2)
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec with where it came from."""
+
+    spec: Spec
+    path: Path
+    overrides: tuple[str, ...] = ()
+    raw: dict = field(default_factory=dict, compare=False)
+    locations: dict = field(default_factory=dict, compare=False)
+
+    def where(self, dotted_path: str) -> str:
+        """`file:line:col` of a dotted path such as `data.source.paths[1]` (or of its nearest parent)."""
+        return locate(parse_dotted(dotted_path), self.locations, str(self.path))
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def parse_dotted(text: str) -> Path_:
+    """`data.source.paths[1]` → ("data", "source", "paths", 1)."""
+    out: list = []
+    for part in text.split("."):
+        name, _, rest = part.partition("[")
+        if name:
+            out.append(name)
+        for idx in rest.replace("]", "").split("[") if rest else []:
+            out.append(int(idx) if idx.isdigit() else idx)
+    return tuple(out)
+
+
+def dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- YAML → plain data + locations
+
+
+class _Plain:
+    """Converts ruamel round-trip nodes into dict/list/scalars, recording each path's location."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.locations: dict[Path_, str] = {}
+        self.problems: list[Problem] = []
+
+    def at(self, line: int, col: int) -> str:
+        return f"{self.filename}:{line + 1}:{col + 1}"
+
+    def convert(self, node: Any, path: Path_) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for k in node:
+                line, col = node.lc.key(k) if hasattr(node, "lc") else (0, 0)
+                where = self.at(line, col)
+                if not isinstance(k, str):
+                    self.problems.append(Problem(where, dotted(path), f"keys must be strings (got {k!r})"))
+                    continue
+                self.locations[path + (k,)] = where
+                out[k] = self.convert(node[k], path + (k,))
+            return out
+        if isinstance(node, list):
+            out_list = []
+            for i, item in enumerate(node):
+                if hasattr(node, "lc"):
+                    line, col = node.lc.item(i)
+                    self.locations[path + (i,)] = self.at(line, col)
+                out_list.append(self.convert(item, path + (i,)))
+            return out_list
+        if node is None or isinstance(node, (bool, int, float, str)):
+            # ruamel returns str/int/float subclasses (ScalarFloat, …); keep plain types for strict models.
+            if isinstance(node, bool) or node is None:
+                return node
+            for t in (int, float, str):
+                if isinstance(node, t):
+                    return t(node)
+        if isinstance(node, (_dt.date, _dt.datetime)):
+            return str(node)  # a string field will accept it; anything else reports a type error
+        where = self.locations.get(path, self.filename)
+        self.problems.append(
+            Problem(where, dotted(path), f"unsupported YAML value {type(node).__name__} (tags are not allowed)")
+        )
+        return None
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def read_yaml(text: str, filename: str) -> tuple[Any, dict[Path_, str]]:
+    """Parse YAML text into plain data and a map path → `file:line:col`."""
+    try:
+        node = _yaml().load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        msg = " ".join(str(x) for x in (e.context, e.problem) if x)
+        msg = msg.replace("\n", " ").strip() or "invalid YAML"
+        raise SpecError([Problem(where, "", f"YAML syntax error: {msg}")]) from None
+    except YAMLError as e:
+        raise SpecError([Problem(filename, "", f"YAML error: {str(e).splitlines()[0]}")]) from None
+    plain = _Plain(filename)
+    data = plain.convert(node, ())
+    if plain.problems:
+        raise SpecError(plain.problems)
+    return data, plain.locations
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str, index: int) -> tuple[Path_, Any, str]:
+    """`population.cycles=12` → (("population","cycles"), 12, label). Values are parsed as YAML."""
+    label = f"override '{text}'"
+    if "=" not in text:
+        raise SpecError([Problem(label, "", "expected key=value (e.g. population.cycles=12)")])
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p or not p.replace("_", "").isalnum() for p in parts):
+        raise SpecError([Problem(label, "", f"invalid key '{key}' (use dotted names such as prior.steps)")])
+    try:
+        data, _ = read_yaml(value if value.strip() else "null", label)
+    except SpecError as e:
+        raise SpecError([Problem(label, "", p.message) for p in e.problems]) from None
+    return tuple(parts), data, label
+
+
+def apply_override(data: dict, locations: dict, path: Path_, value: Any, label: str) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError([Problem(label, dotted(path[: i + 1]), "is not a mapping; cannot set a key inside it")])
+        node = child
+    node[path[-1]] = value
+    for p in [p for p in locations if p[: len(path)] == path]:
+        del locations[p]
+    locations[path] = label
+    _relabel(value, path, label, locations)
+
+
+def _relabel(value: Any, path: Path_, label: str, locations: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            locations[path + (k,)] = label
+            _relabel(v, path + (k,), label, locations)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            locations[path + (i,)] = label
+            _relabel(v, path + (i,), label, locations)
+
+
+# --------------------------------------------------------------------------- pydantic errors → problems
+
+
+def _data_path(loc: tuple, data: Any) -> Path_:
+    """Walk pydantic's `loc` through the data, dropping union tags such as 'cyclic' or 'int'."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not path_is_tag(part, node):
+            path.append(part)  # a missing key: report it under its parent's location
+            node = None
+        # else: a union tag / member name → skip
+    return tuple(path)
+
+
+def path_is_tag(part: str, node: dict) -> bool:
+    return part == node.get("kind") or "[" in part or part in ("int", "str", "float", "bool", "none")
+
+
+def _phrase(err: dict) -> str:
+    t, ctx, got = err["type"], err.get("ctx", {}) or {}, err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+    simple = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}{shown}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}{shown}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}{shown}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}{shown}",
+        "int_type": lambda: f"must be an integer{shown}",
+        "int_from_float": lambda: f"must be an integer{shown}",
+        "float_type": lambda: f"must be a number{shown}",
+        "bool_type": lambda: f"must be true or false{shown}",
+        "string_type": lambda: f"must be a string{shown}",
+        "list_type": lambda: f"must be a list{shown}",
+        "dict_type": lambda: f"must be a mapping{shown}",
+        "model_type": lambda: f"must be a mapping{shown}",
+        "model_attributes_type": lambda: f"must be a mapping{shown}",
+        "literal_error": lambda: f"must be {ctx.get('expected')}{shown}",
+        "missing": lambda: "required key is missing",
+        "extra_forbidden": lambda: "unknown key",
+        "string_pattern_mismatch": lambda: f"must match {ctx.get('pattern')}{shown}",
+        "string_too_short": lambda: f"must not be empty{shown}",
+        "too_short": lambda: f"must have at least {ctx.get('min_length')} item(s)",
+        "too_long": lambda: f"must have at most {ctx.get('max_length')} item(s)",
+        "union_tag_invalid": lambda: f"unknown kind {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})",
+        "union_tag_not_found": lambda: f"needs a 'kind' key (one of the known kinds)",
+        "finite_number": lambda: f"must be a finite number{shown}",
+    }
+    if t in simple:
+        return simple[t]()
+    return err["msg"][0].lower() + err["msg"][1:] + shown
+
+
+def validation_problems(exc: ValidationError, data: Any, locations: dict, filename: str) -> list[Problem]:
+    grouped: dict[Path_, list[str]] = {}
+    for err in exc.errors():
+        path = _data_path(err["loc"], data)
+        phrase = _phrase(err)
+        if err["type"] == "extra_forbidden":
+            phrase = _unknown_key_phrase(err["loc"], data)
+        grouped.setdefault(path, [])
+        if phrase not in grouped[path]:
+            grouped[path].append(phrase)
+    problems = []
+    for path, phrases in grouped.items():
+        if len(phrases) > 1:  # union members: "must be an integer or must be 'all' (got 'x')"
+            got = phrases[-1][phrases[-1].rfind(" (got "):] if " (got " in phrases[-1] else ""
+            phrases = [ph.replace(got, "") if got else ph for ph in phrases]
+            phrases = [phrases[0]] + [ph.removeprefix("must be ") for ph in phrases[1:]]
+            phrases[-1] += got
+        problems.append(Problem(locate(path, locations, filename), dotted(path), " or ".join(phrases)))
+    return problems
+
+
+def _unknown_key_phrase(loc: tuple, data: Any) -> str:
+    """Name the keys that are allowed where an unknown key was found."""
+    model: Any = Spec
+    node: Any = data
+    for part in _data_path(loc, data)[:-1]:
+        fields = getattr(model, "model_fields", {})
+        if isinstance(part, int) or part not in fields or not isinstance(node, dict):
+            return "unknown key"
+        node = node.get(part)
+        model = _model_for(fields[part].annotation, node)
+        if model is None:
+            return "unknown key"
+    names = sorted(model.model_fields)
+    return f"unknown key (expected one of: {', '.join(names)})"
+
+
+def _model_for(annotation: Any, node: Any) -> Any:
+    """The pydantic model inside `annotation` that validates `node` (by its `kind` tag in a union)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    candidates, stack = [], [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            candidates.append(a)
+        else:
+            stack.extend(typing.get_args(a))
+    if len(candidates) == 1:
+        return candidates[0]
+    kind = node.get("kind") if isinstance(node, dict) else None
+    for c in candidates:
+        if kind in typing.get_args(c.model_fields["kind"].annotation):
+            return c
+    return None
+
+
+def locate(path: Path_, locations: dict, filename: str) -> str:
+    for n in range(len(path), -1, -1):
+        if path[:n] in locations:
+            return locations[path[:n]]
+    return filename
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
+    """Read, override and validate a spec file; raise `SpecError` listing every problem."""
+    p = Path(path)
+    filename = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([Problem(filename, "", "spec file not found")]) from None
+    except IsADirectoryError:
+        raise SpecError([Problem(filename, "", "is a directory, not a spec file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([Problem(filename, "", f"cannot read spec: {e}")]) from None
+
+    data, locations = read_yaml(text, filename)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([Problem(f"{filename}:1:1", "", "a spec must be a YAML mapping")])
+
+    override_problems: list[Problem] = []
+    for i, text_ in enumerate(overrides):
+        try:
+            key, value, label = parse_override(text_, i)
+            apply_override(data, locations, key, value, label)
+        except SpecError as e:
+            override_problems.extend(e.problems)
+    if override_problems:
+        raise SpecError(override_problems)
+
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(validation_problems(e, data, locations, filename)) from None
+
+    problems = [
+        Problem(locate(path_, locations, filename), dotted(path_), msg)
+        for path_, msg in consistency_problems(spec)
+    ]
+    if problems:
+        raise SpecError(problems)
+    return LoadedSpec(spec=spec, path=p, overrides=tuple(overrides), raw=data, locations=locations)

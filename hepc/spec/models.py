@@ -1,0 +1,260 @@
+"""The population spec as strict, frozen pydantic models.
+
+Field docstrings become JSON-schema descriptions (`hepc schema`). Cross-field rules that need a
+location of their own live in `hepc.spec.checks`, not in validators here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+class PyStdlibSource(Strict):
+    """The installed Python standard library's `.py` files, one document per file."""
+
+    kind: Literal["pystdlib"]
+    include_tests: bool = False
+    """Also use the standard library's own test suites (excluded by default)."""
+
+
+class TextSource(Strict):
+    """Local text files: one document per file."""
+
+    kind: Literal["text"]
+    paths: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """Files or glob patterns, relative to the spec file's folder unless absolute."""
+    encoding: str = "utf-8"
+    """Text encoding of the files (undecodable bytes are replaced)."""
+
+
+class SyntheticSource(Strict):
+    """A seeded order-k Markov chain over printable characters with an exactly known entropy rate."""
+
+    kind: Literal["synthetic"]
+    alphabet_size: Annotated[int, Field(ge=2, le=95)] = 32
+    """Number of distinct symbols (printable ASCII characters)."""
+    order: Annotated[int, Field(ge=1, le=4)] = 2
+    """Markov order: how many previous symbols determine the next one."""
+    concentration: Annotated[float, Field(gt=0)] = 0.1
+    """Dirichlet concentration of each transition row (smaller = lower entropy)."""
+    doc_tokens: Annotated[int, Field(ge=16)] = 1000
+    """Length of each generated document in symbols."""
+    seed: int = 0
+    """Seed of the generator (the chain and the documents)."""
+
+
+class TokensSource(Strict):
+    """Pre-tokenized shards (tokenizer `none`): `.npy` arrays, nanoGPT `.bin` (raw uint16) or `.pt` tensors.
+
+    Documents are split at `eot_id`. When `val_paths` is given, val comes from those files (as in
+    Slowrun: first 10M FineWeb tokens); otherwise it is carved from the shuffled documents.
+    """
+
+    kind: Literal["tokens"]
+    paths: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """Training shards (files or globs, relative to the spec file's folder unless absolute)."""
+    val_paths: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Validation shards; absent = carve val out of the documents like the other sources."""
+    vocab_size: Annotated[int, Field(ge=2, le=1 << 24)]
+    """Vocabulary size of the token ids (GPT-2: 50257)."""
+    eot_id: Annotated[int, Field(ge=0)]
+    """End-of-text id that starts every document (GPT-2: 50256)."""
+    bytes_per_token: Annotated[float, Field(gt=0)] | None = None
+    """Average UTF-8 bytes per token, for bits per byte (unknown → bpb reported per token)."""
+
+
+Source = Annotated[
+    Union[PyStdlibSource, TextSource, SyntheticSource, TokensSource], Field(discriminator="kind")
+]
+
+
+class Data(Strict):
+    """The fixed corpus: where it comes from, how it is tokenized and split."""
+
+    source: Source
+    """Where the documents come from (`kind`: pystdlib, text or synthetic)."""
+    tokenizer: Literal["bytes", "none"] = "bytes"
+    """`bytes`: UTF-8 bytes plus an end-of-text token prefixed to every document (vocab 257);
+    `none`: the source is already tokenized (`kind: tokens`)."""
+    train_tokens: Annotated[int, Field(gt=0)]
+    """Tokens of the training budget, the held-out slice included (it is carved out of them)."""
+    val_tokens: Annotated[int, Field(gt=0)]
+    """Tokens of the validation split (whole documents, never trained on)."""
+    heldout_tokens: Annotated[int, Field(gt=0)]
+    """Tokens carved out of train (whole documents) to fit the learned prior; never trained on."""
+    seq_len: Annotated[int, Field(ge=8, le=65536)]
+    """Context length in tokens."""
+    seed: int = 0
+    """Seed of the document shuffle that decides the splits."""
+
+
+# --------------------------------------------------------------------------- model / optimizer
+
+
+class Model(Strict):
+    """A GPT: RoPE, RMSNorm, SwiGLU, QK-norm, untied embeddings, dropout."""
+
+    n_layer: Annotated[int, Field(ge=1, le=256)]
+    """Number of transformer blocks."""
+    d_model: Annotated[int, Field(ge=8, le=65536)]
+    """Residual stream width."""
+    n_head: Annotated[int, Field(ge=1, le=1024)]
+    """Attention heads (d_model must divide into an even head size)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the attention and MLP residual branches."""
+
+
+class Optimizer(Strict):
+    """AdamW with decoupled weight decay (applied to matrices only)."""
+
+    kind: Literal["adamw"] = "adamw"
+    """Optimizer family."""
+    lr: Annotated[float, Field(gt=0, le=10)]
+    """Peak learning rate."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """Peak (base) weight decay; the schedule multiplies it."""
+    batch_tokens: Annotated[int, Field(gt=0)]
+    """Tokens per optimizer step (a multiple of data.seq_len)."""
+    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+    """Gradient-norm clip; null disables it."""
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [
+        0.9,
+        0.95,
+    ]
+    """AdamW (beta1, beta2)."""
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    """AdamW epsilon."""
+
+
+# --------------------------------------------------------------------------- population
+
+
+class CyclicSchedule(Strict):
+    """q0's anti-correlated sawtooth: LR falls 1 → lr_floor while WD rises wd_floor → 1 in every cycle."""
+
+    kind: Literal["cyclic"]
+    lr_floor: Annotated[float, Field(gt=0, le=1)] = 0.08
+    """LR multiplier reached at the end of each cycle."""
+    wd_floor: Annotated[float, Field(ge=0, le=1)] = 0.7
+    """WD multiplier at the start of each cycle (1 = flat weight decay, the ablation)."""
+
+
+class ConstantSchedule(Strict):
+    """Constant LR and WD with a final linear warmdown (single-model and independent-ensemble baselines)."""
+
+    kind: Literal["constant"]
+    warmdown: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """Fraction of each cycle's steps over which the LR decays linearly to zero."""
+
+
+Schedule = Annotated[Union[CyclicSchedule, ConstantSchedule], Field(discriminator="kind")]
+
+
+class Distill(Strict):
+    """Chain distillation: each cycle after `after_cycles` trains against its predecessor snapshot."""
+
+    after_cycles: Annotated[int, Field(ge=0)] = 8
+    """Cycles 1..after_cycles are plain cross-entropy; later cycles are distilled."""
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.45
+    """Weight of the KL term: loss = (1 - alpha)·CE + alpha·T²·KL(teacher || student)."""
+    temperature: Annotated[float, Field(gt=0)] = 1.2
+    """Softmax temperature of both teacher and student in the KL term."""
+
+
+class Perturb(Strict):
+    """Gaussian weight noise between cycles, std = tensor std × scale, cosine-decayed per boundary."""
+
+    start: Annotated[float, Field(ge=0, le=10)] = 0.25
+    """Scale at the first cycle boundary."""
+    end: Annotated[float, Field(ge=0, le=10)] = 0.05
+    """Scale from boundary `decay_cycles` on."""
+    decay_cycles: Annotated[int, Field(ge=1)] = 8
+    """Boundaries over which the scale decays (fixed per boundary index, not by the cycle count)."""
+
+
+class Population(Strict):
+    """P parallel trajectories × C cycles × E epochs per cycle; a snapshot at every cycle end."""
+
+    trajectories: Annotated[int, Field(ge=1, le=4096)]
+    """P: independent trajectories (seed = spec seed + trajectory index)."""
+    cycles: Annotated[int, Field(ge=1, le=100000)]
+    """C: cycles per trajectory."""
+    epochs_per_cycle: Annotated[float, Field(gt=0, le=10000)]
+    """E: epochs of the train split per cycle (fractional allowed)."""
+    schedule: Schedule
+    """LR/WD schedule inside each cycle (`kind`: cyclic or constant)."""
+    distill: Distill | None = None
+    """Chain distillation settings; absent = no distillation."""
+    perturb: Perturb | None = None
+    """Weight perturbation between cycles; absent = none."""
+
+
+Budget = Union[Annotated[int, Field(ge=1)], Literal["all"]]
+
+
+class Prior(Strict):
+    """How members are weighted and selected for an inference budget K."""
+
+    kind: Literal["learned", "uniform"] = "learned"
+    """`learned`: softmax weights fit on the held-out slice; `uniform`: equal weights."""
+    steps: Annotated[int, Field(ge=1, le=100000)] = 300
+    """AdamW steps of the prior fit."""
+    lr: Annotated[float, Field(gt=0)] = 0.5
+    """Learning rate of the prior fit."""
+    budgets: Annotated[list[Budget], Field(min_length=1)] = ["all"]
+    """Inference budgets K to report (top-K members by weight); `all` = every snapshot."""
+
+
+# --------------------------------------------------------------------------- runtime (never hashed)
+
+
+class Runtime(Strict):
+    """How to run, not what to compute: nothing here enters a step key."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where steps run; auto = cuda when available."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Autocast dtype on GPU (CPU always computes in float32)."""
+    compile: bool = False
+    """torch.compile the training model."""
+    threads: Annotated[int, Field(ge=1)] | None = None
+    """torch CPU threads; null = torch's default."""
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 200
+    """Mid-cycle checkpoint cadence in optimizer steps (0 = only at cycle ends)."""
+    log_every_steps: Annotated[int, Field(ge=1)] = 10
+    """Metrics cadence in optimizer steps."""
+    store: str | None = None
+    """Store folder (default: $HEPC_STORE or runs/); --store overrides it."""
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class Spec(Strict):
+    """One experiment: a corpus, a model, an optimizer, a population and a prior."""
+
+    version: Literal[1]
+    """Spec format version."""
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    """Experiment name (letters, digits, '.', '_', '-'); names the run records."""
+    seed: int = 0
+    """Base seed: trajectory p uses seed + p for its init and data order."""
+    data: Data
+    model: Model
+    optimizer: Optimizer
+    population: Population
+    prior: Prior = Prior()
+    runtime: Runtime = Runtime()

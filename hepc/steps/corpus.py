@@ -1,0 +1,24 @@
+"""corpus: read the source, tokenize, carve val / held-out / train splits (whole documents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run(step, inputs, out: Path, work: Path, ctx) -> dict:
+    from hepc.data import build_corpus
+
+    p = step.params
+    meta = build_corpus(
+        step.context["source"],
+        {"kind": p["tokenizer"]},
+        train_tokens=p["train_tokens"],
+        val_tokens=p["val_tokens"],
+        heldout_tokens=p["heldout_tokens"],
+        seed=p["seed"],
+        base_dir=Path(step.context["base_dir"]),
+        out_dir=out,
+    )
+    return {k: meta[k] for k in ("vocab_size", "tokens", "bytes_per_token") if k in meta} | (
+        {"entropy_rate_nats": meta["entropy_rate_nats"]} if "entropy_rate_nats" in meta else {}
+    )

@@ -1,0 +1,36 @@
+"""curve: loss vs budget. Snapshot (p, c) is available at ((c−1)·P + p)·E epochs (round-robin);
+at each point the prior is refit on the snapshots available so far and top-K is scored on val."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hepc.steps.prior import load_scores, score_summary
+
+MAX_POINTS_EVERY_SNAPSHOT = 64  # beyond this, evaluate once per completed round of trajectories
+
+
+def run(step, inputs, out: Path, work: Path, ctx) -> dict:
+    from hepc.ensemble import loss_curve, round_points
+
+    prior, budgets, members = step.params["prior"], step.params["budgets"], step.params["members"]
+    fit_P, val_P = load_scores(inputs["heldout"]), load_scores(inputs["val"])
+    first = score_summary(inputs["val"][0])
+    bits_per_nat = first["bpb"] / first["loss"]
+
+    order = sorted(range(len(members)), key=lambda i: (members[i][2], i))
+    costs = [float(members[i][2]) for i in order]
+    n_traj = max(t for t, _, _ in members)
+    points = None
+    if len(order) > MAX_POINTS_EVERY_SNAPSHOT:
+        points = round_points(len(order), n_traj)
+    rows = loss_curve(
+        fit_P, val_P, order, costs, budgets,
+        prior=prior["kind"], steps=prior["steps"], lr=prior["lr"], points=points,
+    )
+    for r in rows:
+        r["val_bpb"] = r["val_loss"] * bits_per_nat
+    (out / "curve.json").write_text(json.dumps({"points": rows}, indent=1) + "\n")
+    final = [r for r in rows if r["members"] == len(order)]
+    return {"points": len(rows), "final_best_val_loss": min(r["val_loss"] for r in final)}

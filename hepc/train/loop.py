@@ -1,0 +1,263 @@
+"""One training cycle of one trajectory: load the predecessor, perturb, train L steps, snapshot.
+
+Reads top to bottom like nanoGPT's train.py: set LR/WD for this step, forward, loss, backward, clip,
+step, log. Everything that decides the numbers (init, noise, dropout, data position) is seeded from
+(trajectory_seed, cycle_index, global step), so a cycle is reproducible on its own and a cycle that
+is killed and resumed from work_dir/ckpt.pt ends bit-identical (on CPU) to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from hepc.train.batches import BatchSource
+from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
+from hepc.train.distill import distill_loss
+from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
+from hepc.train.optim import make_optimizer, set_lr_wd
+from hepc.train.schedule import constant_multipliers, cyclic_multipliers, steps_per_cycle
+
+# Salts that give the perturbation noise and the dropout stream independent seeds.
+_PERTURB_SALT = 1
+_DROPOUT_SALT = 2
+
+
+class CycleInterrupted(Exception):
+    """Raised (tests only, via runtime["stop_after_steps"]) right after a mid-cycle checkpoint is written."""
+
+
+def cycle_seed(trajectory_seed: int, cycle_index: int, salt: int) -> int:
+    """A hash-free deterministic seed (Python's hash() of str is salted per process, so not that)."""
+    return (trajectory_seed * 1_000_003 + cycle_index * 10_007 + salt * 101) % (2**63)
+
+
+def perturb_weights(model: nn.Module, scale: float, seed: int) -> None:
+    """Add N(0, (std(W)·scale)²) to every tensor with more than one element (method.md §4.5).
+
+    The noise is drawn on the CPU from its own generator, so it is the same on every device and
+    does not touch the global RNG that drives dropout.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # fixed order → fixed noise
+            if p.numel() <= 1:
+                continue
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+            p.add_(noise.to(p.device, p.dtype) * (p.std() * scale))
+
+
+def _multipliers(schedule: dict, steps: int) -> Callable[[int], tuple[float, float]]:
+    kind = schedule.get("kind")
+    if kind == "cyclic":
+        return lambda s: cyclic_multipliers(s, steps, schedule["lr_floor"], schedule["wd_floor"])
+    if kind == "constant":
+        return lambda s: constant_multipliers(s, steps, schedule["warmdown"])
+    raise ValueError(f"unknown schedule kind {kind!r} (expected cyclic or constant)")
+
+
+def train_cycle(
+    *,
+    model: dict,
+    optimizer: dict,
+    schedule: dict,
+    distill: dict | None,
+    perturb_scale: float,
+    cycle_index: int,
+    trajectory_seed: int,
+    epochs_per_cycle: float,
+    seq_len: int,
+    corpus_dir: Path,
+    prev_dir: Path | None,
+    out_dir: Path,
+    work_dir: Path,
+    runtime: dict,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train cycle `cycle_index` of one trajectory, write its outputs to out_dir, return the summary."""
+    t_start = time.perf_counter()
+    corpus_dir, out_dir, work_dir = Path(corpus_dir), Path(out_dir), Path(work_dir)
+    prev_dir = Path(prev_dir) if prev_dir is not None else None
+    if prev_dir is None and (distill is not None or perturb_scale > 0):
+        raise ValueError("distillation and perturbation need the previous cycle (prev_dir)")
+    if optimizer.get("kind", "adamw") != "adamw":
+        raise ValueError(f"unknown optimizer kind {optimizer.get('kind')!r} (expected adamw)")
+
+    device = resolve_device(runtime.get("device", "auto"))
+    autocast = precision_context(device, runtime.get("dtype", "float32"))
+    if runtime.get("threads"):
+        torch.set_num_threads(int(runtime["threads"]))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls; CPU results are unaffected
+
+    # ---- data -------------------------------------------------------------------------------------------
+    meta = json.loads((corpus_dir / "meta.json").read_text())
+    train = np.load(corpus_dir / "train.npy", mmap_mode="r")
+    doc_starts = np.load(corpus_dir / "train_docs.npy")
+    batch_seqs = optimizer["batch_tokens"] // seq_len
+    if batch_seqs < 1:
+        raise ValueError(f"batch_tokens {optimizer['batch_tokens']} is smaller than one sequence of {seq_len}")
+    tokens_per_step = batch_seqs * seq_len  # == batch_tokens when it is a multiple of seq_len
+    batches = BatchSource(train, doc_starts, seq_len=seq_len, batch_seqs=batch_seqs, seed=trajectory_seed)
+    steps = steps_per_cycle(epochs_per_cycle, len(train), tokens_per_step)
+    multipliers = _multipliers(schedule, steps)
+
+    # ---- model, teacher, optimizer ----------------------------------------------------------------------
+    config = GPTConfig(
+        vocab_size=int(meta["vocab_size"]),
+        n_layer=model["n_layer"],
+        d_model=model["d_model"],
+        n_head=model["n_head"],
+        dropout=model.get("dropout", 0.0),
+        seq_len=seq_len,
+    )
+    torch.manual_seed(trajectory_seed)  # the init only matters for cycle 1; later cycles load weights
+    net = GPT(config)
+    if prev_dir is not None:
+        net.load_state_dict(load_weights(prev_dir / "model.safetensors"))
+    net.to(device)
+    opt = make_optimizer(
+        net, optimizer["lr"], optimizer["weight_decay"], optimizer.get("betas", (0.9, 0.95)), optimizer.get("eps", 1e-8)
+    )
+    global_step_start = 0
+    if prev_dir is not None:
+        prev_state = load_state(prev_dir / "state.pt")
+        opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (method.md §3)
+        global_step_start = int(prev_state["global_step"])
+
+    teacher = None
+    if distill is not None:
+        # The teacher is the predecessor as it was saved: unperturbed, frozen, no dropout.
+        teacher = GPT(config)
+        teacher.load_state_dict(load_weights(prev_dir / "model.safetensors"))
+        teacher.to(device).eval().requires_grad_(False)
+
+    # ---- fresh start or exact resume ---------------------------------------------------------------------
+    ckpt_path = work_dir / "ckpt.pt"
+    step_losses = torch.zeros(steps, device=device)  # kept on device: no sync per step
+    records: list[dict] = []
+    wall_before = 0.0
+    first_step = 0
+    if ckpt_path.exists():
+        ckpt = load_state(ckpt_path)
+        if ckpt["steps"] != steps or ckpt["global_step_start"] != global_step_start:
+            raise RuntimeError(f"{ckpt_path} belongs to a different cycle ({ckpt['steps']} steps); remove it")
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step_losses.copy_(ckpt["step_losses"])
+        records = list(ckpt["records"])
+        wall_before = float(ckpt["wall_s"])
+        first_step = int(ckpt["step"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    else:
+        if perturb_scale > 0:
+            perturb_weights(net, perturb_scale, cycle_seed(trajectory_seed, cycle_index, _PERTURB_SALT))
+        torch.manual_seed(cycle_seed(trajectory_seed, cycle_index, _DROPOUT_SALT))  # dropout stream
+
+    train_net = torch.compile(net) if runtime.get("compile") else net  # save from `net`, never the wrapper
+    teacher_fwd = torch.compile(teacher) if teacher is not None and runtime.get("compile") else teacher
+
+    def save_checkpoint(done: int) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_state(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "step": done,
+                "steps": steps,
+                "global_step_start": global_step_start,
+                "step_losses": step_losses,
+                "records": records,
+                "wall_s": wall_before + time.perf_counter() - t_start,
+            },
+            ckpt_path,
+        )
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    base_lr, base_wd, grad_clip = optimizer["lr"], optimizer["weight_decay"], optimizer.get("grad_clip", 0.0)
+    log_every = runtime.get("log_every_steps") or 0  # 0: only the last step
+    ckpt_every = runtime.get("checkpoint_every_steps") or 0  # 0: never
+    stop_after = runtime.get("stop_after_steps")
+    net.train()
+    t_log, tokens_since_log = time.perf_counter(), 0
+    for s in range(first_step, steps):
+        lr_mult, wd_mult = multipliers(s)
+        lr, wd = base_lr * lr_mult, base_wd * wd_mult
+        set_lr_wd(opt, lr, wd)
+
+        x, y = batches.batch(global_step_start + s)  # (B, T) each
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        with autocast:
+            logits = train_net(x)  # (B, T, V)
+            if teacher_fwd is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher_fwd(x)
+        if teacher_fwd is not None:
+            loss, ce, kd = distill_loss(logits, teacher_logits, y, distill["alpha"], distill["temperature"])
+        else:
+            loss = ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+            kd = None
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step_losses[s] = loss.detach()
+        tokens_since_log += tokens_per_step
+
+        done = s + 1
+        if (log_every and done % log_every == 0) or done == steps:
+            loss_value = loss.item()  # the one host sync per logged step
+            now = time.perf_counter()
+            tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
+            t_log, tokens_since_log = now, 0
+            records.append(
+                {
+                    "step": done,
+                    "global_step": global_step_start + done,
+                    "loss": loss_value,
+                    "ce": ce.item(),
+                    "kd": kd.item() if kd is not None else None,
+                    "lr": lr,
+                    "wd": wd,
+                    "tokens_per_s": tokens_per_s,
+                }
+            )
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
+            if progress is not None:
+                progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
+        if done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after):
+            save_checkpoint(done)
+            if done == stop_after:
+                raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
+
+    # ---- outputs -----------------------------------------------------------------------------------------
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tail = max(1, steps // 10)
+    summary = {
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "final_loss": step_losses[-tail:].mean().item(),
+        "epochs": steps * tokens_per_step / len(train),
+        "global_step_end": global_step_start + steps,
+        "wall_s": wall_before + time.perf_counter() - t_start,
+        "distilled": distill is not None,
+        "perturb_scale": perturb_scale,
+    }
+    save_weights(net.state_dict(), out_dir / "model.safetensors")
+    save_state({"optimizer": opt.state_dict(), "global_step": global_step_start + steps}, out_dir / "state.pt")
+    write_jsonl(out_dir / "metrics.jsonl", records)
+    write_json(out_dir / "summary.json", summary)
+    return summary
