@@ -47,10 +47,13 @@ def render(results: dict, console) -> None:
     members = Table(title=f"{results['spec']}: members (val loss, nats/token)")
     for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
         members.add_column(col, justify="right")
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
     for m in results["members"]:
         members.add_row(
             str(m["trajectory"]), str(m["cycle"]), f"{m['cost_epochs']:g}", f"{m['weight']:.3f}",
-            f"{m['val_loss']:.4f}", f"{m['val_bpb']:.4f}",
+            f"{m['val_loss']:.4f}", fmt(m["val_bpb"]),
         )
     console.print(members)
 
@@ -58,10 +61,10 @@ def render(results: dict, console) -> None:
     for col in ("K", "val loss", "val bpb", "vs best single"):
         ens.add_column(col, justify="right")
     best = results["best_single"]["val_loss"]
-    ens.add_row("1 (best single)", f"{best:.4f}", f"{results['best_single']['val_bpb']:.4f}", "")
+    ens.add_row("1 (best single)", f"{best:.4f}", fmt(results["best_single"]["val_bpb"]), "")
     for e in results["ensembles"]:
         label = f"{e['k']}" + (" (all)" if e["k_label"] == "all" else "")
-        ens.add_row(label, f"{e['val_loss']:.4f}", f"{e['val_bpb']:.4f}", f"{e['val_loss'] - best:+.4f}")
+        ens.add_row(label, f"{e['val_loss']:.4f}", fmt(e["val_bpb"]), f"{e['val_loss'] - best:+.4f}")
     console.print(ens)
     b = results["best_ensemble"]
     console.print(

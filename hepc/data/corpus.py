@@ -5,6 +5,9 @@ Documents are taken in order and each split is filled in turn: val (val_tokens),
 budget and never trained on). The document that crosses a split's size is cut so the split is
 exact, and the rest of it is dropped, so no document (or part of one) is in two splits. Because
 val and heldout come first, a larger train_tokens keeps val and heldout and extends train.
+
+A `tokens` source with `val_paths` brings its own val: the first val_tokens ids of its validation
+shards, unshuffled; then nothing is carved for val and the documents fill heldout and train.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepc.data import synthetic
+from hepc.data import shards, synthetic
 from hepc.data.identity import DataError, source_identity
 from hepc.data.sources import iter_documents
 from hepc.data.tokenizers import make_tokenizer, token_dtype
@@ -35,10 +38,16 @@ def build_corpus(
 ) -> dict:
     """Write train/heldout/val token arrays, train_docs offsets and meta.json to out_dir; return the meta."""
     _check_sizes(train_tokens, val_tokens, heldout_tokens)
-    tokenizer = make_tokenizer(tokenizer_cfg)
+    tokenizer = make_tokenizer(tokenizer_cfg, source_cfg)
     identity = source_identity(source_cfg, Path(base_dir))
+    given_val = shards.read_val(source_cfg, Path(base_dir), val_tokens) if shards.has_val_paths(source_cfg) else None
     documents = (tokenizer.encode(doc) for doc in iter_documents(source_cfg, Path(base_dir), seed))
-    targets = {"val": val_tokens, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
+    targets = {"val": val_tokens if given_val is None else 0, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
+    needed = (
+        f"{val_tokens + train_tokens:,} (val {val_tokens:,} + train {train_tokens:,}, heldout included in train)"
+        if given_val is None
+        else f"{train_tokens:,} (train, heldout included; val comes from val_paths)"
+    )
 
     pieces: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
     seen_tokens = dropped = 0
@@ -48,8 +57,7 @@ def build_corpus(
             doc = next(documents, None)
             if doc is None:
                 raise DataError(
-                    f"the source has only {seen_tokens:,} tokens; the splits need "
-                    f"{val_tokens + train_tokens:,} (val {val_tokens:,} + train {train_tokens:,}, heldout included in train) "
+                    f"the source has only {seen_tokens:,} tokens; the splits need {needed} "
                     f"plus the {dropped:,} dropped where documents were cut at split ends",
                     "data.train_tokens",
                 )
@@ -63,13 +71,18 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     arrays = {name: np.concatenate(pieces[name]).astype(dtype, copy=False) if pieces[name] else np.zeros(0, dtype) for name in SPLITS}
+    n_docs = {name: len(pieces[name]) for name in SPLITS}
+    if given_val is not None:
+        arrays["val"] = given_val
+        n_docs["val"] = int(shards.document_starts(given_val, tokenizer.eot_id).size)
     for name in SPLITS:
         np.save(out_dir / f"{name}.npy", arrays[name])
     lengths = np.array([len(p) for p in pieces["train"]], dtype=np.int64)
     np.save(out_dir / "train_docs.npy", np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths)
 
-    token_bytes = tokenizer.token_bytes
-    n_bytes = {name: int(token_bytes[arrays[name]].sum()) for name in SPLITS}
+    n_bytes, bytes_per_token = {}, {}
+    for name in SPLITS:
+        n_bytes[name], bytes_per_token[name] = tokenizer.byte_stats(arrays[name])
     meta = {
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
@@ -78,11 +91,13 @@ def build_corpus(
         "seed": seed,
         "tokens": {name: int(arrays[name].size) for name in SPLITS},
         "bytes": n_bytes,
-        "bytes_per_token": {name: (n_bytes[name] / arrays[name].size if arrays[name].size else None) for name in SPLITS},
-        "documents": {name: len(pieces[name]) for name in SPLITS},
+        "bytes_per_token": bytes_per_token,
+        "documents": n_docs,
         "tokens_dropped": dropped,
         "source": identity,
     }
+    if source_cfg.get("kind") == "tokens":
+        meta["bytes_note"] = "pre-tokenized: bytes = tokens x the configured bytes_per_token (null when not given)"
     if source_cfg.get("kind") == "synthetic":
         meta.update(synthetic.entropy_meta(source_cfg))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

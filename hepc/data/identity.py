@@ -5,7 +5,8 @@ numpy and never reads the standard library's files (only their names and sizes).
 no absolute paths: the same data on another machine, or moved elsewhere, hashes the same.
 
 It also owns the two listings the corpus builder reads from (`list_pystdlib`,
-`resolve_text_paths`), so that what is hashed and what is read can never disagree.
+`resolve_text_paths`, which also lists the shards of a `tokens` source), so that what is hashed
+and what is read can never disagree.
 """
 
 from __future__ import annotations
@@ -75,20 +76,25 @@ def list_pystdlib(include_tests: bool = False, root: Path | None = None) -> list
     return found
 
 
-def resolve_text_paths(source_cfg: dict, base_dir: Path, field: str = "data.source") -> list[tuple[str, Path]]:
-    """(name, path) of every file a `text` source names, sorted by name, each file once.
+def resolve_text_paths(
+    source_cfg: dict, base_dir: Path, field: str = "data.source", key: str = "paths"
+) -> list[tuple[str, Path]]:
+    """(name, path) of every file a file source lists under `key`, sorted by name, each file once.
+
+    `key` is `paths` (text files, token shards) or `val_paths` (validation shards of a `tokens` source).
 
     A relative pattern is resolved against `base_dir` (the spec's directory) and its files are named
     relative to it. An absolute pattern is named relative to its last directory before any wildcard
     (`/data/books/**/*.txt` names `a/b.txt`; `/data/x.txt` names `x.txt`), so that moving the data
     keeps its identity. A missing file or a pattern matching nothing is an error.
     """
-    patterns = source_cfg.get("paths") or []
+    patterns = source_cfg.get(key) or []
     if not patterns:
-        raise DataError("must list at least one file or glob pattern", f"{field}.paths")
+        raise DataError("must list at least one file or glob pattern", f"{field}.{key}")
+    example = "*.bin" if source_cfg.get("kind") == "tokens" else "*.txt"
     by_path: dict[str, str] = {}  # real path -> name; the first pattern to reach a file names it
     for i, pattern in enumerate(patterns):
-        where = f"{field}.paths[{i}]"
+        where = f"{field}.{key}[{i}]"
         root, rest = _split_pattern(str(pattern), base_dir)
         if glob.has_magic(rest):
             names = [n for n in glob.glob(rest, root_dir=root, recursive=True) if os.path.isfile(os.path.join(root, n))]
@@ -96,7 +102,7 @@ def resolve_text_paths(source_cfg: dict, base_dir: Path, field: str = "data.sour
                 raise DataError(f"'{pattern}' matched no files (looked in {root})", where)
         else:
             if os.path.isdir(os.path.join(root, rest)):
-                raise DataError(f"'{pattern}' is a directory; use a glob such as '{pattern}/*.txt'", where)
+                raise DataError(f"'{pattern}' is a directory; use a glob such as '{pattern}/{example}'", where)
             if not os.path.isfile(os.path.join(root, rest)):
                 raise DataError(f"file not found: '{pattern}' (looked in {root})", where)
             names = [rest]
@@ -130,7 +136,9 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     """A JSON-serialisable description of the source's content, for content-hashed cache keys.
 
     pystdlib: the Python version and a digest of the sorted (path, size) listing (no file is read);
-    text: each file's name and content digest, plus the encoding; synthetic: its own config.
+    text: each file's name and content digest, plus the encoding; tokens: the same for the train
+    and validation shards, plus vocab_size and eot_id (bytes_per_token only labels bits per byte,
+    so it is left out); synthetic: its own config.
     """
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
@@ -144,6 +152,30 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     if kind == "text":
         files = [{"name": name, "digest": file_digest(path)} for name, path in resolve_text_paths(source_cfg, base_dir, field)]
         return {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}
+    if kind == "tokens":
+        vocab_size, eot_id = check_tokens_config(source_cfg, field)
+        has_val = source_cfg.get("val_paths") is not None
+        return {
+            "kind": "tokens",
+            "vocab_size": vocab_size,
+            "eot_id": eot_id,
+            "files": _file_digests(source_cfg, base_dir, field, "paths"),
+            "val_files": _file_digests(source_cfg, base_dir, field, "val_paths") if has_val else None,
+        }
     if kind == "synthetic":
         return {**source_cfg, "generator": SYNTHETIC_GENERATOR}
-    raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text or synthetic)", f"{field}.kind")
+    raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text, tokens or synthetic)", f"{field}.kind")
+
+
+def _file_digests(source_cfg: dict, base_dir: Path, field: str, key: str) -> list[dict]:
+    return [{"name": name, "digest": file_digest(path)} for name, path in resolve_text_paths(source_cfg, base_dir, field, key)]
+
+
+def check_tokens_config(source_cfg: dict, field: str = "data.source") -> tuple[int, int]:
+    """(vocab_size, eot_id) of a `tokens` source, or DataError naming the bad field."""
+    vocab_size, eot_id = source_cfg.get("vocab_size"), source_cfg.get("eot_id")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or not 2 <= vocab_size <= 1 << 24:
+        raise DataError(f"must be an integer between 2 and {1 << 24} (got {vocab_size!r})", f"{field}.vocab_size")
+    if not isinstance(eot_id, int) or isinstance(eot_id, bool) or not 0 <= eot_id < vocab_size:
+        raise DataError(f"must be an integer in [0, vocab_size = {vocab_size}) (got {eot_id!r})", f"{field}.eot_id")
+    return vocab_size, eot_id

@@ -1,6 +1,8 @@
 """Documents from a data source, in the corpus's shuffled order, read lazily.
 
-Each document is UTF-8 bytes. File sources (pystdlib, text) shuffle their sorted listing with
+Each document is UTF-8 bytes, except for the pre-tokenized `tokens` source, whose documents are
+already token ids (see shards.py: its shards are read whole and split at end-of-text, and the
+documents shuffled with `seed`). File sources (pystdlib, text) shuffle their sorted listing with
 `np.random.default_rng(seed)` and read files one at a time, so a small corpus reads only the few
 files it needs. The synthetic source is an endless seeded stream (see synthetic.py).
 """
@@ -12,20 +14,22 @@ from typing import Iterator
 
 import numpy as np
 
-from hepc.data import synthetic
+from hepc.data import shards, synthetic
 from hepc.data.identity import DataError, list_pystdlib, resolve_text_paths, stdlib_root
 
 
-def iter_documents(source_cfg: dict, base_dir: Path, seed: int, field: str = "data.source") -> Iterator[bytes]:
-    """The source's documents in corpus order (shuffled with `seed`), as UTF-8 bytes."""
+def iter_documents(source_cfg: dict, base_dir: Path, seed: int, field: str = "data.source") -> Iterator[bytes | np.ndarray]:
+    """The source's documents in corpus order (shuffled with `seed`): UTF-8 bytes, or ids for `tokens`."""
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
         return _pystdlib(bool(source_cfg.get("include_tests", False)), seed)
     if kind == "text":
         return _text(source_cfg, base_dir, seed, field)
+    if kind == "tokens":
+        return shards.iter_documents(source_cfg, base_dir, seed, field)
     if kind == "synthetic":
         return synthetic.iter_documents(source_cfg, seed, field)
-    raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text or synthetic)", f"{field}.kind")
+    raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text, tokens or synthetic)", f"{field}.kind")
 
 
 def _pystdlib(include_tests: bool, seed: int) -> Iterator[bytes]:

@@ -78,12 +78,29 @@ class _Plain:
     def at(self, line: int, col: int) -> str:
         return f"{self.filename}:{line + 1}:{col + 1}"
 
+    def _position(self, node: Any, getter: str, arg: Any) -> tuple[int, int] | None:
+        try:
+            pos = getattr(node.lc, getter)(arg)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            return None  # e.g. a key that came from a YAML merge (<<)
+        return pos if isinstance(pos, tuple) and None not in pos else None
+
+    def _tag_problem(self, node: Any, path: Path_) -> bool:
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag and tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
+            where = self.locations.get(path, self.filename)
+            self.problems.append(Problem(where, dotted(path), f"YAML tag {tag} is not allowed (tags are not allowed)"))
+            return True
+        return False
+
     def convert(self, node: Any, path: Path_) -> Any:
+        if isinstance(node, (dict, list)) and self._tag_problem(node, path):
+            return None
         if isinstance(node, dict):
             out = {}
             for k in node:
-                line, col = node.lc.key(k) if hasattr(node, "lc") else (0, 0)
-                where = self.at(line, col)
+                pos = self._position(node, "key", k)
+                where = self.at(*pos) if pos else self.locations.get(path, self.filename)
                 if not isinstance(k, str):
                     self.problems.append(Problem(where, dotted(path), f"keys must be strings (got {k!r})"))
                     continue
@@ -93,9 +110,8 @@ class _Plain:
         if isinstance(node, list):
             out_list = []
             for i, item in enumerate(node):
-                if hasattr(node, "lc"):
-                    line, col = node.lc.item(i)
-                    self.locations[path + (i,)] = self.at(line, col)
+                pos = self._position(node, "item", i)
+                self.locations[path + (i,)] = self.at(*pos) if pos else self.locations.get(path, self.filename)
                 out_list.append(self.convert(item, path + (i,)))
             return out_list
         if node is None or isinstance(node, (bool, int, float, str)):

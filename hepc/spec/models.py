@@ -15,7 +15,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True, allow_inf_nan=False
     )
 
 
@@ -52,7 +52,7 @@ class SyntheticSource(Strict):
     """Dirichlet concentration of each transition row (smaller = lower entropy)."""
     doc_tokens: Annotated[int, Field(ge=16)] = 1000
     """Length of each generated document in symbols."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the generator (the chain and the documents)."""
 
 
@@ -97,7 +97,7 @@ class Data(Strict):
     """Tokens carved out of train (whole documents) to fit the learned prior; never trained on."""
     seq_len: Annotated[int, Field(ge=8, le=65536)]
     """Context length in tokens."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the document shuffle that decides the splits."""
 
 
@@ -250,7 +250,7 @@ class Spec(Strict):
     """Spec format version."""
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     """Experiment name (letters, digits, '.', '_', '-'); names the run records."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Base seed: trajectory p uses seed + p for its init and data order."""
     data: Data
     model: Model

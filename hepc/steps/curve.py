@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hepc.steps.prior import load_scores, score_summary
+from hepc.steps.prior import bpb_of, load_scores, score_summary
 
 MAX_POINTS_EVERY_SNAPSHOT = 64  # beyond this, evaluate once per completed round of trajectories
 
@@ -17,7 +17,6 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     prior, budgets, members = step.params["prior"], step.params["budgets"], step.params["members"]
     fit_P, val_P = load_scores(inputs["heldout"]), load_scores(inputs["val"])
     first = score_summary(inputs["val"][0])
-    bits_per_nat = first["bpb"] / first["loss"]
 
     order = sorted(range(len(members)), key=lambda i: (members[i][2], i))
     costs = [float(members[i][2]) for i in order]
@@ -30,7 +29,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         prior=prior["kind"], steps=prior["steps"], lr=prior["lr"], points=points,
     )
     for r in rows:
-        r["val_bpb"] = r["val_loss"] * bits_per_nat
+        r["val_bpb"] = bpb_of(r["val_loss"], first)
     (out / "curve.json").write_text(json.dumps({"points": rows}, indent=1) + "\n")
     final = [r for r in rows if r["members"] == len(order)]
     return {"points": len(rows), "final_best_val_loss": min(r["val_loss"] for r in final)}

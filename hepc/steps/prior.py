@@ -21,6 +21,13 @@ def score_summary(folder: Path) -> dict:
     return json.loads((Path(folder) / "manifest.json").read_text())["summary"]
 
 
+def bpb_of(loss: float, reference: dict) -> float | None:
+    """Bits per byte of a loss on the same split as `reference` (None when bytes are unknown)."""
+    if reference.get("bpb") is None or not reference.get("loss"):
+        return None
+    return loss * reference["bpb"] / reference["loss"]
+
+
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.ensemble import ensemble_loss, fit_prior, mixture_nll, top_k, uniform_weights
 
@@ -28,7 +35,6 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     fit_P, val_P = load_scores(inputs["heldout"]), load_scores(inputs["val"])
     val_summaries = [score_summary(f) for f in inputs["val"]]
     heldout_summaries = [score_summary(f) for f in inputs["heldout"]]
-    bits_per_nat = val_summaries[0]["bpb"] / val_summaries[0]["loss"]
     m = fit_P.shape[0]
 
     if prior["kind"] == "learned":
@@ -61,7 +67,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
             "members": [[members[i]["trajectory"], members[i]["cycle"]] for i in idx.tolist()],
             "weights": [float(x) for x in w],
             "val_loss": loss,
-            "val_bpb": loss * bits_per_nat,
+            "val_bpb": bpb_of(loss, val_summaries[0]),
         })
     result = {"prior": prior, "fit": fit_info, "members": members, "ensembles": ensembles}
     (out / "prior.json").write_text(json.dumps(result, indent=1) + "\n")

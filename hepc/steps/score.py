@@ -26,9 +26,10 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     )
     np.save(out / "probs.npy", probs.astype(np.float32))
     nll = float(-np.log(np.maximum(probs.astype(np.float64), 1e-12)).mean())
+    bytes_per_token = (meta.get("bytes_per_token") or {}).get(split)  # null for token shards without it
     return {
         "split": split,
         "tokens": int(probs.size),
         "loss": nll,
-        "bpb": nll / math.log(2) / meta["bytes_per_token"][split],
+        "bpb": nll / math.log(2) / bytes_per_token if bytes_per_token else None,
     }

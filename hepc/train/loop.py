@@ -183,9 +183,11 @@ def train_cycle(
             },
             ckpt_path,
         )
+        # A torch-free sidecar so `hepc plan` can show "~ resumable (step 312/381)".
+        write_json(work_dir / "progress.json", {"step": done, "steps": steps})
 
     # ---- the loop ----------------------------------------------------------------------------------------
-    base_lr, base_wd, grad_clip = optimizer["lr"], optimizer["weight_decay"], optimizer.get("grad_clip", 0.0)
+    base_lr, base_wd, grad_clip = optimizer["lr"], optimizer["weight_decay"], optimizer.get("grad_clip") or 0.0
     log_every = runtime.get("log_every_steps") or 0  # 0: only the last step
     ckpt_every = runtime.get("checkpoint_every_steps") or 0  # 0: never
     stop_after = runtime.get("stop_after_steps")

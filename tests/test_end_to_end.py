@@ -1,0 +1,114 @@
+"""A tiny population on the synthetic source, run through the CLI: results, caching, incremental runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
+
+
+def hepc(*args, store: Path, check=True):
+    env = {**os.environ, "HEPC_STORE": str(store)}
+    out = subprocess.run([sys.executable, "-m", "hepc.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if check and out.returncode != 0:
+        raise AssertionError(f"hepc {' '.join(args)} exited {out.returncode}\n{out.stderr}")
+    return out
+
+
+def plan_json(*args, store):
+    return json.loads(hepc("plan", TINY, *args, "--json", store=store).stdout)
+
+
+def executed(store: Path, spec_name: str = "tiny") -> list[list[str]]:
+    """Per run record (oldest first): the names of the steps it executed."""
+    runs = []
+    for folder in sorted((store / "records" / spec_name).iterdir()):
+        events = [json.loads(l) for l in (folder / "events.jsonl").read_text().splitlines()]
+        runs.append([f"{e['kind']}:{e['name']}" for e in events if e["event"] == "done"])
+    return runs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    plan = plan_json(store=store)
+    assert plan["counts"]["new"] == len(plan["steps"]) == 15
+    out = hepc("run", TINY, "--json", store=store)
+    return store, plan, json.loads(out.stdout)
+
+
+def test_results_interface(store):
+    _, _, res = store
+    assert len(res["members"]) == 4
+    for m in res["members"]:
+        assert {"trajectory", "cycle", "cost_epochs", "val_loss"} <= set(m)
+        assert 0 < m["val_loss"] < 10
+    assert sorted(m["cost_epochs"] for m in res["members"]) == [1, 2, 3, 4]
+    assert [e["k"] for e in res["ensembles"]] == [1, 2, 4]
+    assert all({"budget_epochs", "k", "val_loss"} <= set(p) for p in res["curve"])
+    assert max(p["budget_epochs"] for p in res["curve"]) == 4
+    # The learned prior is never worse than uniform on the data it was fit on.
+    assert res["fit"]["nll"] <= res["fit"]["uniform_nll"]
+
+
+def test_plan_matches_what_run_did(store):
+    path, plan, _ = store
+    planned = [f"{s['kind']}:{s['name']}" for s in plan["steps"] if s["status"] != "cached"]
+    assert executed(path)[0] == planned
+
+
+def test_second_run_is_all_cached_and_fast(store):
+    path, _, res = store
+    plan = plan_json(store=path)
+    assert {s["status"] for s in plan["steps"]} == {"cached"}
+    t0 = time.time()
+    again = json.loads(hepc("run", TINY, "--json", store=path).stdout)
+    assert time.time() - t0 < 3
+    assert again == res
+    assert executed(path)[-1] == []
+
+
+def test_results_command_matches_run(store):
+    path, _, res = store
+    assert json.loads(hepc("results", TINY, "--json", store=path).stdout) == res
+
+
+def test_budgets_change_reruns_no_training(store):
+    path, _, _ = store
+    plan = plan_json("prior.budgets=[1,all]", store=path)
+    new = {s["kind"] for s in plan["steps"] if s["status"] != "cached"}
+    assert new == {"prior", "curve"}
+
+
+def test_one_more_cycle_trains_one_cycle_per_trajectory(store):
+    path, _, _ = store
+    plan = plan_json("population.cycles=3", store=path)
+    new_cycles = sorted(s["name"] for s in plan["steps"] if s["status"] == "new" and s["kind"] == "cycle")
+    assert new_cycles == ["t1-c003", "t2-c003"]
+    hepc("run", TINY, "population.cycles=3", store=path)
+    ran = executed(path)[-1]
+    assert sorted(n for n in ran if n.startswith("cycle:")) == ["cycle:t1-c003", "cycle:t2-c003"]
+    # cycle 3 resumed from cycle 2's saved state: its global step continues where cycle 2 ended
+    cycles = {p.name.rsplit("-", 1)[0]: p for p in (path / "objects" / "cycle").iterdir()}
+    s2 = json.loads((cycles["t1-c002"] / "summary.json").read_text())
+    s3 = json.loads((cycles["t1-c003"] / "summary.json").read_text())
+    assert s3["global_step_end"] == s2["global_step_end"] + s3["steps"]
+
+
+def test_committed_objects_have_manifests(store):
+    path, _, _ = store
+    for kind_dir in (path / "objects").iterdir():
+        for obj in kind_dir.iterdir():
+            manifest = json.loads((obj / "manifest.json").read_text())
+            assert obj.name.endswith(manifest["key"][:12])
+            for rel, info in manifest["files"].items():
+                assert (obj / rel).stat().st_size == info["size"]
+    assert not any((path / "leases").iterdir())
