@@ -188,8 +188,8 @@ def diff(
         )
     ep = d["epochs"]
     print(
-        f"epochs: A {ep['a']:g}, B {ep['b']:g}; running B after A trains {ep['only_b']:g} epochs "
-        f"({ep['only_a']:g} of A's are not reused)"
+        f"epochs: A {ep['a']:g}, B {ep['b']:g}; B needs {ep['only_b']:g} epochs of training A does not have; "
+        f"A has {ep['only_a']:g} epochs B does not use"
     )
 
 

@@ -253,8 +253,14 @@ class Spec(Strict):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Base seed: trajectory p uses seed + p for its init and data order."""
     data: Data
+    """The fixed corpus and its splits."""
     model: Model
+    """The GPT every member shares."""
     optimizer: Optimizer
+    """Optimizer and batch size (one optimizer per trajectory, never reset between cycles)."""
     population: Population
+    """Trajectories, cycles, schedule, distillation, perturbation."""
     prior: Prior = Prior()
+    """Member weighting and inference budgets."""
     runtime: Runtime = Runtime()
+    """Execution settings; never part of a step key."""
