@@ -86,9 +86,12 @@ def validate(spec: SpecArg, overrides: Overrides = None) -> None:
     loaded, compiled = _load(spec, overrides)
     _warn(compiled)
     t = compiled.totals
+    pops = compiled.populations
+    snapshots = sum(p.totals["members"] for p in pops)
+    what = f"{len(pops)} populations, " if len(pops) > 1 else ""
     print(
-        f"{spec}: ok ({len(compiled.graph)} steps, {t['members']} snapshots, {t['epochs']:g} epochs, "
-        f"{t['params']:,} parameters)"
+        f"{spec}: ok ({what}{len(compiled.graph)} steps, {snapshots} snapshots, {t['epochs']:g} epochs, "
+        f"{max(p.totals['params'] for p in pops):,} parameters)"
     )
 
 
@@ -104,12 +107,12 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
     if json_out:
         print(json.dumps(the_plan.to_json(), indent=1))
         return
-    e = compiled.spec.population.epochs_per_cycle
     lines = []
+    width = max((len(s.step.name) for s in the_plan.steps), default=0)
     for s in the_plan.steps:
-        extra = f"  {e:g} epochs" if s.step.kind == "cycle" else ""
+        extra = f"  {s.step.context['epochs']:g} epochs" if s.step.kind == "cycle" else ""
         detail = f"  ({s.detail})" if s.detail else ""
-        lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<22} {s.step.key12}{extra}{detail}")
+        lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
     print("\n".join(lines))
     print(the_plan.summary_line())
 

@@ -7,6 +7,9 @@ Graph of one population (P trajectories × C cycles):
             ├─ score <cycle>-heldout, score <cycle>-val   (per snapshot)
             └─ prior (all scores) ; curve (all scores)
 
+A spec with `sweep:` compiles into several populations inside one graph; steps they have in
+common (same key) appear once.
+
 Prefix stability: a cycle's params hold only values fixed by its own index (schedule inside one
 cycle, distillation on/off for this index, the perturbation scale of the boundary before it), so
 raising `population.cycles` keeps every earlier key.
@@ -14,6 +17,7 @@ raising `population.cycles` keeps every earlier key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,18 +25,18 @@ from hepc.errors import Problem, SpecError
 from hepc.graph import Graph, StepSpec, make_step
 from hepc.hashing import key_fields
 from hepc.sizes import param_count, train_flops_per_token
-from hepc.spec.load import LoadedSpec
+from hepc.spec.load import LoadedSpec, Variant
 from hepc.spec.models import Spec
 from hepc.train.schedule import perturb_scale, steps_per_cycle
 
 SCORER_VERSION = 1
 TOKENIZER_VOCAB = {"bytes": 257}
+SPLITS = ("heldout", "val")
 
 
 def vocab_size(spec: Spec) -> int:
     src = spec.data.source
     return src.vocab_size if src.kind == "tokens" else TOKENIZER_VOCAB[spec.data.tokenizer]
-SPLITS = ("heldout", "val")
 
 
 @dataclass(frozen=True)
@@ -47,24 +51,36 @@ class Member:
 
 
 @dataclass
-class Compiled:
+class Population:
+    """One expanded population (a sweep variant, or the spec itself)."""
+
+    label: str
+    values: dict
     spec: Spec
-    graph: Graph
     corpus_key: str
     members: list[Member]  # population order: trajectory-major (t1 c1..cC, t2 c1..cC, …)
     prior_key: str
     curve_key: str
     totals: dict
+
+
+@dataclass
+class Compiled:
+    spec: Spec
+    graph: Graph
+    populations: list[Population]
     warnings: list[str] = field(default_factory=list)
 
-    def cycle_steps(self) -> list[StepSpec]:
-        return [self.graph[m.cycle_key] for m in self.members]
+    @property
+    def totals(self) -> dict:
+        """Budget of the whole graph: every distinct step counted once."""
+        return graph_totals(self.graph)
 
 
-def _data_identity(loaded: LoadedSpec, strict_data: bool) -> tuple[dict, list[str]]:
+def _data_identity(loaded: LoadedSpec, spec: Spec, strict_data: bool) -> tuple[dict, list[str]]:
     from hepc.data.identity import DataError, source_identity
 
-    cfg = loaded.spec.data.source.model_dump()
+    cfg = spec.data.source.model_dump()
     try:
         return source_identity(cfg, loaded.base_dir), []
     except DataError as e:
@@ -77,11 +93,27 @@ def _data_identity(loaded: LoadedSpec, strict_data: bool) -> tuple[dict, list[st
 
 
 def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:
-    spec = loaded.spec
-    d, pop = spec.data, spec.population
-    identity, warnings = _data_identity(loaded, strict_data)
     graph = Graph()
+    populations, warnings = [], []
+    identities: dict[str, tuple[dict, list[str]]] = {}
+    for variant in loaded.variants or (Variant("", {}, loaded.spec),):
+        source_cfg = repr(variant.spec.data.source)
+        if source_cfg not in identities:
+            identities[source_cfg] = _data_identity(loaded, variant.spec, strict_data)
+        identity, warns = identities[source_cfg]
+        warnings.extend(w for w in warns if w not in warnings)
+        populations.append(_compile_population(graph, loaded, variant, identity))
+    return Compiled(loaded.spec, graph, populations, warnings)
 
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,-]", "_", label)[:80]
+
+
+def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, identity: dict) -> Population:
+    spec = variant.spec
+    d, m, pop, opt = spec.data, spec.model, spec.population, spec.optimizer
+    vocab = vocab_size(spec)
     corpus = graph.add(
         make_step(
             "corpus",
@@ -100,10 +132,11 @@ def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:
     )
 
     trained_tokens = d.train_tokens - d.heldout_tokens
-    steps_in_cycle = steps_per_cycle(pop.epochs_per_cycle, trained_tokens, spec.optimizer.batch_tokens)
-    model = key_fields(spec.model)
-    optimizer = key_fields(spec.optimizer)
-    schedule = key_fields(pop.schedule)
+    steps_in_cycle = steps_per_cycle(pop.epochs_per_cycle, trained_tokens, opt.batch_tokens)
+    tokens_in_cycle = steps_in_cycle * opt.batch_tokens
+    train_flops = train_flops_per_token(vocab, m.n_layer, m.d_model, d.seq_len)
+    forward_flops = train_flops / 3
+    model, optimizer, schedule = key_fields(m), key_fields(opt), key_fields(pop.schedule)
 
     members: list[Member] = []
     for p in range(1, pop.trajectories + 1):
@@ -135,18 +168,25 @@ def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:
                     f"t{p}-c{c:03d}",
                     params,
                     inputs,
-                    context={"trajectory": p, "steps": steps_in_cycle, "tokens": steps_in_cycle * spec.optimizer.batch_tokens},
+                    context={
+                        "steps": steps_in_cycle,
+                        "tokens": tokens_in_cycle,
+                        "epochs": pop.epochs_per_cycle,
+                        "flops": train_flops * tokens_in_cycle,
+                        "teacher_flops": forward_flops * tokens_in_cycle if distilled else 0.0,
+                    },
                 )
             )
             scores = {}
             for split in SPLITS:
+                split_tokens = d.heldout_tokens if split == "heldout" else d.val_tokens
                 s = graph.add(
                     make_step(
                         "score",
                         f"t{p}-c{c:03d}-{split}",
                         params={"split": split, "scorer": SCORER_VERSION},
                         inputs={"snapshot": step.key, "corpus": corpus.key},
-                        context={"model": model, "seq_len": d.seq_len},
+                        context={"model": model, "seq_len": d.seq_len, "flops": forward_flops * split_tokens},
                     )
                 )
                 scores[split] = s.key
@@ -157,40 +197,47 @@ def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:
     prior_params = {
         "prior": {"kind": spec.prior.kind, "steps": spec.prior.steps, "lr": spec.prior.lr},
         "budgets": list(spec.prior.budgets),
-        "members": [[m.trajectory, m.cycle, m.cost_epochs] for m in members],
+        "members": [[mb.trajectory, mb.cycle, mb.cost_epochs] for mb in members],
     }
-    score_inputs = {split: [m.score_keys[split] for m in members] for split in SPLITS}
-    label = f"p{pop.trajectories}xc{pop.cycles}"
-    prior = graph.add(make_step("prior", label, prior_params, score_inputs))
-    curve = graph.add(make_step("curve", label, prior_params, score_inputs))
+    score_inputs = {split: [mb.score_keys[split] for mb in members] for split in SPLITS}
+    name = f"p{pop.trajectories}xc{pop.cycles}"
+    if variant.label:
+        name = f"{_slug(variant.label)}-{name}"
+    prior = graph.add(make_step("prior", name, prior_params, score_inputs))
+    curve = graph.add(make_step("curve", name, prior_params, score_inputs))
 
-    totals = _totals(spec, steps_in_cycle, trained_tokens)
-    return Compiled(spec, graph, corpus.key, members, prior.key, curve.key, totals, warnings)
-
-
-def _totals(spec: Spec, steps_in_cycle: int, trained_tokens: int) -> dict:
-    """Budget accounting: epochs = P·C·E (training passes only); teacher and scoring FLOPs apart."""
-    d, m, pop = spec.data, spec.model, spec.population
-    vocab = vocab_size(spec)
-    n_cycles = pop.trajectories * pop.cycles
-    tokens_per_cycle = steps_in_cycle * spec.optimizer.batch_tokens
-    distilled_cycles = 0
-    if pop.distill is not None and pop.distill.alpha > 0:
-        distilled_cycles = pop.trajectories * max(0, pop.cycles - pop.distill.after_cycles)
-    per_token = train_flops_per_token(vocab, m.n_layer, m.d_model, d.seq_len)
-    forward_per_token = per_token / 3
-    train_tokens = n_cycles * tokens_per_cycle
-    return {
+    totals = {
         "params": param_count(vocab, m.n_layer, m.d_model),
-        "members": n_cycles,
-        "epochs": n_cycles * pop.epochs_per_cycle,
+        "members": len(members),
+        "epochs": len(members) * pop.epochs_per_cycle,
         "steps_per_cycle": steps_in_cycle,
-        "train_tokens": train_tokens,
-        "train_flops": per_token * train_tokens,
-        "teacher_flops": forward_per_token * distilled_cycles * tokens_per_cycle,
-        "score_flops": forward_per_token * n_cycles * (d.heldout_tokens + d.val_tokens),
         "trained_tokens_per_epoch": trained_tokens,
+        **_sum_steps(graph[k] for mb in members for k in (mb.cycle_key, *mb.score_keys.values())),
     }
+    return Population(variant.label, variant.values, spec, corpus.key, members, prior.key, curve.key, totals)
+
+
+def _sum_steps(steps) -> dict:
+    """Budget accounting: epochs = Σ E over cycle steps (training passes only); teacher forwards and
+    scoring are counted apart, in FLOPs."""
+    out = {"cycles": 0, "train_tokens": 0, "train_flops": 0.0, "teacher_flops": 0.0, "score_flops": 0.0}
+    for s in steps:
+        if s.kind == "cycle":
+            out["cycles"] += 1
+            out["train_tokens"] += s.context["tokens"]
+            out["train_flops"] += s.context["flops"]
+            out["teacher_flops"] += s.context["teacher_flops"]
+        elif s.kind == "score":
+            out["score_flops"] += s.context["flops"]
+    return out
+
+
+def graph_totals(graph: Graph, steps=None) -> dict:
+    """Totals of `steps` (default: the whole graph), each distinct step once; epochs included."""
+    steps = list(graph if steps is None else steps)
+    out = _sum_steps(steps)
+    out["epochs"] = sum(s.context["epochs"] for s in steps if s.kind == "cycle")
+    return out
 
 
 def compile_path(path: str | Path, overrides=(), *, strict_data: bool = False) -> Compiled:

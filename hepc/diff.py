@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hepc.compile import Compiled
+from hepc.compile import Compiled, graph_totals
 from hepc.graph import by_kind
 from hepc.spec.load import LoadedSpec
 
@@ -32,8 +32,6 @@ def diff(a: LoadedSpec, ca: Compiled, b: LoadedSpec, cb: Compiled) -> dict:
     shared = [s for s in ca.graph if s.key in kb]
     only_a = [s for s in ca.graph if s.key not in kb]
     only_b = [s for s in cb.graph if s.key not in ka]
-    e_a = ca.spec.population.epochs_per_cycle
-    e_b = cb.spec.population.epochs_per_cycle
     return {
         "a": str(a.path),
         "b": str(b.path),
@@ -42,7 +40,7 @@ def diff(a: LoadedSpec, ca: Compiled, b: LoadedSpec, cb: Compiled) -> dict:
         "epochs": {
             "a": ca.totals["epochs"],
             "b": cb.totals["epochs"],
-            "only_a": sum(e_a for s in only_a if s.kind == "cycle"),
-            "only_b": sum(e_b for s in only_b if s.kind == "cycle"),
+            "only_a": graph_totals(ca.graph, only_a)["epochs"],
+            "only_b": graph_totals(cb.graph, only_b)["epochs"],
         },
     }

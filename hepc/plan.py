@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hepc.compile import Compiled
+from hepc.compile import Compiled, graph_totals
 from hepc.graph import StepSpec
 from hepc.store import Store
 
@@ -37,28 +37,25 @@ class Plan:
             out[s.status] += 1
         return out
 
-    def epochs_to_run(self) -> float:
-        e = self.compiled.spec.population.epochs_per_cycle
-        return sum(e for s in self.to_run if s.step.kind == "cycle")
-
-    def tokens_to_run(self) -> int:
-        return sum(s.step.context.get("tokens", 0) for s in self.to_run if s.step.kind == "cycle")
+    def totals_to_run(self) -> dict:
+        return graph_totals(self.compiled.graph, [s.step for s in self.to_run])
 
     def summary_line(self) -> str:
         c = self.counts()
-        t = self.compiled.totals
-        flops_to_run = t["train_flops"] * (self.tokens_to_run() / t["train_tokens"] if t["train_tokens"] else 0)
+        todo, total = self.totals_to_run(), self.compiled.totals
         parts = [f"{len(self.steps)} steps: {c['cached']} cached, {len(self.to_run)} to run"]
         if c["resumable"]:
             parts.append(f"{c['resumable']} resumable")
         if c["failed"]:
             parts.append(f"{c['failed']} failed before")
-        parts.append(f"{_num(self.epochs_to_run())} of {_num(t['epochs'])} epochs to train")
-        parts.append(f"{_si(self.tokens_to_run())} tokens, {_si(flops_to_run)}FLOP")
+        parts.append(f"{_num(todo['epochs'])} of {_num(total['epochs'])} epochs to train")
+        parts.append(f"{_si(todo['train_tokens'])} tokens, {_si(todo['train_flops'])}FLOP")
+        if len(self.compiled.populations) > 1:
+            parts.append(f"{len(self.compiled.populations)} populations")
         return ", ".join(parts)
 
     def to_json(self) -> dict:
-        t = self.compiled.totals
+        todo = self.totals_to_run()
         return {
             "spec": self.compiled.spec.name,
             "steps": [
@@ -74,10 +71,15 @@ class Plan:
             ],
             "counts": self.counts(),
             "totals": {
-                **t,
-                "epochs_to_run": self.epochs_to_run(),
-                "tokens_to_run": self.tokens_to_run(),
+                **self.compiled.totals,
+                "epochs_to_run": todo["epochs"],
+                "tokens_to_run": todo["train_tokens"],
+                "flops_to_run": todo["train_flops"],
             },
+            "populations": [
+                {"label": p.label, "values": p.values, "prior": p.prior_key, "curve": p.curve_key, "totals": p.totals}
+                for p in self.compiled.populations
+            ],
             "warnings": self.compiled.warnings,
         }
 

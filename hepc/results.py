@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import json
 
-from hepc.compile import Compiled
+from hepc.compile import Compiled, Population
 from hepc.errors import HepcError
 from hepc.store import Store
 
 
 def collect(compiled: Compiled, store: Store) -> dict:
-    """The results of a compiled spec; raises if its prior/curve steps have not run yet."""
+    """The results of a compiled spec; raises if its prior/curve steps have not run yet.
+
+    One population: a flat dict (`members`, `ensembles`, `curve`, …). A sweep: `{"spec",
+    "populations": [flat dict with `label` and `values`, …]}`.
+    """
+    rows = [collect_population(compiled, pop, store) for pop in compiled.populations]
+    if len(rows) == 1:
+        return rows[0]
+    return {"spec": compiled.spec.name, "populations": rows}
+
+
+def collect_population(compiled: Compiled, pop: Population, store: Store) -> dict:
     graph = compiled.graph
-    prior_dir = store.find(graph[compiled.prior_key])
-    curve_dir = store.find(graph[compiled.curve_key])
+    prior_dir = store.find(graph[pop.prior_key])
+    curve_dir = store.find(graph[pop.curve_key])
     if prior_dir is None or curve_dir is None:
+        which = f" (population {pop.label})" if pop.label else ""
         raise HepcError(
-            f"no results yet for spec '{compiled.spec.name}' in store {store.root} "
+            f"no results yet for spec '{compiled.spec.name}'{which} in store {store.root} "
             f"(run `hepc run` first; `hepc plan` shows what is missing)"
         )
     prior = json.loads((prior_dir / "prior.json").read_text())
@@ -24,11 +36,13 @@ def collect(compiled: Compiled, store: Store) -> dict:
     members = prior["members"]
     best_single = min(members, key=lambda m: m["val_loss"])
     best_ensemble = min(prior["ensembles"], key=lambda e: e["val_loss"])
-    corpus_dir = store.find(graph[compiled.corpus_key])
+    corpus_dir = store.find(graph[pop.corpus_key])
     corpus = store.manifest(corpus_dir)["summary"] if corpus_dir else {}
     return {
         "spec": compiled.spec.name,
-        "budget_epochs": compiled.totals["epochs"],
+        "label": pop.label,
+        "values": pop.values,
+        "budget_epochs": pop.totals["epochs"],
         "prior": prior["prior"],
         "fit": prior["fit"],
         "members": members,
@@ -40,11 +54,22 @@ def collect(compiled: Compiled, store: Store) -> dict:
     }
 
 
+def populations(results: dict) -> list[dict]:
+    """The per-population result dicts of `collect`'s output, whichever shape it has."""
+    return results.get("populations", [results])
+
+
 def render(results: dict, console) -> None:
-    """Print the results tables with rich (to stdout)."""
+    """Print the results tables with rich (to stdout), one block per population."""
+    for pop in populations(results):
+        render_population(pop, console)
+
+
+def render_population(results: dict, console) -> None:
     from rich.table import Table
 
-    members = Table(title=f"{results['spec']}: members (val loss, nats/token)")
+    title = results["spec"] + (f" [{results['label']}]" if results.get("label") else "")
+    members = Table(title=f"{title}: members (val loss, nats/token)")
     for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
         members.add_column(col, justify="right")
     def fmt(x):

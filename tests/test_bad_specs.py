@@ -295,7 +295,7 @@ def test_validate_never_imports_torch():
         from hepc.errors import SpecError
         from hepc.spec.load import load_spec
         compiled = compile_spec(load_spec({TINY!r}))
-        assert compiled.totals["members"] == 4
+        assert compiled.populations[0].totals["members"] == 4
         try:
             load_spec("tests/bad_specs/multi_three_problems.yaml")
         except SpecError as e:

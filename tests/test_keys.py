@@ -102,8 +102,8 @@ def test_data_fields_change_everything(override):
 def test_seed_shifts_trajectories():
     """Trajectory p uses seed + p, so seed 1's first trajectory is seed 0's second: shared by key."""
     a, b = compiled(), compiled("seed=1")
-    a_t2 = [m.cycle_key for m in a.members if m.trajectory == 2]
-    b_t1 = [m.cycle_key for m in b.members if m.trajectory == 1]
+    a_t2 = [m.cycle_key for m in a.populations[0].members if m.trajectory == 2]
+    b_t1 = [m.cycle_key for m in b.populations[0].members if m.trajectory == 1]
     assert a_t2 == b_t1
 
 
@@ -151,9 +151,10 @@ def test_budget_accounting_pce():
     c = compiled("population.trajectories=3", "population.cycles=5", "population.epochs_per_cycle=0.5",
                  "prior.budgets=[all]")
     assert c.totals["epochs"] == 3 * 5 * 0.5
-    assert len(c.members) == 15
-    assert max(m.cost_epochs for m in c.members) == 3 * 5 * 0.5
-    assert sorted(m.cost_epochs for m in c.members)[0] == 0.5
+    members = c.populations[0].members
+    assert len(members) == 15
+    assert max(m.cost_epochs for m in members) == 3 * 5 * 0.5
+    assert sorted(m.cost_epochs for m in members)[0] == 0.5
 
 
 def shipped_specs():

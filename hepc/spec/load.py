@@ -18,20 +18,30 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from hepc.errors import Problem, SpecError
 from hepc.spec.checks import consistency_problems
-from hepc.spec.models import Spec
+from hepc.spec.models import SWEEP_FORBIDDEN_ROOTS, Spec
 
 Path_ = tuple  # a path into the spec tree: ("population", "cycles") or ("prior", "budgets", 2)
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One population of a spec: the base spec with one combination of sweep values applied."""
+
+    label: str  # "" without a sweep; else e.g. "epochs_per_cycle=4,alpha=0"
+    values: dict  # dotted path → value
+    spec: Spec
+
+
+@dataclass(frozen=True)
 class LoadedSpec:
-    """A validated spec with where it came from."""
+    """A validated spec with where it came from, expanded into its populations (variants)."""
 
     spec: Spec
     path: Path
     overrides: tuple[str, ...] = ()
     raw: dict = field(default_factory=dict, compare=False)
     locations: dict = field(default_factory=dict, compare=False)
+    variants: tuple[Variant, ...] = ()
 
     def where(self, dotted_path: str) -> str:
         """`file:line:col` of a dotted path such as `data.source.paths[1]` (or of its nearest parent)."""
@@ -357,15 +367,70 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     if override_problems:
         raise SpecError(override_problems)
 
+    spec = _validate(data, locations, filename)
+    variants = _expand_sweep(spec, data, locations, filename)
+    return LoadedSpec(
+        spec=spec, path=p, overrides=tuple(overrides), raw=data, locations=locations, variants=variants
+    )
+
+
+def _validate(data: dict, locations: dict, filename: str) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise SpecError(validation_problems(e, data, locations, filename)) from None
-
     problems = [
         Problem(locate(path_, locations, filename), dotted(path_), msg)
         for path_, msg in consistency_problems(spec)
     ]
     if problems:
         raise SpecError(problems)
-    return LoadedSpec(spec=spec, path=p, overrides=tuple(overrides), raw=data, locations=locations)
+    return spec
+
+
+def _expand_sweep(spec: Spec, data: dict, locations: dict, filename: str) -> tuple[Variant, ...]:
+    """The cross product of `sweep:` values, each validated as a spec of its own (problems located
+    at the sweep value that caused them)."""
+    if not spec.sweep:
+        return (Variant("", {}, spec),)
+    problems: list[Problem] = []
+    for key in spec.sweep:
+        if key.split(".")[0] in SWEEP_FORBIDDEN_ROOTS:
+            problems.append(Problem(locate(("sweep", key), locations, filename), f"sweep.{key}",
+                                    f"cannot sweep '{key.split('.')[0]}' (it does not define a population)"))
+    if problems:
+        raise SpecError(problems)
+    import copy
+    import itertools
+
+    keys = list(spec.sweep)
+    base = {k: v for k, v in data.items() if k != "sweep"}
+    variants, seen = [], set()
+    for combo in itertools.product(*(range(len(spec.sweep[k])) for k in keys)):
+        values = {k: spec.sweep[k][i] for k, i in zip(keys, combo)}
+        variant_data, variant_locs = copy.deepcopy(base), dict(locations)
+        for k, i in zip(keys, combo):
+            label = locate(("sweep", k, i), locations, filename)
+            try:
+                apply_override(variant_data, variant_locs, tuple(k.split(".")), values[k], label)
+            except SpecError as e:
+                problems.extend(p for p in e.problems if p not in problems)
+        try:
+            variant = _validate(variant_data, variant_locs, filename)
+        except SpecError as e:
+            problems.extend(p for p in e.problems if p not in problems)
+            continue
+        name = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(values[k])}" for k in keys)
+        if name in seen:
+            problems.append(Problem(locate(("sweep",), locations, filename), "sweep", f"two variants are both '{name}'"))
+        seen.add(name)
+        variants.append(Variant(name, values, variant))
+    if problems:
+        raise SpecError(problems)
+    return tuple(variants)
+
+
+def _short(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

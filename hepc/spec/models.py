@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Sweeps may vary anything that defines a population, not the experiment's identity or runtime.
+SWEEP_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+SWEEP_FORBIDDEN_ROOTS = ("version", "name", "runtime", "sweep")
 
 
 class Strict(BaseModel):
@@ -202,6 +205,8 @@ class Population(Strict):
     """Weight perturbation between cycles; absent = none."""
 
 
+SweepValue = JsonValue
+
 Budget = Union[Annotated[int, Field(ge=1)], Literal["all"]]
 
 
@@ -264,3 +269,9 @@ class Spec(Strict):
     """Member weighting and inference budgets."""
     runtime: Runtime = Runtime()
     """Execution settings; never part of a step key."""
+    sweep: Annotated[
+        dict[Annotated[str, Field(pattern=SWEEP_PATH_PATTERN)], Annotated[list[SweepValue], Field(min_length=1)]],
+        Field(min_length=1),
+    ] | None = None
+    """Dotted path → list of values; the cross product becomes several populations in one graph
+    (steps they have in common are shared by key). Example: {population.epochs_per_cycle: [1, 2, 4]}."""

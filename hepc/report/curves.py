@@ -1,0 +1,120 @@
+"""Loss-vs-budget curves from a population's curve points (method.md §8, §13 point 16).
+
+A *curve point* is one row of ``curve.json`` (see ``hepc.ensemble.loss_curve``)::
+
+    {"budget_epochs": float, "members": int, "k": int, "k_label": int | "all",
+     "val_loss": float, "val_bpb": float | None}
+
+A *curve* here is a list of ``(budget_epochs, val_loss)`` pairs sorted by budget, one pair per
+distinct budget. Budgets are epochs summed over all members (method.md §8.1), so they are > 0.
+
+Two curves per population are reported, as in the paper:
+
+- **best K** (``best_k_curve``): at each budget the lowest val loss over every evaluated
+  inference budget K — what the population can deliver at that training budget;
+- **fixed K** (``fixed_k_curve``): the inference ensemble restricted to K members, used for the
+  paper's matched-K comparison (q0's top-K with K = the baseline's ensemble size, method.md §8.3).
+
+``running_best`` turns either into its monotone envelope: a population can always keep the best
+ensemble it had at an earlier budget, so the loss it can deliver never rises with budget.
+``hepc.report.compare`` measures epochs-to-match ("the budget where a curve *first* reaches a
+loss") and gaps at equal budget on envelopes by default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+Curve = list[tuple[float, float]]
+
+
+def as_curve(pairs: Iterable[Sequence[float]]) -> Curve:
+    """Normalise ``(budget, loss)`` pairs into a curve: sorted by budget, one pair per budget.
+
+    Duplicate budgets keep the lowest loss. Raises ValueError on an empty input, a non-positive
+    or non-finite budget (budgets are interpolated in log space), or a non-finite loss.
+    """
+    best: dict[float, float] = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"a curve point is (budget, loss), got {pair!r}")
+        budget, loss = float(pair[0]), float(pair[1])
+        if not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"curve budgets must be finite and > 0, got {budget!r}")
+        if not math.isfinite(loss):
+            raise ValueError(f"curve losses must be finite, got {loss!r} at budget {budget:g}")
+        best[budget] = min(loss, best.get(budget, math.inf))
+    if not best:
+        raise ValueError("a curve needs at least one (budget, loss) point")
+    return sorted(best.items())
+
+
+def _by_budget(points: Sequence[Mapping]) -> dict[float, list[Mapping]]:
+    if not points:
+        raise ValueError("no curve points")
+    groups: dict[float, list[Mapping]] = {}
+    for p in points:
+        groups.setdefault(float(p["budget_epochs"]), []).append(p)
+    return dict(sorted(groups.items()))
+
+
+def best_k_curve(points: Sequence[Mapping]) -> Curve:
+    """The best-K curve: for each distinct budget, the minimum ``val_loss`` over all its points (all K)."""
+    return as_curve((b, min(float(p["val_loss"]) for p in ps)) for b, ps in _by_budget(points).items())
+
+
+def fixed_k_curve(points: Sequence[Mapping], k: int) -> Curve:
+    """The curve of the top-``k`` ensemble.
+
+    Rule, per distinct budget (the population available there has ``m`` = the largest ``members``
+    among that budget's points):
+
+    - ``m >= k``: the point whose ``k`` field (the K actually used) equals ``k``. If the population
+      did not evaluate that K (``k`` not in its spec's ``prior.budgets``), raise ValueError: a
+      matched-K comparison needs it, and silently dropping budgets would fake a "never reached".
+    - ``m < k``: fewer members exist than the inference budget allows, so the ensemble of
+      everything available is the top-k ensemble: the point with the largest ``k`` at that budget
+      (the ``"all"`` point when the spec lists ``all``).
+
+    This is the paper's matched-K restriction (method.md §8.3): q0's inference ensemble may use
+    at most as many members as the baseline's ensemble.
+    """
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    out = []
+    for budget, ps in _by_budget(points).items():
+        available = max(int(p["members"]) for p in ps)
+        if available >= k:
+            hits = [p for p in ps if int(p["k"]) == k and int(p["members"]) == available]
+            if not hits:
+                ks = sorted({int(p["k"]) for p in ps})
+                raise ValueError(
+                    f"no K={k} point at budget {budget:g} epochs ({available} members; evaluated K: "
+                    f"{ks}); add {k} to prior.budgets to compare at matched K"
+                )
+            out.append((budget, min(float(p["val_loss"]) for p in hits)))
+        else:
+            largest = max(int(p["k"]) for p in ps)
+            out.append((budget, min(float(p["val_loss"]) for p in ps if int(p["k"]) == largest)))
+    return as_curve(out)
+
+
+def ensemble_size(points: Sequence[Mapping]) -> int:
+    """The number of members of a population's final curve point (largest budget).
+
+    For an independent-seed ensemble baseline this is its N, the K used for matched-K comparisons.
+    """
+    groups = _by_budget(points)
+    return max(int(p["members"]) for p in groups[max(groups)])
+
+
+def running_best(curve: Iterable[Sequence[float]]) -> Curve:
+    """Monotone (non-increasing) envelope: at each budget the lowest loss reached at or before it."""
+    out: Curve = []
+    best = math.inf
+    for budget, loss in as_curve(curve):
+        best = min(best, loss)
+        out.append((budget, best))
+    return out

@@ -1,0 +1,213 @@
+"""Render the self-contained HTML report (jinja2, sandboxed, autoescaped) and its summary.json.
+
+The template lives in the repository's ``templates/report/report.html.j2`` (architecture.md:
+"templates/: jinja2 templates: budget recipes and the report"). It is located relative to this
+package, so hepc must run from a source checkout or an editable install; a missing folder is a
+clear ``HepcError``, and ``templates_dir=`` overrides the location.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hepc.errors import HepcError
+
+TEMPLATE = "report.html.j2"
+
+
+def default_templates_dir() -> Path:
+    """``<repo>/templates/report`` (this file is ``<repo>/hepc/report/render.py``)."""
+    return Path(__file__).resolve().parents[2] / "templates" / "report"
+
+
+def _environment(folder: Path):
+    from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    if not (folder / TEMPLATE).is_file():
+        raise HepcError(
+            f"report template not found: {folder / TEMPLATE} (hepc reads its templates from the "
+            f"repository's templates/ folder; run from a source checkout or `pip install -e .`)"
+        )
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(folder)), autoescape=True, undefined=StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    return env
+
+
+def fmt_num(x, digits: int = 4) -> str:
+    """A number for a table cell: fixed digits, "n/a" for None/NaN."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    return f"{float(x):.{digits}f}"
+
+
+def _budget(b) -> str:
+    return "n/a" if b is None else f"{float(b):.3g}" if float(b) < 100 else f"{float(b):.0f}"
+
+
+def _match_cells(m: Mapping) -> tuple[str, str]:
+    """(candidate budget, ratio) cells of an epochs-to-match result."""
+    if m.get("error"):
+        return "n/a", "n/a (" + m["error"] + ")"
+    if not m.get("reached"):
+        match = m.get("match") or {}
+        if "closest_loss" in match:
+            return (f"not reached (best {match['closest_loss']:.4f}, +{match['gap']:.4f})", "not reached")
+        return "not reached", "not reached"
+    if m.get("at_first_point"):
+        return f"≤ {_budget(m['candidate_budget'])}", f"≥ {m['ratio']:.2f}×"
+    return _budget(m["candidate_budget"]), f"{m['ratio']:.2f}×"
+
+
+def comparison_rows(comparisons: Sequence[Mapping]) -> list[dict]:
+    """Display cells (strings) of the comparison table, one row per ``compare_populations`` dict."""
+    rows = []
+    for c in comparisons:
+        e, k = c["epochs_to_match"], c["matched_k"]
+        gap = c["loss_gap_at_equal_budget"]["at_largest_common_budget"]
+        cand_budget, ratio = _match_cells(e)
+        k_budget, k_ratio = _match_cells(k)
+        rows.append({
+            "reference": str(c.get("reference")),
+            "candidate": str(c.get("candidate")),
+            "reference_loss": fmt_num(e["reference_loss"]),
+            "reference_budget": _budget(e["reference_budget"]),
+            "candidate_budget": cand_budget,
+            "ratio": ratio,
+            "k": str(k.get("k")),
+            "k_budget": k_budget,
+            "k_ratio": k_ratio,
+            "gap": "n/a" if gap is None else f"{gap['gap']:+.4f} @ {_budget(gap['budget'])}",
+        })
+    return rows
+
+
+def weight_grid(members: Sequence[Mapping]) -> dict:
+    """Learned weights as a trajectory × cycle grid for the heat-table.
+
+    Returns ``{"cycles": [c, ...], "rows": [{"trajectory": t, "cells": [{"weight": float | None,
+    "text": str, "shade": 0..1}]}]}``; ``shade`` is weight / max weight (0 for a missing cell).
+    """
+    cycles = sorted({int(m["cycle"]) for m in members})
+    trajs = sorted({int(m["trajectory"]) for m in members})
+    w = {(int(m["trajectory"]), int(m["cycle"])): float(m["weight"]) for m in members}
+    top = max(w.values(), default=0.0) or 1.0
+    rows = []
+    for t in trajs:
+        cells = []
+        for c in cycles:
+            x = w.get((t, c))
+            cells.append({"weight": x, "text": "" if x is None else f"{x:.3f}",
+                          "shade": 0.0 if x is None else round(x / top, 3)})
+        rows.append({"trajectory": t, "cells": cells})
+    return {"cycles": cycles, "rows": rows}
+
+
+def _population_view(r: Mapping) -> dict:
+    members = sorted(r.get("members", []), key=lambda m: (m["trajectory"], m["cycle"]))
+    return {
+        "name": str(r.get("spec")),
+        "budget_epochs": r.get("budget_epochs"),
+        "prior_kind": (r.get("prior") or {}).get("kind", "n/a"),
+        "fit": r.get("fit"),
+        "best_single": r.get("best_single"),
+        "best_ensemble": r.get("best_ensemble"),
+        "members": members,
+        "ensembles": list(r.get("ensembles", [])),
+        "weights": weight_grid(members) if members else None,
+    }
+
+
+def _png_data_uri(plot: Mapping, out_dir: Path) -> str:
+    if "png" in plot:
+        data = plot["png"]
+    else:
+        p = Path(plot["path"])
+        data = (p if p.is_absolute() else out_dir / p).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"plot {plot.get('title', '')!r} is not a PNG")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _summary(context: Mapping, comparisons: Sequence[Mapping]) -> dict:
+    pops = []
+    for r in context.get("populations", []):
+        pops.append({
+            "spec": r.get("spec"),
+            "budget_epochs": r.get("budget_epochs"),
+            "best_single": r.get("best_single"),
+            "best_ensemble": r.get("best_ensemble"),
+            "ensembles": [{k: e.get(k) for k in ("k", "k_label", "val_loss", "val_bpb")}
+                          for e in r.get("ensembles", [])],
+            "members": list(r.get("members", [])),
+            "curve": list(r.get("curve", [])),
+        })
+    return {
+        "title": context.get("title", "hepc report"),
+        "comparisons": list(comparisons),
+        "populations": pops,
+        "curves": {str(k): [list(p) for p in v] for k, v in (context.get("curves") or {}).items()},
+        "data_efficiency": context.get("data_efficiency"),
+        "extra": context.get("summary"),
+    }
+
+
+def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str | Path | None = None) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) and ``out_dir/summary.json``; return the HTML path.
+
+    ``context`` keys (all optional except where noted):
+
+    - ``title``: page title (default "hepc report"); ``notes``: list of paragraphs shown on top.
+    - ``specs``: ``[{"name": str, "text": str}]``, the resolved specs (YAML/JSON text, shown verbatim).
+    - ``comparisons``: ``[hepc.report.compare.compare_populations(...) dicts]`` → the comparison table.
+    - ``curves``: ``{label: [(budget, loss), ...]}``; when given, ``out_dir/curves.png`` is drawn with
+      ``plot_curves`` (plus ``hlines``: ``{label: loss}`` dashed lines, ``curves_title``) and embedded.
+    - ``plots``: more figures, ``[{"title": str, "path": PNG path (relative to out_dir or absolute)}
+      or {"title": str, "png": bytes}]``, embedded as base64 data URIs.
+    - ``populations``: ``[hepc.results.collect(...) dicts]`` → member losses, top-K ensembles and the
+      learned weights per trajectory × cycle of each population.
+    - ``data_efficiency``: a ``data_efficiency(...)`` dict (or a list of them).
+    - ``summary``: anything JSON-serialisable, copied into summary.json under ``extra``.
+
+    Every string from the context is HTML-escaped (autoescape, sandboxed template environment).
+    ``summary.json`` holds the numbers: comparisons (raw dicts), per-population best single, best
+    ensemble, ensembles, members and curve points, the curve series and data efficiency.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = _environment(Path(templates_dir) if templates_dir is not None else default_templates_dir())
+
+    plots = []
+    if context.get("curves"):
+        from hepc.report.plots import plot_curves
+
+        path = plot_curves(context["curves"], out_dir / "curves.png", context.get("curves_title", "loss vs budget"),
+                           hlines=context.get("hlines"))
+        plots.append({"title": context.get("curves_title", "loss vs budget"), "path": path})
+    plots.extend(context.get("plots", []))
+    comparisons = list(context.get("comparisons", []))
+    eff = context.get("data_efficiency")
+    view = {
+        "title": str(context.get("title", "hepc report")),
+        "notes": [str(n) for n in context.get("notes", [])],
+        "specs": [{"name": str(s["name"]), "text": str(s["text"])} for s in context.get("specs", [])],
+        "comparison_rows": comparison_rows(comparisons),
+        "plots": [{"title": str(p.get("title", "")), "src": _png_data_uri(p, out_dir)} for p in plots],
+        "populations": [_population_view(r) for r in context.get("populations", [])],
+        "data_efficiency": [] if eff is None else list(eff) if isinstance(eff, (list, tuple)) else [eff],
+    }
+    html = env.get_template(TEMPLATE).render(**view)
+    target = out_dir / "report.html"
+    target.write_text(html, encoding="utf-8")
+    (out_dir / "summary.json").write_text(
+        json.dumps(_summary(context, comparisons), indent=1, default=str) + "\n", encoding="utf-8")
+    return target
