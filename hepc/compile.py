@@ -62,6 +62,7 @@ class Population:
     prior_key: str
     curve_key: str
     totals: dict
+    logits_key: str | None = None  # prior.aggregate == "logit": the logit-averaged evaluation
 
 
 @dataclass
@@ -205,6 +206,17 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
         name = f"{_slug(variant.label)}-{name}"
     prior = graph.add(make_step("prior", name, prior_params, score_inputs))
     curve = graph.add(make_step("curve", name, prior_params, score_inputs))
+    logits_key = None
+    if spec.prior.aggregate == "logit":
+        logits_key = graph.add(
+            make_step(
+                "logits",
+                name,
+                params={"aggregate": "logit", "scorer": SCORER_VERSION},
+                inputs={"prior": prior.key, "snapshots": [mb.cycle_key for mb in members], "corpus": corpus.key},
+                context={"model": model, "seq_len": d.seq_len},
+            )
+        ).key
 
     totals = {
         "params": param_count(vocab, m.n_layer, m.d_model),
@@ -214,7 +226,9 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
         "trained_tokens_per_epoch": trained_tokens,
         **_sum_steps(graph[k] for mb in members for k in (mb.cycle_key, *mb.score_keys.values())),
     }
-    return Population(variant.label, variant.values, spec, corpus.key, members, prior.key, curve.key, totals)
+    return Population(
+        variant.label, variant.values, spec, corpus.key, members, prior.key, curve.key, totals, logits_key
+    )
 
 
 def _sum_steps(steps) -> dict:

@@ -34,8 +34,14 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
     prior = json.loads((prior_dir / "prior.json").read_text())
     curve = json.loads((curve_dir / "curve.json").read_text())
     members = prior["members"]
+    ensembles, aggregate = prior["ensembles"], "probability"
+    if pop.logits_key is not None:
+        logits_dir = store.find(graph[pop.logits_key])
+        if logits_dir is None:
+            raise HepcError(f"no logit-averaged results yet for spec '{compiled.spec.name}' (run `hepc run`)")
+        ensembles, aggregate = json.loads((logits_dir / "logits.json").read_text())["ensembles"], "logit"
     best_single = min(members, key=lambda m: m["val_loss"])
-    best_ensemble = min(prior["ensembles"], key=lambda e: e["val_loss"])
+    best_ensemble = min(ensembles, key=lambda e: e["val_loss"])
     corpus_dir = store.find(graph[pop.corpus_key])
     corpus = store.manifest(corpus_dir)["summary"] if corpus_dir else {}
     return {
@@ -46,7 +52,8 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         "prior": prior["prior"],
         "fit": prior["fit"],
         "members": members,
-        "ensembles": prior["ensembles"],
+        "aggregate": aggregate,
+        "ensembles": ensembles,
         "curve": curve["points"],
         "best_single": {k: best_single[k] for k in ("trajectory", "cycle", "val_loss", "val_bpb")},
         "best_ensemble": {k: best_ensemble[k] for k in ("k", "k_label", "val_loss", "val_bpb")},
@@ -82,7 +89,7 @@ def render_population(results: dict, console) -> None:
         )
     console.print(members)
 
-    ens = Table(title=f"ensembles ({results['prior']['kind']} prior, weighted probability averaging)")
+    ens = Table(title=f"ensembles ({results['prior']['kind']} prior, weighted {results['aggregate']} averaging)")
     for col in ("K", "val loss", "val bpb", "vs best single"):
         ens.add_column(col, justify="right")
     best = results["best_single"]["val_loss"]

@@ -3,8 +3,11 @@
     objects/<kind>/<name>-<key12>/   committed, immutable; manifest.json written last, then renamed in
     work/<key>/                      resumable scratch of an in-flight step
     tmp/                             staging; commit = rename into objects/ (first writer wins)
-    leases/<key>                     one lease per running step (pid, host, heartbeat)
+    leases/<key>                     one lease per running step (pid, host, heartbeat: see store_lease.py)
     records/<spec-name>/<run-id>/    each run: resolved spec, plan, events.jsonl
+    verified/<kind>-<dirname>        stat signatures of objects verified intact (a cache, see verify.py)
+    quarantine/<stamp>/<kind>/<dir>  damaged objects moved aside by `hepc run` (kept for inspection)
+    trash/<stamp>/                   phase 1 of `hepc gc --yes` (unreachable objects, deleted in phase 2)
 
 Reading never creates anything: `hepc plan` on a missing store writes nothing.
 """
@@ -14,17 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import xxhash
-
+from hepc import store_lease
 from hepc.errors import StoreError
 from hepc.graph import StepSpec
+from hepc.store_lease import Lease, LeaseBusy, LeaseLost  # noqa: F401  (re-exported)
+from hepc.verify import SELF_DIGEST, check_object, file_digest, manifest_digest, quarantine, record_sig  # noqa: F401
 
 MANIFEST = "manifest.json"
 DEFAULT_STORE = "runs"
@@ -35,36 +36,25 @@ def resolve_store_path(cli_value: str | None, spec_value: str | None = None) -> 
     return Path(cli_value or os.environ.get("HEPC_STORE") or spec_value or DEFAULT_STORE)
 
 
-def file_digest(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_json_atomic(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-class LeaseBusy(Exception):
-    """Another live process holds the lease of this step."""
-
-    def __init__(self, holder: dict):
-        self.holder = holder
-        super().__init__(f"held by pid {holder.get('pid')} on {holder.get('host')}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def safe_component(name: str) -> str:
+    """A single path component under the store (step folder, spec name): never '..' or a separator."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith(".")
+    ):
+        raise StoreError(f"refusing unsafe name {name!r} inside the store")
+    return name
 
 
 class Store:
@@ -78,10 +68,13 @@ class Store:
         return self.root / "objects"
 
     def work_dir(self, key: str) -> Path:
-        return self.root / "work" / key
+        return self.root / "work" / safe_component(key)
 
     def lease_path(self, key: str) -> Path:
-        return self.root / "leases" / key
+        return self.root / "leases" / safe_component(key)
+
+    def sig_path(self, obj: Path) -> Path:
+        return self.root / "verified" / f"{obj.parent.name}-{obj.name}"
 
     def _ensure(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -93,7 +86,7 @@ class Store:
     def _kind_index(self, kind: str) -> dict[str, Path]:
         if kind not in self._index:
             idx: dict[str, Path] = {}
-            folder = self.objects / kind
+            folder = self.objects / safe_component(kind)
             if folder.is_dir():
                 for entry in os.scandir(folder):
                     name = entry.name
@@ -102,8 +95,23 @@ class Store:
             self._index[kind] = idx
         return self._index[kind]
 
-    def find(self, step: StepSpec) -> Path | None:
-        """The committed object of `step`, or None. A folder is committed once its manifest exists."""
+    def refresh(self, kind: str | None = None) -> None:
+        """Forget what was seen of objects/ (other processes commit, gc and quarantine move things)."""
+        if kind is None:
+            self._index.clear()
+        else:
+            self._index.pop(kind, None)
+
+    def find(self, step: StepSpec, *, fresh: bool = False) -> Path | None:
+        """The committed object of `step`, or None. A folder is committed once its manifest exists.
+
+        fresh=True looks at the disk again instead of trusting what this process saw before."""
+        if fresh:
+            direct = self.objects / step.kind / safe_component(step.dirname)
+            if (direct / MANIFEST).is_file():
+                self._kind_index(step.kind)[step.key12] = direct
+                return direct
+            self.refresh(step.kind)
         path = self._kind_index(step.kind).get(step.key12)
         if path is None or not (path / MANIFEST).is_file():
             return None
@@ -115,6 +123,20 @@ class Store:
         except (OSError, ValueError) as e:
             raise StoreError(f"{path / MANIFEST}: unreadable manifest ({e}); run `hepc verify`") from None
 
+    def check(self, path: Path, *, full: bool = False) -> list[str]:
+        """Problems of a committed object (see hepc.verify); full=False hashes only what changed."""
+        return check_object(path, full=full, sig_file=self.sig_path(path))
+
+    def quarantine(self, path: Path) -> Path | None:
+        """Move a damaged object aside to quarantine/ so that it is recomputed; returns where it went."""
+        moved = quarantine(path, self.root / "quarantine")
+        self.refresh(path.parent.name)
+        try:
+            self.sig_path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+        return moved
+
     def work_status(self, key: str) -> dict | None:
         """What a previous attempt left in work/<key>: {'state': 'resumable'|'failed', ...} or None."""
         work = self.work_dir(key)
@@ -125,13 +147,15 @@ class Store:
                     info = json.loads(f.read_text())
                 except (OSError, ValueError):
                     info = {}
+                if not isinstance(info, dict):
+                    info = {}
                 return {"state": state, **info}
         return None
 
     # ------------------------------------------------------------------ writing
     def stage(self, step: StepSpec) -> Path:
         self._ensure()
-        path = self.root / "tmp" / f"{step.dirname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        path = self.root / "tmp" / f"{safe_component(step.dirname)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
 
@@ -159,10 +183,11 @@ class Store:
             "summary": summary,
             "provenance": provenance,
         }
+        manifest[SELF_DIGEST] = manifest_digest(json.loads(json.dumps(manifest)))
         write_json_atomic(staged / MANIFEST, manifest)
-        dest_dir = self.objects / step.kind
+        dest_dir = self.objects / safe_component(step.kind)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / step.dirname
+        dest = dest_dir / safe_component(step.dirname)
         try:
             os.rename(staged, dest)
         except OSError:
@@ -171,6 +196,7 @@ class Store:
             else:
                 raise
         self._kind_index(step.kind)[step.key12] = dest
+        record_sig(dest, self.sig_path(dest))
         return dest
 
     def mark_failed(self, step: StepSpec, error: str) -> None:
@@ -182,47 +208,18 @@ class Store:
         shutil.rmtree(self.work_dir(step.key), ignore_errors=True)
 
     # ------------------------------------------------------------------ leases
-    @contextmanager
-    def lease(self, step: StepSpec) -> Iterator[None]:
-        """Hold `leases/<key>` while a step runs. A lease of a dead local process is taken over."""
-        self._ensure()
-        path = self.lease_path(step.key)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "step": step.dirname, "heartbeat": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._read_lease(path)
-                if holder and holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
-                    path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if holder is None:
-                    continue
-                raise LeaseBusy(holder) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
-        else:
-            raise LeaseBusy(self._read_lease(path) or {})
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+    def lease(self, step: StepSpec) -> Lease:
+        """Take `leases/<key>` for `step` (raises LeaseBusy while a live process holds it).
 
-    @staticmethod
-    def _read_lease(path: Path) -> dict | None:
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
+        Use as a context manager; the lease heartbeats in the background until released."""
+        self._ensure()
+        return store_lease.acquire(self.lease_path(step.key), step.dirname)
 
     # ------------------------------------------------------------------ run records
     def open_record(self, spec_name: str, resolved: dict, plan: dict) -> "RunRecord":
         self._ensure()
-        run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        folder = self.root / "records" / spec_name / run_id
+        run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        folder = self.root / "records" / safe_component(spec_name) / run_id
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "spec.json", resolved)
         write_json_atomic(folder / "plan.json", plan)
@@ -230,7 +227,7 @@ class Store:
 
 
 class RunRecord:
-    """Append-only events of one `hepc run` invocation."""
+    """Append-only events of one `hepc run` invocation (one line per event, written with O_APPEND)."""
 
     def __init__(self, folder: Path):
         self.folder = folder

@@ -182,3 +182,8 @@ def test_every_shipped_spec_validates():
     for p in shipped_specs():
         c = compile_spec(load_spec(p))
         assert len(c.graph) > 0
+
+
+def test_logit_aggregation_adds_one_step_and_keeps_every_key():
+    assert changed("prior.aggregate=logit") == {"logits:p2xc2"}
+    assert changed("prior.aggregate=probability") == set()  # the default stays out of every key

@@ -15,7 +15,15 @@ from hepc.report.compare import (
     reference_final,
     token_envelope,
 )
-from hepc.report.curves import as_curve, best_k_curve, ensemble_size, fixed_k_curve, running_best
+from hepc.report.curves import (
+    as_curve,
+    best_k_curve,
+    ensemble_size,
+    fixed_k_curve,
+    flatten_results,
+    merge_points,
+    running_best,
+)
 from hepc.report.plots import plot_curves
 from hepc.report.render import render_report
 
@@ -28,9 +36,11 @@ __all__ = [
     "ensemble_size",
     "epochs_to_match",
     "fixed_k_curve",
+    "flatten_results",
     "interpolate_loss",
     "loss_gap_at_equal_budget",
     "matched_k_ratio",
+    "merge_points",
     "plot_curves",
     "reference_final",
     "render_report",

@@ -28,7 +28,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from hepc.report.curves import Curve, as_curve, best_k_curve, ensemble_size, fixed_k_curve, running_best
+from hepc.report.curves import (
+    Curve,
+    as_curve,
+    best_k_curve,
+    ensemble_size,
+    fixed_k_curve,
+    merge_points,
+    running_best,
+)
 
 FIRST_POINT_NOTE = (
     "the curve already reaches the target at its first point: the true crossing may be at a "
@@ -64,7 +72,7 @@ def epochs_to_match(curve, target_loss: float, *, envelope: bool = True) -> dict
 
     Returns, when reached::
 
-        {"reached": True, "budget": float, "target_loss": float,
+        {"reached": True, "budget": float, "target_loss": float, "envelope": bool,
          "at_first_point": bool,   # True: the first point is already at/below the target
          "interpolated": bool,     # True: strictly between two evaluated budgets
          "between": [[b0, l0], [b1, l1]] | None,   # the bracketing points (None at the first point)
@@ -72,7 +80,7 @@ def epochs_to_match(curve, target_loss: float, *, envelope: bool = True) -> dict
 
     and when the curve never gets there (never a number for the budget)::
 
-        {"reached": False, "budget": None, "target_loss": float, "at_first_point": False,
+        {"reached": False, "budget": None, "target_loss": float, "envelope": bool, "at_first_point": False,
          "interpolated": False, "between": None,
          "closest_loss": float, "closest_budget": float, "gap": closest_loss − target (> 0),
          "note": str}
@@ -200,8 +208,9 @@ def matched_k_ratio(reference_points: Sequence[Mapping], candidate_points: Seque
 def compare_populations(reference: Mapping, candidate: Mapping, *, envelope: bool = True) -> dict:
     """Everything ``hepc compare`` reports for one (reference, candidate) pair of results dicts.
 
-    ``reference`` and ``candidate`` are ``hepc.results.collect`` dicts (only ``spec`` and
-    ``curve`` are read). Returns::
+    ``reference`` and ``candidate`` are ``hepc.results.collect`` outputs (only ``spec`` and the
+    curve points are read); a sweep's populations are merged (``merge_points``), so a
+    single-model sweep over epoch budgets is one curve. Returns::
 
         {"reference": name, "candidate": name, "envelope": bool,
          "epochs_to_match": {... compare()["epochs_to_match"] ..., "ratio": float | None},
@@ -209,7 +218,7 @@ def compare_populations(reference: Mapping, candidate: Mapping, *, envelope: boo
          "matched_k": {... matched_k_ratio() ...} or {"k", "reached": False, "ratio": None, "error": str},
          "matched_k_ratio": float | None}
     """
-    ref_pts, cand_pts = reference["curve"], candidate["curve"]
+    ref_pts, cand_pts = merge_points(reference), merge_points(candidate)
     main = compare(best_k_curve(ref_pts), best_k_curve(cand_pts), envelope=envelope)
     k = ensemble_size(ref_pts)
     try:

@@ -50,6 +50,21 @@ def as_curve(pairs: Iterable[Sequence[float]]) -> Curve:
     return sorted(best.items())
 
 
+def flatten_results(results: Mapping) -> list[Mapping]:
+    """The per-population dicts of a ``hepc.results.collect`` output (flat, or a sweep's
+    ``{"spec", "populations": [...]}``)."""
+    return list(results["populations"]) if "populations" in results else [results]
+
+
+def merge_points(results: Mapping) -> list[Mapping]:
+    """All curve points of a ``collect`` output, every population of a sweep together.
+
+    For a sweep (e.g. ``single.yaml``: one model per epoch budget) ``best_k_curve`` of the merged
+    points is the best population at each budget, the sweep's loss-vs-budget curve.
+    """
+    return [p for pop in flatten_results(results) for p in pop["curve"]]
+
+
 def _by_budget(points: Sequence[Mapping]) -> dict[float, list[Mapping]]:
     if not points:
         raise ValueError("no curve points")

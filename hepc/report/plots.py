@@ -39,11 +39,9 @@ def plot_curves(series: Mapping[str, Sequence[Sequence[float]]], path: str | Pat
         ax.axhline(float(loss), linestyle="--", linewidth=1.0, color="0.35", label=str(label))
     if logx:
         ax.set_xscale("log", base=2)
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
-        fmt = ScalarFormatter()
-        fmt.set_scientific(False)
-        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))  # 0.5, 1, 2, 64
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

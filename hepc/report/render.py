@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hepc.errors import HepcError
+from hepc.report.curves import flatten_results
 
 TEMPLATE = "report.html.j2"
 
@@ -38,6 +39,7 @@ def _environment(folder: Path):
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["tokens"] = fmt_tokens
     return env
 
 
@@ -48,6 +50,17 @@ def fmt_num(x, digits: int = 4) -> str:
     if isinstance(x, int) and not isinstance(x, bool):
         return str(x)
     return f"{float(x):.{digits}f}"
+
+
+def fmt_tokens(x) -> str:
+    """A token count for a table cell: 100M, 1.28B, 512K; "n/a" for None."""
+    if x is None:
+        return "n/a"
+    x = float(x)
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.4g}{suffix}"
+    return f"{x:.4g}"
 
 
 def _budget(b) -> str:
@@ -114,8 +127,10 @@ def weight_grid(members: Sequence[Mapping]) -> dict:
 
 def _population_view(r: Mapping) -> dict:
     members = sorted(r.get("members", []), key=lambda m: (m["trajectory"], m["cycle"]))
+    name = str(r.get("spec")) + (f" [{r['label']}]" if r.get("label") else "")
     return {
-        "name": str(r.get("spec")),
+        "name": name,
+        "aggregate": r.get("aggregate", "probability"),
         "budget_epochs": r.get("budget_epochs"),
         "prior_kind": (r.get("prior") or {}).get("kind", "n/a"),
         "fit": r.get("fit"),
@@ -138,11 +153,18 @@ def _png_data_uri(plot: Mapping, out_dir: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _all_populations(context: Mapping) -> list[Mapping]:
+    return [pop for r in context.get("populations", []) for pop in flatten_results(r)]
+
+
 def _summary(context: Mapping, comparisons: Sequence[Mapping]) -> dict:
     pops = []
-    for r in context.get("populations", []):
+    for r in _all_populations(context):
         pops.append({
             "spec": r.get("spec"),
+            "label": r.get("label"),
+            "values": r.get("values"),
+            "aggregate": r.get("aggregate", "probability"),
             "budget_epochs": r.get("budget_epochs"),
             "best_single": r.get("best_single"),
             "best_ensemble": r.get("best_ensemble"),
@@ -173,8 +195,8 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
       ``plot_curves`` (plus ``hlines``: ``{label: loss}`` dashed lines, ``curves_title``) and embedded.
     - ``plots``: more figures, ``[{"title": str, "path": PNG path (relative to out_dir or absolute)}
       or {"title": str, "png": bytes}]``, embedded as base64 data URIs.
-    - ``populations``: ``[hepc.results.collect(...) dicts]`` → member losses, top-K ensembles and the
-      learned weights per trajectory × cycle of each population.
+    - ``populations``: ``[hepc.results.collect(...) outputs]`` (a sweep's populations are listed one by
+      one) → member losses, top-K ensembles and the learned weights per trajectory × cycle.
     - ``data_efficiency``: a ``data_efficiency(...)`` dict (or a list of them).
     - ``summary``: anything JSON-serialisable, copied into summary.json under ``extra``.
 
@@ -202,7 +224,7 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
         "specs": [{"name": str(s["name"]), "text": str(s["text"])} for s in context.get("specs", [])],
         "comparison_rows": comparison_rows(comparisons),
         "plots": [{"title": str(p.get("title", "")), "src": _png_data_uri(p, out_dir)} for p in plots],
-        "populations": [_population_view(r) for r in context.get("populations", [])],
+        "populations": [_population_view(r) for r in _all_populations(context)],
         "data_efficiency": [] if eff is None else list(eff) if isinstance(eff, (list, tuple)) else [eff],
     }
     html = env.get_template(TEMPLATE).render(**view)

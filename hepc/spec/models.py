@@ -221,6 +221,10 @@ class Prior(Strict):
     """Learning rate of the prior fit."""
     budgets: Annotated[list[Budget], Field(min_length=1)] = ["all"]
     """Inference budgets K to report (top-K members by weight); `all` = every snapshot."""
+    aggregate: Literal["probability", "logit"] = Field("probability", json_schema_extra={"added_in": "0.2"})
+    """How the top-K members are combined on val: `probability` (weighted mixture, the method) or
+    `logit` (softmax of the weighted mean logits; the ablation, final budget only: the loss curve
+    always averages probabilities)."""
 
 
 # --------------------------------------------------------------------------- runtime (never hashed)

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from hepc.train.checkpoint import load_weights
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
+
+
+def load_net(model: dict, weights_path: Path, vocab_size: int, seq_len: int, device: torch.device) -> GPT:
+    """A snapshot in eval mode (dropout off) on `device`."""
+    config = GPTConfig(vocab_size, model["n_layer"], model["d_model"], model["n_head"], 0.0, seq_len)
+    net = GPT(config)
+    net.load_state_dict(load_weights(Path(weights_path)))
+    return net.to(device).eval()
+
+
+def windows(tokens: np.ndarray, seq_len: int, batch_seqs: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first target index, windows (B, t+1)) covering every target of `tokens` exactly once.
+
+    Windows of seq_len + 1 tokens with stride seq_len (window w covers tokens[w·T : w·T + T + 1]) so every
+    token but the first is a target exactly once; context restarts at each window, like the val loss of
+    method.md §2. The last window may be shorter.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n_targets = max(len(tokens) - 1, 0)
+    n_full = n_targets // seq_len  # windows with a full seq_len of targets
+    if n_full:  # (n_full, T+1) views, no copy
+        full = np.lib.stride_tricks.sliding_window_view(tokens, seq_len + 1)[::seq_len][:n_full]
+        for b in range(0, n_full, batch_seqs):
+            yield b * seq_len, np.array(full[b : b + batch_seqs])  # copy: the views are read-only
+    if n_full * seq_len < n_targets:  # the shorter last window
+        yield n_full * seq_len, np.array(tokens[None, n_full * seq_len :])
+
+
+def _setup(runtime: dict):
+    device = resolve_device(runtime.get("device", "auto"))
+    if runtime.get("threads"):
+        torch.set_num_threads(int(runtime["threads"]))
+    return device, precision_context(device, runtime.get("dtype", "float32"))
 
 
 @torch.no_grad()
@@ -22,40 +56,52 @@ def score_tokens(
     runtime: dict,
     batch_seqs: int = 16,
 ) -> np.ndarray:
-    """p[i] = P(tokens[i+1] | tokens[window start : i+1]) for i = 0 … len(tokens) − 2, float32.
-
-    Windows of seq_len + 1 tokens with stride seq_len (window w covers tokens[w·T : w·T + T + 1]) so every
-    token but the first is a target exactly once; context restarts at each window, like the val loss of
-    method.md §2. The last window may be shorter.
-    """
-    device = resolve_device(runtime.get("device", "auto"))
-    autocast = precision_context(device, runtime.get("dtype", "float32"))
-    if runtime.get("threads"):
-        torch.set_num_threads(int(runtime["threads"]))
-    config = GPTConfig(vocab_size, model["n_layer"], model["d_model"], model["n_head"], 0.0, seq_len)
-    net = GPT(config)
-    net.load_state_dict(load_weights(Path(weights_path)))
-    net.to(device).eval()
-
-    tokens = np.asarray(tokens, dtype=np.int64)
-    n_targets = max(len(tokens) - 1, 0)
-    out = np.empty(n_targets, dtype=np.float32)
-    n_full = n_targets // seq_len  # windows with a full seq_len of targets
-    if n_full:  # (n_full, T+1) views, no copy
-        full = np.lib.stride_tricks.sliding_window_view(tokens, seq_len + 1)[::seq_len][:n_full]
-
-    def probs(window: np.ndarray) -> np.ndarray:  # window (B, t+1) -> (B, t)
-        w = torch.from_numpy(np.array(window)).to(device)  # copy: the windows are read-only views
+    """p[i] = P(tokens[i+1] | tokens[window start : i+1]) for i = 0 … len(tokens) − 2, float32 (see `windows`)."""
+    device, autocast = _setup(runtime)
+    net = load_net(model, weights_path, vocab_size, seq_len, device)
+    out = np.empty(max(len(tokens) - 1, 0), dtype=np.float32)
+    for start, window in windows(tokens, seq_len, batch_seqs):
+        w = torch.from_numpy(window).to(device)
         x, y = w[:, :-1], w[:, 1:]
         with autocast:
             logits = net(x)  # (B, t, V)
         p = torch.softmax(logits.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (B, t)
         # keep p > 0 so the prior's log never sees an exact zero from float32 underflow
-        return p.clamp_min(torch.finfo(torch.float32).tiny).cpu().numpy()
-
-    for b in range(0, n_full, batch_seqs):
-        chunk = full[b : b + batch_seqs]
-        out[b * seq_len : (b + len(chunk)) * seq_len] = probs(chunk).reshape(-1)
-    if n_full * seq_len < n_targets:  # the shorter last window
-        out[n_full * seq_len :] = probs(tokens[None, n_full * seq_len :])[0]
+        out[start : start + p.numel()] = p.clamp_min(torch.finfo(torch.float32).tiny).cpu().numpy().reshape(-1)
     return out
+
+
+@torch.no_grad()
+def logit_ensemble_losses(
+    *,
+    model: dict,
+    weights_paths: list[Path],
+    ensembles: list[list[tuple[int, float]]],
+    tokens: np.ndarray,
+    vocab_size: int,
+    seq_len: int,
+    runtime: dict,
+    batch_seqs: int = 16,
+) -> list[float]:
+    """Mean NLL (nats) of each ensemble under weighted LOGIT averaging: softmax(Σ_i w_i z_i).
+
+    `ensembles[j]` lists (member index into `weights_paths`, weight) pairs, weights summing to 1.
+    The ablation of method.md §7 (the method itself averages probabilities). Each member's logits are
+    computed once per window batch and shared by every ensemble that uses it.
+    """
+    device, autocast = _setup(runtime)
+    used = sorted({i for ens in ensembles for i, _ in ens})
+    nets = {i: load_net(model, weights_paths[i], vocab_size, seq_len, device) for i in used}
+    totals = [0.0] * len(ensembles)
+    count = 0
+    for _, window in windows(tokens, seq_len, batch_seqs):
+        w = torch.from_numpy(window).to(device)
+        x, y = w[:, :-1], w[:, 1:]
+        with autocast:
+            logits = {i: nets[i](x).float() for i in used}  # each (B, t, V)
+        for j, ens in enumerate(ensembles):
+            mixed = sum(weight * logits[i] for i, weight in ens)
+            nll = torch.nn.functional.cross_entropy(mixed.flatten(0, 1), y.flatten(), reduction="sum")
+            totals[j] += float(nll.double())
+        count += y.numel()
+    return [t / max(count, 1) for t in totals]
