@@ -196,6 +196,108 @@ def diff(
     )
 
 
+def _collect(spec: str, store: Optional[str]):
+    from hepc.results import collect
+
+    loaded, compiled = _load(spec, [])
+    return loaded, collect(compiled, _store(store, loaded))
+
+
+@app.command()
+@user_errors
+def compare(
+    specs: Annotated[list[str], typer.Argument(help="Specs to compare; the first is the baseline.")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the curves as a PNG here.")] = None,
+    reference_data: Annotated[
+        Optional[str], typer.Option("--reference-data", help="Spec of single models trained on more data.")
+    ] = None,
+) -> None:
+    """Curves of several specs side by side: epochs-to-match, matched-K ratio, loss gaps."""
+    from hepc.report.side_by_side import compare_results, render_table
+
+    named = [(loaded.spec.name, res) for loaded, res in (_collect(s, store) for s in specs)]
+    reference = _collect(reference_data, store)[1] if reference_data else None
+    result = compare_results(named, reference)
+    if plot:
+        from hepc.report.plots import plot_curves
+
+        plot_curves(result["curves"], plot, "val loss vs budget (best K)")
+    if json_out:
+        print(json.dumps(result, indent=1))
+    else:
+        render_table(result, _stdout())
+
+
+@app.command()
+@user_errors
+def report(
+    specs: Annotated[list[str], typer.Argument(help="Specs to report; with several, the first is the baseline.")],
+    out: Annotated[str, typer.Option("--out", help="Folder for report.html, curves.png, summary.json.")],
+    store: StoreOpt = None,
+    reference_data: Annotated[
+        Optional[str], typer.Option("--reference-data", help="Spec of single models trained on more data.")
+    ] = None,
+) -> None:
+    """A self-contained HTML report: resolved specs, curves, comparison table, members, learned weights."""
+    from hepc.report.render import render_report
+    from hepc.report.side_by_side import compare_results
+
+    collected = [_collect(s, store) for s in specs]
+    named = [(loaded.spec.name, res) for loaded, res in collected]
+    reference = _collect(reference_data, store)[1] if reference_data else None
+    result = compare_results(named, reference)
+    context = {
+        "title": "hepc: " + " vs ".join(name for name, _ in named),
+        "specs": [{"name": l.spec.name, "text": json.dumps(l.spec.model_dump(mode="json"), indent=1)} for l, _ in collected],
+        "comparisons": result["comparisons"],
+        "curves": {k: [tuple(p) for p in v] for k, v in result["curves"].items()},
+        "curves_title": "val loss vs budget (best K)",
+        "populations": [res for _, res in named],
+        "data_efficiency": result["data_efficiency"],
+        "summary": {"finals": result["finals"], "baseline": result["baseline"]},
+    }
+    path = render_report(context, out)
+    print(path)
+
+
+@app.command()
+@user_errors
+def new(
+    budget: Annotated[float, typer.Option("--budget", help="Epoch budget B (P·C·E).")],
+    template: Annotated[str, typer.Option("--template", help="Template in templates/recipes/.")] = "q0",
+    saturation: Annotated[
+        float, typer.Option("--saturation", help="Epochs at which a lone model saturates on this data (S).")
+    ] = 16.0,
+    name: Annotated[Optional[str], typer.Option("--name", help="Spec name (default: TEMPLATE-bB).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Write the spec here instead of stdout.")] = None,
+) -> None:
+    """Render a ready spec for a budget from a recipe template (rules in hepc/recipes.py)."""
+    import tempfile
+    from pathlib import Path
+
+    from hepc.recipes import render
+    from hepc.spec.load import load_spec
+
+    text = render(budget, saturation, template, name)
+    target = Path(out) if out else None
+    folder = target.parent if target else Path.cwd()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as f:
+        f.write(text)
+    try:
+        load_spec(f.name)  # a template that renders an invalid spec is a bug worth a located message
+    finally:
+        if target:
+            Path(f.name).replace(target)
+        else:
+            Path(f.name).unlink()
+    if target:
+        print(target)
+    else:
+        print(text, end="")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON schema of a population spec."""

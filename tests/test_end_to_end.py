@@ -112,3 +112,17 @@ def test_committed_objects_have_manifests(store):
             for rel, info in manifest["files"].items():
                 assert (obj / rel).stat().st_size == info["size"]
     assert not any((path / "leases").iterdir())
+
+
+def test_compare_and_report(store, tmp_path):
+    path, _, _ = store
+    plot = tmp_path / "curves.png"
+    out = hepc("compare", TINY, TINY, "--json", "--plot", str(plot), store=path)
+    result = json.loads(out.stdout)
+    (c,) = result["comparisons"]
+    assert c["epochs_to_match"]["ratio"] == pytest.approx(1.0)  # a population matches itself at its own budget
+    assert "matched_k_ratio" in c
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hepc("report", TINY, "--out", str(tmp_path / "rep"), store=path)
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "tiny" in html and "data:image/png;base64," in html

@@ -126,7 +126,7 @@ def test_report_with_external_plot_and_minimal_context(tmp_path):
 
 
 def test_missing_template_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(HepcError, match="report template not found"):
+    with pytest.raises(HepcError, match="template not found"):
         render_report({}, tmp_path / "out", templates_dir=tmp_path / "nowhere")
 
 

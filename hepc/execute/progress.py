@@ -41,6 +41,19 @@ class StepProgress:
         elif not self.quiet:
             print(f"{self.label} ...", file=sys.stderr, flush=True)
 
+    def add(self, steps: int) -> None:
+        """More steps to run than planned (a damaged or vanished input is recomputed)."""
+        self.total += steps
+        if self.live:
+            self.bars.update(self.overall, total=self.total)
+
+    def note(self, text: str) -> None:
+        """A warning for the user (damaged objects, waiting for another process): shown even when quiet."""
+        if self.live:
+            self.bars.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+        else:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
     def update(self, info: dict) -> None:
         text = []
         if "loss" in info:

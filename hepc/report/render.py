@@ -14,30 +14,19 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hepc.errors import HepcError
+from hepc.templating import TEMPLATES, sandboxed_env
 from hepc.report.curves import flatten_results
 
 TEMPLATE = "report.html.j2"
 
 
 def default_templates_dir() -> Path:
-    """``<repo>/templates/report`` (this file is ``<repo>/hepc/report/render.py``)."""
-    return Path(__file__).resolve().parents[2] / "templates" / "report"
+    """``<repo>/templates/report``."""
+    return TEMPLATES / "report"
 
 
 def _environment(folder: Path):
-    from jinja2 import FileSystemLoader, StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    if not (folder / TEMPLATE).is_file():
-        raise HepcError(
-            f"report template not found: {folder / TEMPLATE} (hepc reads its templates from the "
-            f"repository's templates/ folder; run from a source checkout or `pip install -e .`)"
-        )
-    env = SandboxedEnvironment(
-        loader=FileSystemLoader(str(folder)), autoescape=True, undefined=StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
-    )
+    env = sandboxed_env(folder, autoescape=True, required=TEMPLATE, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_num
     env.filters["tokens"] = fmt_tokens
     return env

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,34 @@ _DROPOUT_SALT = 2
 
 class CycleInterrupted(Exception):
     """Raised (tests only, via runtime["stop_after_steps"]) right after a mid-cycle checkpoint is written."""
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Inside the training loop, Ctrl-C (SIGINT, or SIGTERM where a handler turns it into an
+    interrupt) only sets a flag, so the loop can stop at a step boundary with a consistent checkpoint
+    instead of mid-update. A second signal interrupts at once. Yields `pending() -> bool`."""
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(sig)
+            if callable(current):  # Python's default SIGINT handler, or one installed by the driver
+                previous[sig] = current
+                signal.signal(sig, handler)
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if caught:  # arrived after the last boundary check
+        raise KeyboardInterrupt
 
 
 def cycle_seed(trajectory_seed: int, cycle_index: int, salt: int) -> int:
@@ -193,57 +224,61 @@ def train_cycle(
     stop_after = runtime.get("stop_after_steps")
     net.train()
     t_log, tokens_since_log = time.perf_counter(), 0
-    for s in range(first_step, steps):
-        lr_mult, wd_mult = multipliers(s)
-        lr, wd = base_lr * lr_mult, base_wd * wd_mult
-        set_lr_wd(opt, lr, wd)
+    with deferred_interrupts() as interrupted:
+        for s in range(first_step, steps):
+            lr_mult, wd_mult = multipliers(s)
+            lr, wd = base_lr * lr_mult, base_wd * wd_mult
+            set_lr_wd(opt, lr, wd)
 
-        x, y = batches.batch(global_step_start + s)  # (B, T) each
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast:
-            logits = train_net(x)  # (B, T, V)
+            x, y = batches.batch(global_step_start + s)  # (B, T) each
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            with autocast:
+                logits = train_net(x)  # (B, T, V)
+                if teacher_fwd is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher_fwd(x)
             if teacher_fwd is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher_fwd(x)
-        if teacher_fwd is not None:
-            loss, ce, kd = distill_loss(logits, teacher_logits, y, distill["alpha"], distill["temperature"])
-        else:
-            loss = ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-            kd = None
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step_losses[s] = loss.detach()
-        tokens_since_log += tokens_per_step
+                loss, ce, kd = distill_loss(logits, teacher_logits, y, distill["alpha"], distill["temperature"])
+            else:
+                loss = ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+                kd = None
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step_losses[s] = loss.detach()
+            tokens_since_log += tokens_per_step
 
-        done = s + 1
-        if (log_every and done % log_every == 0) or done == steps:
-            loss_value = loss.item()  # the one host sync per logged step
-            now = time.perf_counter()
-            tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
-            t_log, tokens_since_log = now, 0
-            records.append(
-                {
-                    "step": done,
-                    "global_step": global_step_start + done,
-                    "loss": loss_value,
-                    "ce": ce.item(),
-                    "kd": kd.item() if kd is not None else None,
-                    "lr": lr,
-                    "wd": wd,
-                    "tokens_per_s": tokens_per_s,
-                }
-            )
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
-            if progress is not None:
-                progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
-        if done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after):
-            save_checkpoint(done)
-            if done == stop_after:
-                raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
+            done = s + 1
+            if (log_every and done % log_every == 0) or done == steps:
+                loss_value = loss.item()  # the one host sync per logged step
+                now = time.perf_counter()
+                tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
+                t_log, tokens_since_log = now, 0
+                records.append(
+                    {
+                        "step": done,
+                        "global_step": global_step_start + done,
+                        "loss": loss_value,
+                        "ce": ce.item(),
+                        "kd": kd.item() if kd is not None else None,
+                        "lr": lr,
+                        "wd": wd,
+                        "tokens_per_s": tokens_per_s,
+                    }
+                )
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
+                if progress is not None:
+                    progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
+            if interrupted():  # Ctrl-C: stop at this boundary with a checkpoint (also after the last step)
+                save_checkpoint(done)
+                raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
+            if done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after):
+                save_checkpoint(done)
+                if done == stop_after:
+                    raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
 
     # ---- outputs -----------------------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)

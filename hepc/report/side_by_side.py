@@ -1,0 +1,89 @@
+"""`hepc compare`: several specs' results side by side against the first one (the baseline).
+
+For each candidate: epochs-to-match (the budget at which its best-K curve first reaches the
+baseline's final loss, log-linear interpolation) and its ratio, the same with the candidate's
+ensemble limited to the baseline's ensemble size (matched K), and the loss gap at equal budget.
+With reference data (single models trained on more data, e.g. a `data.train_tokens` sweep on the
+synthetic source), the equivalent-data multiplier of each spec's final loss (method.md §8.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from hepc.report.compare import compare_populations, data_efficiency
+from hepc.report.curves import best_k_curve, ensemble_size, fixed_k_curve, flatten_results, merge_points
+
+
+def data_tokens(results: Mapping) -> int:
+    """Tokens of data a population had: its train split plus the held-out slice carved from it."""
+    tokens = results.get("corpus", {}).get("tokens", {})
+    return int(tokens.get("train", 0)) + int(tokens.get("heldout", 0))
+
+
+def reference_points(reference: Mapping) -> list[tuple[float, float]]:
+    """(data tokens, best val loss of any member) for each population of a reference spec."""
+    return [
+        (data_tokens(pop), min(m["val_loss"] for m in pop["members"])) for pop in flatten_results(reference)
+    ]
+
+
+def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Mapping | None = None) -> dict:
+    """`named`: (name, `hepc.results.collect` output) pairs; the first is the baseline."""
+    (base_name, baseline), candidates = named[0], named[1:]
+    k = ensemble_size(merge_points(baseline))
+    curves: dict[str, list] = {}
+    finals = []
+    for name, res in named:
+        curve = best_k_curve(merge_points(res))
+        curves[name] = [list(p) for p in curve]
+        finals.append({"spec": name, "budget_epochs": curve[-1][0], "val_loss": curve[-1][1],
+                       "best_val_loss": min(l for _, l in curve)})
+    for name, res in candidates:
+        try:
+            curves[f"{name} (K={k})"] = [list(p) for p in fixed_k_curve(merge_points(res), k)]
+        except ValueError:
+            pass  # the candidate never evaluated K: compare_populations reports why
+    out = {
+        "baseline": base_name,
+        "baseline_k": k,
+        "finals": finals,
+        "comparisons": [compare_populations(baseline, res) for _, res in candidates],
+        "curves": curves,
+        "data_efficiency": None,
+    }
+    if reference_data is not None:
+        points = reference_points(reference_data)
+        out["data_efficiency"] = [
+            {"spec": f["spec"], **data_efficiency(points, f["best_val_loss"], base_tokens=data_tokens(flatten_results(res)[0]))}
+            for f, (_, res) in zip(finals, named)
+        ]
+    return out
+
+
+def render_table(result: Mapping, console) -> None:
+    from rich.table import Table
+
+    from hepc.report.render import comparison_rows
+
+    finals = Table(title="final losses (best K, val nats/token)")
+    for col in ("spec", "budget (epochs)", "val loss", "best on curve"):
+        finals.add_column(col, justify="right")
+    for f in result["finals"]:
+        finals.add_row(f["spec"], f"{f['budget_epochs']:g}", f"{f['val_loss']:.4f}", f"{f['best_val_loss']:.4f}")
+    console.print(finals)
+    if result["comparisons"]:
+        table = Table(title=f"against the baseline {result['baseline']} (ensemble size K={result['baseline_k']})")
+        for col in ("candidate", "target loss", "@ epochs", "reached at", "ratio", "K-matched at", "K ratio",
+                    "gap @ largest common budget"):
+            table.add_column(col, justify="right")
+        for r in comparison_rows(result["comparisons"]):
+            table.add_row(r["candidate"], r["reference_loss"], r["reference_budget"], r["candidate_budget"],
+                          r["ratio"], r["k_budget"], r["k_ratio"], r["gap"])
+        console.print(table)
+    for eff in result.get("data_efficiency") or []:
+        if eff["multiplier"] is not None:
+            console.print(f"{eff['spec']}: data efficiency {eff['multiplier']:.2f}× "
+                          f"({eff['tokens']:,.0f} tokens of fresh data reach its loss {eff['loss']:.4f})")
+        else:
+            console.print(f"{eff['spec']}: data efficiency not measurable: {eff['note']}")
