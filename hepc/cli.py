@@ -30,6 +30,10 @@ StoreOpt = Annotated[
     Optional[str], typer.Option("--store", help="Store folder (default: $HEPC_STORE, runtime.store, or runs/).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+RefDataOpt = Annotated[
+    Optional[str],
+    typer.Option("--reference-data", help="Spec of single models trained on more data (data efficiency)."),
+]
 
 
 def _err(text: str) -> None:
@@ -210,9 +214,7 @@ def compare(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write the curves as a PNG here.")] = None,
-    reference_data: Annotated[
-        Optional[str], typer.Option("--reference-data", help="Spec of single models trained on more data.")
-    ] = None,
+    reference_data: RefDataOpt = None,
 ) -> None:
     """Curves of several specs side by side: epochs-to-match, matched-K ratio, loss gaps."""
     from hepc.report.side_by_side import compare_results, render_table
@@ -236,13 +238,12 @@ def report(
     specs: Annotated[list[str], typer.Argument(help="Specs to report; with several, the first is the baseline.")],
     out: Annotated[str, typer.Option("--out", help="Folder for report.html, curves.png, summary.json.")],
     store: StoreOpt = None,
-    reference_data: Annotated[
-        Optional[str], typer.Option("--reference-data", help="Spec of single models trained on more data.")
-    ] = None,
+    reference_data: RefDataOpt = None,
 ) -> None:
     """A self-contained HTML report: resolved specs, curves, comparison table, members, learned weights."""
     from hepc.report.render import render_report
     from hepc.report.side_by_side import compare_results
+    from hepc.spec.load import to_yaml
 
     collected = [_collect(s, store) for s in specs]
     named = [(loaded.spec.name, res) for loaded, res in collected]
@@ -250,7 +251,7 @@ def report(
     result = compare_results(named, reference)
     context = {
         "title": "hepc: " + " vs ".join(name for name, _ in named),
-        "specs": [{"name": l.spec.name, "text": json.dumps(l.spec.model_dump(mode="json"), indent=1)} for l, _ in collected],
+        "specs": [{"name": l.spec.name, "text": to_yaml(l.spec)} for l, _ in collected],
         "comparisons": result["comparisons"],
         "curves": {k: [tuple(p) for p in v] for k, v in result["curves"].items()},
         "curves_title": "val loss vs budget (best K)",

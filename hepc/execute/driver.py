@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from hepc import __version__
@@ -82,7 +85,8 @@ def execute(compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet
     progress = StepProgress(len(todo), quiet=quiet or not todo)
     runner = _Runner(compiled.graph, store, runtime, record, progress)
     try:
-        runner.run_all()
+        with _sigterm_interrupts():
+            runner.run_all()
     except KeyboardInterrupt:
         record.event("interrupted")
         raise
@@ -93,6 +97,25 @@ def execute(compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet
         progress.close()
     record.event("finish", ran=runner.ran)
     return plan
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (preemption, `kill`) stops a run like Ctrl-C: checkpoint, release, record, exit 130."""
+    installed = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    if installed:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Runner:

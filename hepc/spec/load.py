@@ -434,3 +434,15 @@ def _short(value: Any) -> str:
     import json
 
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def to_yaml(spec: Spec) -> str:
+    """The resolved spec (defaults filled in) as YAML text."""
+    import io
+
+    y = YAML(typ="safe", pure=True)
+    y.default_flow_style = False
+    y.sort_base_mapping_type_on_output = False
+    buf = io.StringIO()
+    y.dump(spec.model_dump(mode="json", exclude_none=True), buf)
+    return buf.getvalue()
