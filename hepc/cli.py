@@ -131,19 +131,19 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Run every step that is not in the store yet, then print the results."""
+    from hepc.execute.driver import check_committed, execute
     from hepc.plan import make_plan
     from hepc.results import collect, render
 
     t0 = time.time()
     loaded, compiled = _load(spec, overrides, strict_data=True)
     the_store = _store(store, loaded)
+    damaged = check_committed(compiled.graph, the_store)  # damaged objects are named, quarantined, recomputed
     the_plan = make_plan(compiled, the_store)
     if not quiet:
         _err(the_plan.summary_line())
-    from hepc.execute.driver import execute
-
     runtime = loaded.spec.runtime.model_dump()
-    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet)
+    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged)
     results = collect(compiled, the_store)
     if json_out:
         print(json.dumps(results, indent=1))
@@ -305,6 +305,11 @@ def schema() -> None:
     from hepc.spec.models import Spec
 
     print(json.dumps(Spec.model_json_schema(), indent=1))
+
+
+from hepc.cli_store import register  # noqa: E402  (verify, gc)
+
+register(app)
 
 
 def main() -> None:

@@ -14,9 +14,14 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        head = f"{self.where}: " if self.where else ""
-        field = f"{self.path}: " if self.path else ""
-        return f"{head}{field}{self.message}"
+        head = f"{_printable(self.where)}: " if self.where else ""
+        field = f"{_printable(self.path)}: " if self.path else ""
+        return f"{head}{field}{_printable(self.message)}"
+
+
+def _printable(text: str) -> str:
+    """One line per problem: control characters from user input are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class HepcError(Exception):

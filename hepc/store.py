@@ -164,6 +164,14 @@ class Store:
         work = self.work_dir(step.key)
         work.mkdir(parents=True, exist_ok=True)
         (work / "failed.json").unlink(missing_ok=True)
+        for partial in work.glob(".*.tmp-*"):  # half-written checkpoints of killed attempts
+            pid = partial.name.rsplit("-", 1)[-1]
+            try:
+                idle = time.time() - partial.stat().st_mtime > store_lease.lease_timeout_s()
+            except OSError:
+                continue
+            if pid.isdigit() and not store_lease.pid_alive(int(pid)) and idle:
+                partial.unlink(missing_ok=True)
         return work
 
     def commit(self, step: StepSpec, staged: Path, summary: dict, provenance: dict) -> Path:
@@ -195,8 +203,9 @@ class Store:
                 shutil.rmtree(staged, ignore_errors=True)
             else:
                 raise
+        else:
+            record_sig(dest, self.sig_path(dest))  # just hashed: trusted until a file changes
         self._kind_index(step.kind)[step.key12] = dest
-        record_sig(dest, self.sig_path(dest))
         return dest
 
     def mark_failed(self, step: StepSpec, error: str) -> None:
@@ -213,7 +222,16 @@ class Store:
 
         Use as a context manager; the lease heartbeats in the background until released."""
         self._ensure()
-        return store_lease.acquire(self.lease_path(step.key), step.dirname)
+        return store_lease.acquire(self.lease_path(step.key), f"{step.kind} {step.dirname}")
+
+    def clear_stale_leases(self, keys: set[str]) -> None:
+        """Remove leases of `keys` whose holders are gone (a process killed after committing)."""
+        folder = self.root / "leases"
+        if not folder.is_dir():
+            return
+        for entry in os.scandir(folder):
+            if entry.name in keys:
+                store_lease.remove_if_stale(Path(entry.path))
 
     # ------------------------------------------------------------------ run records
     def open_record(self, spec_name: str, resolved: dict, plan: dict) -> "RunRecord":

@@ -8,10 +8,11 @@ that the file still names this holder; if not, the lease is *lost* and the step 
 
 A lease is stale when its process is gone (same host: pid absent, or reused by a process with
 another start time) or when its heartbeat (the file's mtime) is older than the timeout
-(`$HEPC_LEASE_TIMEOUT_S`, default 60 s). Take-over is race-free: the taker first renames the stale
-lease to a tombstone name of its own; only the process whose rename succeeds (and whose tombstone
-holds the very lease it judged stale) goes on to create a new lease; the others see a fresh lease
-or try again.
+(`$HEPC_LEASE_TIMEOUT_S`, default 60 s). Take-over is race-free: a taker must first create
+`.takeover-<key>` exclusively; holding it, it judges the lease stale once more and renames it to a
+tombstone of its own, then competes like everyone else to create the new lease (an exclusive
+create: exactly one process wins). Contenders without the take-over lock wait and retry, so a lease
+that another process has just created is never removed.
 """
 
 from __future__ import annotations
@@ -172,18 +173,11 @@ def acquire(path: Path, step_label: str, *, timeout_s: float | None = None) -> L
     """Create `path` as this process's lease, taking over a stale one; raise LeaseBusy if held."""
     timeout_s = lease_timeout_s() if timeout_s is None else timeout_s
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {
-        "pid": os.getpid(),
-        "pid_start": pid_start_time(os.getpid()),
-        "host": _HOST,
-        "step": step_label,
-        "token": uuid.uuid4().hex,
-        "started": time.time(),
-    }
+    info = _holder_info(step_label)
     private = path.parent / f".new-{path.name}-{info['token']}"
     private.write_text(json.dumps(info, sort_keys=True))
     try:
-        for _ in range(20):
+        for attempt in range(100):
             try:
                 _create_exclusive(private, path)
             except FileExistsError:
@@ -192,12 +186,33 @@ def acquire(path: Path, step_label: str, *, timeout_s: float | None = None) -> L
                     continue  # released meanwhile: try again
                 if not is_stale(holder, timeout_s):
                     raise LeaseBusy(holder) from None
-                _take_over(path, holder, timeout_s)
+                if not _take_over(path, timeout_s):
+                    time.sleep(0.01 * (1 + attempt % 5))  # another process is taking it over
                 continue
             return Lease(path, info, heartbeat_s=min(5.0, timeout_s / 4))
         raise LeaseBusy(read_lease(path) or {})
     finally:
         private.unlink(missing_ok=True)
+
+
+def remove_if_stale(path: Path, timeout_s: float | None = None) -> bool:
+    """Remove a lease left by a dead process (e.g. killed between its commit and its release)."""
+    timeout_s = lease_timeout_s() if timeout_s is None else timeout_s
+    holder = read_lease(path)
+    if holder is None or not is_stale(holder, timeout_s):
+        return False
+    return _take_over(path, timeout_s) and not path.exists()
+
+
+def _holder_info(label: str) -> dict:
+    return {
+        "pid": os.getpid(),
+        "pid_start": pid_start_time(os.getpid()),
+        "host": _HOST,
+        "step": label,
+        "token": uuid.uuid4().hex,
+        "started": time.time(),
+    }
 
 
 def _create_exclusive(private: Path, path: Path) -> None:
@@ -212,18 +227,49 @@ def _create_exclusive(private: Path, path: Path) -> None:
             f.write(private.read_text())
 
 
-def _take_over(path: Path, holder: dict, timeout_s: float) -> None:
-    """Move a stale lease out of the way; only one contender's rename can succeed."""
+TAKEOVER_LOCK_TIMEOUT_S = 10.0  # a take-over lasts milliseconds; a lock this old is a leftover
+
+
+def _take_over(path: Path, timeout_s: float) -> bool:
+    """Remove the stale lease at `path` so that the caller can create its own. Returns False if
+    another process is taking it over right now.
+
+    Only the holder of `.takeover-<key>` (created exclusively) may remove somebody else's lease,
+    and only after judging it stale again while holding that lock; so no two processes can both
+    remove a lease and both believe they won, and a fresh lease is never removed."""
+    lock = path.parent / f".takeover-{path.name}"
+    info = _holder_info("take-over")
+    private = path.parent / f".new-takeover-{path.name}-{info['token']}"
+    private.write_text(json.dumps(info, sort_keys=True))
+    try:
+        try:
+            _create_exclusive(private, lock)
+        except FileExistsError:
+            other = read_lease(lock)
+            if other is not None and is_stale(other, TAKEOVER_LOCK_TIMEOUT_S):
+                _remove_if_same(lock, other)  # its taker died mid-way
+            return False
+    finally:
+        private.unlink(missing_ok=True)
+    try:
+        holder = read_lease(path)
+        if holder is not None and is_stale(holder, timeout_s):
+            _remove_if_same(path, holder)
+        return True
+    finally:
+        _remove_if_same(lock, {"token": info["token"]})
+
+
+def _remove_if_same(path: Path, seen: dict) -> None:
+    """Remove `path` if it is still the file described by `seen` (same token); else leave it."""
     tomb = path.parent / f".tomb-{path.name}-{uuid.uuid4().hex}"
     try:
         os.rename(path, tomb)
     except FileNotFoundError:
-        return  # another contender moved it first
+        return
     moved = read_lease(tomb)
-    if moved is not None and (moved.get("_ino") != holder.get("_ino") or not is_stale(moved, timeout_s)):
-        # We moved a lease other than the stale one we saw (it was released and re-created in between):
-        # put it back unless someone already created a new one.
-        try:
+    if moved is not None and moved.get("token") != seen.get("token"):
+        try:  # not the one we meant: put it back
             os.link(tomb, path)
         except FileExistsError:
             pass

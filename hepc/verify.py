@@ -199,3 +199,14 @@ def iter_objects(objects_root: Path):
         for entry in sorted(os.scandir(kind.path), key=lambda e: e.name):
             if entry.is_dir(follow_symlinks=False):
                 yield Path(entry.path)
+
+
+def verify_objects(store, objects: list[Path] | None = None) -> tuple[list[Path], list[Damage]]:
+    """Fully check `objects` (default: every object in the store). Returns (checked, damaged)."""
+    checked, damaged = [], []
+    for obj in objects if objects is not None else list(iter_objects(store.objects)):
+        checked.append(obj)
+        problems = check_object(obj, full=True, sig_file=store.sig_path(obj))
+        if problems:
+            damaged.append(Damage(obj, tuple(problems)))
+    return checked, damaged

@@ -73,9 +73,14 @@ def _stderr(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def execute(compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet: bool = False) -> Plan:
-    """Run every step of the graph that is not committed. Returns the plan it started from."""
-    damaged = check_committed(compiled.graph, store)
+def execute(
+    compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet: bool = False, damaged: list[str] | None = None
+) -> Plan:
+    """Run every step of the graph that is not committed. Returns the plan it started from.
+
+    `damaged`: what the caller's own `check_committed` found (None: check here)."""
+    if damaged is None:
+        damaged = check_committed(compiled.graph, store)
     plan = make_plan(compiled, store)
     record = store.open_record(compiled.spec.name, resolved_spec, plan.to_json())
     todo = plan.to_run
@@ -95,6 +100,7 @@ def execute(compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet
         raise
     finally:
         progress.close()
+    store.clear_stale_leases(set(runner.done))
     record.event("finish", ran=runner.ran)
     return plan
 

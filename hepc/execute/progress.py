@@ -50,7 +50,9 @@ class StepProgress:
     def note(self, text: str) -> None:
         """A warning for the user (damaged objects, waiting for another process): shown even when quiet."""
         if self.live:
-            self.bars.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+            from rich.markup import escape
+
+            self.bars.console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
         else:
             print(f"warning: {text}", file=sys.stderr, flush=True)
 

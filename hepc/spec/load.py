@@ -146,9 +146,62 @@ def _yaml() -> YAML:
     return y
 
 
+# Bounds on what a spec may expand to: YAML aliases can make a few lines mean billions of nodes
+# ("billion laughs"), and deep nesting would exhaust the (recursive) composer.
+MAX_SPEC_BYTES = 1 << 20
+MAX_NODES = 100_000  # after expanding aliases
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 1000  # Python refuses to convert integers of more than 4300 digits
+
+
+def _check_bounds(text: str, filename: str) -> None:
+    """Walk the YAML event stream (iterative, nothing built) and refuse oversized documents."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([Problem(filename, "", f"spec is too large ({len(text):,} characters; at most {MAX_SPEC_BYTES:,})")])
+    from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
+
+    sizes: dict[Any, int] = {}  # anchor → nodes it expands to
+    stack: list[list] = [[None, 0]]  # [anchor, nodes so far] per open collection
+    total = 0
+
+    def fail(event: Any, message: str) -> None:
+        mark = event.start_mark
+        raise SpecError([Problem(f"{filename}:{mark.line + 1}:{mark.column + 1}", "", message)])
+
+    for event in _yaml().parse(text):
+        if isinstance(event, CollectionStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) - 1 > MAX_DEPTH:
+                fail(event, f"nesting deeper than {MAX_DEPTH} levels")
+            continue
+        if isinstance(event, CollectionEndEvent):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+            stack[-1][1] += n
+            continue
+        if isinstance(event, ScalarEvent):
+            n = 1
+            if event.style is None and len(event.value) > MAX_NUMBER_CHARS and event.value.lstrip("+-")[:1].isdigit():
+                fail(event, f"number too long ({len(event.value):,} characters)")
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, AliasEvent):
+            if any(frame[0] == event.anchor for frame in stack):
+                fail(event, f"alias *{event.anchor} refers to a collection that contains it (recursive)")
+            n = sizes.get(event.anchor, 1)
+        else:
+            continue
+        stack[-1][1] += n
+        total = sum(frame[1] for frame in stack)
+        if total > MAX_NODES:
+            fail(event, f"document expands to more than {MAX_NODES:,} values (too many or too nested aliases)")
+
+
 def read_yaml(text: str, filename: str) -> tuple[Any, dict[Path_, str]]:
     """Parse YAML text into plain data and a map path → `file:line:col`."""
     try:
+        _check_bounds(text, filename)
         node = _yaml().load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -157,9 +210,16 @@ def read_yaml(text: str, filename: str) -> tuple[Any, dict[Path_, str]]:
         msg = msg.replace("\n", " ").strip() or "invalid YAML"
         raise SpecError([Problem(where, "", f"YAML syntax error: {msg}")]) from None
     except YAMLError as e:
-        raise SpecError([Problem(filename, "", f"YAML error: {str(e).splitlines()[0]}")]) from None
+        raise SpecError([Problem(filename, "", f"YAML error: {(str(e).splitlines() or ['invalid'])[0]}")]) from None
+    except RecursionError:
+        raise SpecError([Problem(filename, "", f"nesting deeper than {MAX_DEPTH} levels")]) from None
+    except (ValueError, TypeError, OverflowError) as e:  # a scalar the YAML library cannot construct
+        raise SpecError([Problem(filename, "", f"unreadable YAML value: {str(e)[:200]}")]) from None
     plain = _Plain(filename)
-    data = plain.convert(node, ())
+    try:
+        data = plain.convert(node, ())
+    except RecursionError:
+        raise SpecError([Problem(filename, "", "recursive or too deeply nested document")]) from None
     if plain.problems:
         raise SpecError(plain.problems)
     return data, plain.locations

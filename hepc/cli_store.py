@@ -1,0 +1,202 @@
+"""Store maintenance commands: `hepc verify [SPEC] [--store]` and `hepc gc [SPEC...] [--yes] [--store]`.
+
+Plain functions (`verify_command`, `gc_command`) that return an exit code, plus `register(app)`,
+which `hepc.cli` calls at its end to add them to the Typer app. (No `from __future__ import
+annotations` here: the Typer signatures are built inside `register` from hepc.cli's option types.)
+"""
+
+import json
+import sys
+from typing import Optional
+
+from hepc.errors import HepcError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None):
+    from hepc.store import Store, resolve_store_path
+
+    root = resolve_store_path(cli_value, spec_store)
+    if not root.is_dir():
+        raise HepcError(f"{root}: no store here (use --store, $HEPC_STORE or runtime.store)")
+    return Store(root)
+
+
+def _compile(spec: str, overrides=(), *, strict_data: bool = False):
+    from hepc.compile import compile_spec
+    from hepc.spec.load import load_spec
+
+    loaded = load_spec(spec, list(overrides or []))
+    return loaded, compile_spec(loaded, strict_data=strict_data)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_command(spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False) -> int:
+    """Check every object of the store (or of one spec's graph) against its recorded digests.
+    Returns 1 if any is damaged, 0 if none (user errors raise HepcError → exit 2)."""
+    from hepc.verify import verify_objects
+
+    missing: list[str] = []
+    if spec is not None:
+        loaded, compiled = _compile(spec, overrides)
+        for w in compiled.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        the_store = _open_store(store, loaded.spec.runtime.store)
+        objects = []
+        for step in compiled.graph.order():
+            found = the_store.find(step)
+            if found is None:
+                missing.append(f"{step.kind}/{step.dirname}")
+            else:
+                objects.append(found)
+        checked, damaged = verify_objects(the_store, objects)
+    else:
+        the_store = _open_store(store)
+        checked, damaged = verify_objects(the_store)
+    from hepc.gc import tree_bytes
+
+    size = sum(tree_bytes(p) for p in checked)
+    if json_out:
+        print(json.dumps({
+            "store": str(the_store.root),
+            "checked": len(checked),
+            "bytes": size,
+            "damaged": [{"object": d.label, "path": str(d.path), "problems": list(d.problems)} for d in damaged],
+            "not_computed": missing,
+        }, indent=1))
+    else:
+        for d in damaged:
+            print(f"damaged {d}")
+        scope = f"of {spec} " if spec else ""
+        status = (
+            f"{len(damaged)} damaged (`hepc run` moves them to quarantine/ and recomputes them)" if damaged
+            else "all intact"
+        )
+        extra = f"; {len(missing)} steps not computed yet" if missing else ""
+        noun = "object" if len(checked) == 1 else "objects"
+        print(f"verified {len(checked)} {noun} {scope}({_human(size)}) in {the_store.root}: {status}{extra}")
+    return 1 if damaged else 0
+
+
+# --------------------------------------------------------------------------- gc
+
+
+def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_out: bool = False) -> int:
+    """Dry run by default: list what is not reachable from the recorded (or named) specs and its size;
+    with yes=True, remove it in two phases (trash, then delete)."""
+    from hepc.gc import collect, garbage, reachable
+
+    named = []
+    spec_store = None
+    for s in specs or []:
+        loaded, compiled = _compile(s, strict_data=True)  # keys must be exact before deleting anything
+        named.append(compiled)
+        spec_store = spec_store or loaded.spec.runtime.store
+    the_store = _open_store(store, spec_store)
+    reach = reachable(the_store, named)
+    if reach.records == 0 and not named and any(the_store.objects.glob("*/*")):
+        raise HepcError(
+            f"{the_store.root}: no run records, so nothing is known to be in use; "
+            "name the specs whose objects to keep (`hepc gc SPEC...`)"
+        )
+    for note in reach.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    items = garbage(the_store, reach)
+    total = sum(i.bytes for i in items)
+    result = None
+    if yes:
+        result = collect(the_store, items, named)
+    if json_out:
+        print(json.dumps({
+            "store": str(the_store.root),
+            "dry_run": not yes,
+            "items": [{"kind": i.kind, "path": str(i.path), "bytes": i.bytes, "why": i.why} for i in items],
+            "bytes": total,
+            "reachable_keys": len(reach.keys),
+            "keep_all": reach.keep_all,
+            "records": reach.records,
+            "specs": sorted(reach.specs),
+            "removed": [str(i.path) for i in result.removed] if result else [],
+            "restored": result.restored if result else [],
+        }, indent=1))
+        return 0
+    head = "removed" if yes else "would remove"
+    for i in items:
+        if i.kind != "cache":  # verification-cache entries are counted, not listed
+            print(f"{head} {i.kind:<10} {i.label:<40} {_human(i.bytes):>9}  {i.why}")
+    nouns = {"object": "object", "work": "work folder", "staging": "staging folder", "quarantine": "quarantine folder",
+             "trash": "trash folder", "lease": "lease leftover", "cache": "cache entry"}
+    counts: dict[str, list] = {}
+    for i in items:
+        c = counts.setdefault(i.kind, [0, 0])
+        c[0] += 1
+        c[1] += i.bytes
+    parts = []
+    for kind, (n, b) in counts.items():
+        noun = nouns.get(kind, kind)
+        noun = noun if n == 1 else (noun[:-1] + "ies" if noun.endswith("y") else noun + "s")
+        parts.append(f"{n} {noun} ({_human(b)})")
+    print(f"{head}: {', '.join(parts) or 'nothing'}; {_human(total)} in all")
+    if result and result.restored:
+        print(f"kept {len(result.restored)} object(s) that a run started meanwhile needs: {', '.join(result.restored)}")
+    print(
+        f"kept everything reachable from {reach.records} run record(s)"
+        + (f" and {len(named)} spec(s) named here" if named else "")
+        + (" (everything: see the warning above)" if reach.keep_all else "")
+        + ("" if yes or not items else "; run `hepc gc --yes` to delete")
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register(app) -> None:
+    """Add `verify` and `gc` to the hepc Typer app (hepc.cli calls this at its end)."""
+    from typing import Annotated
+
+    import typer
+
+    from hepc.cli import JsonOpt, Overrides, StoreOpt, user_errors
+
+    existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
+    if {"verify", "gc"} <= existing:
+        return  # already registered (idempotent: tests may register before hepc.cli does)
+
+    def _exit(code: int) -> None:
+        if code:
+            raise typer.Exit(code)
+
+    @app.command()
+    @user_errors
+    def verify(
+        spec: Annotated[Optional[str], typer.Argument(help="Only the objects of this spec's graph.")] = None,
+        overrides: Overrides = None,
+        store: StoreOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Check committed objects against their recorded digests; list the damaged ones (exit 1 if any)."""
+        _exit(verify_command(spec, overrides, store, json_out))
+
+    @app.command()
+    @user_errors
+    def gc(
+        specs: Annotated[
+            Optional[list[str]], typer.Argument(help="Specs whose objects to keep besides the recorded ones.")
+        ] = None,
+        yes: Annotated[bool, typer.Option("--yes", help="Delete (default: a dry run that only lists).")] = False,
+        store: StoreOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Remove objects and work not reachable from the specs recorded in the store (or named here)."""
+        _exit(gc_command(specs, yes, store, json_out))
+
