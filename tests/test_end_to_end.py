@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import executed, hepc
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
 
 
-def hepc(*args, store: Path, check=True):
-    env = {**os.environ, "HEPC_STORE": str(store)}
-    out = subprocess.run([sys.executable, "-m", "hepc.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check and out.returncode != 0:
-        raise AssertionError(f"hepc {' '.join(args)} exited {out.returncode}\n{out.stderr}")
-    return out
 
 
 def plan_json(*args, store):
     return json.loads(hepc("plan", TINY, *args, "--json", store=store).stdout)
 
 
-def executed(store: Path, spec_name: str = "tiny") -> list[list[str]]:
-    """Per run record (oldest first): the names of the steps it executed."""
-    runs = []
-    for folder in sorted((store / "records" / spec_name).iterdir()):
-        events = [json.loads(l) for l in (folder / "events.jsonl").read_text().splitlines()]
-        runs.append([f"{e['kind']}:{e['name']}" for e in events if e["event"] == "done"])
-    return runs
 
 
 @pytest.fixture(scope="module")

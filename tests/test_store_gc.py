@@ -6,24 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import hepc
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
-LAUNCH = "from hepc.cli import app; from hepc.cli_store import register; register(app); app()"
 
 
-def hepc(*args, store: Path, check=True):
-    env = {**os.environ, "HEPC_STORE": str(store)}
-    out = subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert "Traceback" not in out.stderr, out.stderr
-    if check and out.returncode != 0:
-        raise AssertionError(f"hepc {' '.join(args)} exited {out.returncode}\n{out.stderr}")
-    return out
 
 
 def graph_keys(spec: Path) -> set[str]:

@@ -6,26 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import executed, hepc
 
 from hepc.verify import check_object, manifest_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
-LAUNCH = "from hepc.cli import app; from hepc.cli_store import register; register(app); app()"
 
 
-def hepc(*args, store: Path, check=True):
-    env = {**os.environ, "HEPC_STORE": str(store)}
-    out = subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert "Traceback" not in out.stderr, out.stderr
-    if check and out.returncode != 0:
-        raise AssertionError(f"hepc {' '.join(args)} exited {out.returncode}\n{out.stderr}")
-    return out
 
 
 def obj(store: Path, kind: str, name: str) -> Path:
@@ -33,12 +24,6 @@ def obj(store: Path, kind: str, name: str) -> Path:
     return found
 
 
-def done_events(store: Path) -> list[list[str]]:
-    runs = []
-    for folder in sorted((store / "records" / "tiny").iterdir()):
-        events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-        runs.append([f"{e['kind']}:{e['name']}" for e in events if e["event"] == "done"])
-    return runs
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +66,7 @@ def test_truncated_file_is_named_and_recomputed(store):
     run = hepc("run", TINY, "--json", store=path)
     assert cycle.name in run.stderr and "damaged" in run.stderr
     assert json.loads(run.stdout) == results
-    assert done_events(path)[-1] == ["cycle:t1-c001"]  # only the damaged object was recomputed
+    assert executed(path)[-1] == ["cycle:t1-c001"]  # only the damaged object was recomputed
     assert (cycle / "model.safetensors").read_bytes() == (obj(pristine, "cycle", "t1-c001") / "model.safetensors").read_bytes()
     assert list((path / "quarantine").rglob(cycle.name))
     assert hepc("verify", store=path).returncode == 0
@@ -103,7 +88,7 @@ def test_flipped_byte_is_named_and_recomputed_even_with_mtime_restored(store):
     run = hepc("run", TINY, "--json", store=path)
     assert score.name in run.stderr
     assert json.loads(run.stdout) == results
-    assert done_events(path)[-1] == ["score:t2-c002-val"]
+    assert executed(path)[-1] == ["score:t2-c002-val"]
     assert probs.read_bytes() == (obj(pristine, "score", "t2-c002-val") / "probs.npy").read_bytes()
 
 
@@ -167,7 +152,7 @@ def test_input_damaged_during_a_run_is_recomputed_before_use(store, monkeypatch)
     loaded = load_spec(TINY, ["population.cycles=3"])
     compiled = compile_spec(loaded)
     driver.execute(compiled, Store(path), loaded.spec.runtime.model_dump(), {"name": "tiny"}, quiet=True)
-    ran = done_events(path)[-1]
+    ran = executed(path)[-1]
     assert "cycle:t1-c002" in ran and "cycle:t1-c003" in ran
     assert ran.index("cycle:t1-c002") < ran.index("cycle:t1-c003")
     assert weights.read_bytes() == (obj(pristine, "cycle", "t1-c002") / "model.safetensors").read_bytes()

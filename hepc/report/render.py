@@ -14,8 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hepc.templating import TEMPLATES, sandboxed_env
 from hepc.report.curves import flatten_results
+from hepc.templating import TEMPLATES, sandboxed_env
 
 TEMPLATE = "report.html.j2"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hepc.spec.models import Spec
 
+
 def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
     """Return (path, message) for every inconsistency between fields of an otherwise valid spec."""
     out: list[tuple[tuple, str]] = []
@@ -13,7 +14,7 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
     if is_tokens and d.tokenizer != "none":
         out.append((("data", "tokenizer"), f"must be 'none' for a pre-tokenized source (got {d.tokenizer!r})"))
     if not is_tokens and d.tokenizer == "none":
-        out.append((("data", "tokenizer"), f"'none' needs a pre-tokenized source (kind: tokens)"))
+        out.append((("data", "tokenizer"), "'none' needs a pre-tokenized source (kind: tokens)"))
     if is_tokens and d.source.eot_id >= d.source.vocab_size:
         out.append((("data", "source", "eot_id"), f"must be < vocab_size ({d.source.vocab_size})"))
 

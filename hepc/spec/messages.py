@@ -58,7 +58,7 @@ def _phrase(err: dict) -> str:
         "too_short": lambda: f"must have at least {ctx.get('min_length')} item(s)",
         "too_long": lambda: f"must have at most {ctx.get('max_length')} item(s)",
         "union_tag_invalid": lambda: f"unknown kind {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})",
-        "union_tag_not_found": lambda: f"needs a 'kind' key (one of the known kinds)",
+        "union_tag_not_found": lambda: "needs a 'kind' key (one of the known kinds)",
         "finite_number": lambda: f"must be a finite number{shown}",
     }
     if t in simple:

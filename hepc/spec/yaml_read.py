@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from hepc.errors import Problem, SpecError
 from hepc.spec.paths import Path_, dotted
+
+if TYPE_CHECKING:
+    from hepc.spec.models import Spec
 
 
 class _Plain:
