@@ -59,9 +59,11 @@ def user_errors(fn):
 
 
 def _stdout():
+    """Rich console for results: tables keep their width when stdout is a file or a pipe."""
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(soft_wrap=True, width=160)
 
 
 def _load(spec: str, overrides, *, strict_data: bool = False):
