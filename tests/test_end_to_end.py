@@ -111,3 +111,12 @@ def test_compare_and_report(store, tmp_path):
     hepc("report", TINY, "--out", str(tmp_path / "rep"), store=path)
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "tiny" in html and "data:image/png;base64," in html
+
+
+def test_compare_reference_data_is_repeatable(store):
+    path, _, res = store
+    out = hepc("compare", TINY, "--reference-data", TINY, "--reference-data", TINY, "--json", store=path)
+    (eff,) = json.loads(out.stdout)["data_efficiency"]
+    tokens = res["corpus"]["tokens"]["train"] + res["corpus"]["tokens"]["heldout"]
+    best_member = min(m["val_loss"] for m in res["members"])
+    assert eff["base_tokens"] == tokens and eff["envelope"] == [[tokens, best_member]]  # two specs, one envelope

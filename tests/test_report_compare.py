@@ -279,3 +279,30 @@ def test_sweep_results_are_merged_into_one_curve():
     assert (e["reference_budget"], e["reference_loss"], e["reference_final_budget"]) == (2, 3.0, 4)
     assert e["candidate_budget"] == 2 and e["ratio"] == 1
     assert c["matched_k"]["k"] == 1 and c["matched_k"]["candidate_budget"] == 4  # top-1 q0 hits 3.0 at 4
+
+
+def _single(tokens, losses):
+    """A reference sweep on `tokens` of data: one single-model population per epoch budget."""
+    return {"spec": f"single-{tokens}", "populations": [
+        {"corpus": {"tokens": {"train": tokens - 100, "heldout": 100}},
+         "members": [{"val_loss": loss}], "curve": [_pt(b, 1, 1, loss, "all")]}
+        for b, loss in losses
+    ]}
+
+
+def test_data_efficiency_joins_several_reference_specs_into_one_envelope():
+    from hepc.report.side_by_side import compare_results, reference_points
+
+    refs = [_single(1000, [(4, 3.5), (8, 3.0), (16, 3.2)]),  # 1x: best 3.0 at 8 epochs
+            _single(2000, [(4, 2.8), (8, 2.6)]),             # 2x: best 2.6
+            _single(4000, [(2, 2.3), (4, 2.2)])]             # 4x: best 2.2
+    assert sorted(reference_points(refs)) == [(1000, 3.0), (1000, 3.2), (1000, 3.5), (2000, 2.6), (2000, 2.8),
+                                              (4000, 2.2), (4000, 2.3)]
+    method = {"spec": "q0", "corpus": {"tokens": {"train": 900, "heldout": 100}},
+              "curve": [_pt(4, 1, 1, 2.9, "all"), _pt(8, 1, 1, 2.4, "all")]}
+    out = compare_results([("base", refs[0]), ("q0", method)], refs)
+    base_eff, q0_eff = out["data_efficiency"]
+    assert base_eff["multiplier"] == 1.0 and base_eff["status"] == "at_point"
+    # 2.4 lies halfway between (2000, 2.6) and (4000, 2.2): 3000 tokens = 3x the method's 1000
+    assert q0_eff["status"] == "interpolated" and q0_eff["multiplier"] == pytest.approx(3.0)
+    assert q0_eff["between"] == [[2000, 2.6], [4000, 2.2]]
