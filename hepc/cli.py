@@ -31,8 +31,11 @@ StoreOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 RefDataOpt = Annotated[
-    Optional[str],
-    typer.Option("--reference-data", help="Spec of single models trained on more data (data efficiency)."),
+    Optional[list[str]],
+    typer.Option(
+        "--reference-data",
+        help="Spec of single models trained on more data (data efficiency); repeat it to join several specs.",
+    ),
 ]
 
 
@@ -222,7 +225,7 @@ def compare(
     from hepc.report.side_by_side import compare_results, render_table
 
     named = [(loaded.spec.name, res) for loaded, res in (_collect(s, store) for s in specs)]
-    reference = _collect(reference_data, store)[1] if reference_data else None
+    reference = [_collect(r, store)[1] for r in reference_data] if reference_data else None
     result = compare_results(named, reference)
     if plot:
         from hepc.report.plots import plot_curves
@@ -249,7 +252,7 @@ def report(
 
     collected = [_collect(s, store) for s in specs]
     named = [(loaded.spec.name, res) for loaded, res in collected]
-    reference = _collect(reference_data, store)[1] if reference_data else None
+    reference = [_collect(r, store)[1] for r in reference_data] if reference_data else None
     result = compare_results(named, reference)
     context = {
         "title": "hepc: " + " vs ".join(name for name, _ in named),

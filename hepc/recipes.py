@@ -4,8 +4,10 @@ template in `templates/recipes/` inside a sandboxed environment.
 The rules, in terms of S = the epochs at which a lone model saturates on this data:
 - epochs per cycle E = S / 8 (the reference run: S ≈ 16, E = 2), and never more than B / 4, so
   even a small budget yields at least four snapshots; rounded to a multiple of 1/8 epoch;
-- trajectories P: 1 while B < S (a lone chain is cheapest), 2 while B < 4·S, then 4 (the reference
-  run uses 5 at 960 epochs; trajectories buy diversity, cycles buy depth);
+- trajectories P: 1 while B ≤ 8·S, 2 while B ≤ 32·S, then 4. Measured (docs/results.md,
+  docs/repro-notes.md): up to 8·S one long chain beats P = 2 and 4 at equal budget, since every
+  extra trajectory repeats the first S epochs before its snapshots help; the paper's reference run
+  uses P = 5 at 960 epochs (60·S). Trajectories buy diversity, cycles buy depth;
 - cycles C = B / (P·E), rounded, at least 1;
 - chain distillation from cycle c0 + 1 with c0·E ≈ S (distil once a chain has trained as long
   as a lone model can usefully train); none when C ≤ c0;
@@ -41,7 +43,7 @@ def recipe(budget: float, saturation: float) -> Recipe:
         raise HepcError("--budget and --saturation must be > 0")
     e = min(saturation / 8, budget / 4)
     e = max(1 / 8, round(e * 8) / 8)
-    p = 1 if budget < saturation else 2 if budget < 4 * saturation else 4
+    p = 1 if budget <= 8 * saturation else 2 if budget <= 32 * saturation else 4
     c = max(1, round(budget / (p * e)))
     c0 = max(1, round(saturation / e))
     distill = c0 if c > c0 else None

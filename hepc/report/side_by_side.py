@@ -21,15 +21,20 @@ def data_tokens(results: Mapping) -> int:
     return int(tokens.get("train", 0)) + int(tokens.get("heldout", 0))
 
 
-def reference_points(reference: Mapping) -> list[tuple[float, float]]:
-    """(data tokens, best val loss of any member) for each population of a reference spec."""
+def reference_points(references: Sequence[Mapping]) -> list[tuple[float, float]]:
+    """(data tokens, best val loss of any member) for each population of the reference specs
+    (e.g. one spec per data size, each with its own epoch sweep; `data_efficiency` keeps the best
+    point per token count)."""
     return [
-        (data_tokens(pop), min(m["val_loss"] for m in pop["members"])) for pop in flatten_results(reference)
+        (data_tokens(pop), min(m["val_loss"] for m in pop["members"]))
+        for reference in references
+        for pop in flatten_results(reference)
     ]
 
 
-def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Mapping | None = None) -> dict:
-    """`named`: (name, `hepc.results.collect` output) pairs; the first is the baseline."""
+def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequence[Mapping] | None = None) -> dict:
+    """`named`: (name, `hepc.results.collect` output) pairs; the first is the baseline.
+    `reference_data`: `collect` outputs of the reference specs (models trained on more data)."""
     (base_name, baseline), candidates = named[0], named[1:]
     k = ensemble_size(merge_points(baseline))
     curves: dict[str, list] = {}
