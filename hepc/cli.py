@@ -212,6 +212,11 @@ def _collect(spec: str, store: Optional[str]):
     return loaded, collect(compiled, _store(store, loaded))
 
 
+def _references(specs: list[str] | None, store: str | None) -> list | None:
+    """Results of the `--reference-data` specs, joined by `hepc compare` into one token envelope."""
+    return [_collect(s, store)[1] for s in specs] if specs else None
+
+
 @app.command()
 @user_errors
 def compare(
@@ -225,7 +230,7 @@ def compare(
     from hepc.report.side_by_side import compare_results, render_table
 
     named = [(loaded.spec.name, res) for loaded, res in (_collect(s, store) for s in specs)]
-    reference = [_collect(r, store)[1] for r in reference_data] if reference_data else None
+    reference = _references(reference_data, store)
     result = compare_results(named, reference)
     if plot:
         from hepc.report.plots import plot_curves
@@ -252,7 +257,7 @@ def report(
 
     collected = [_collect(s, store) for s in specs]
     named = [(loaded.spec.name, res) for loaded, res in collected]
-    reference = [_collect(r, store)[1] for r in reference_data] if reference_data else None
+    reference = _references(reference_data, store)
     result = compare_results(named, reference)
     context = {
         "title": "hepc: " + " vs ".join(name for name, _ in named),

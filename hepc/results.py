@@ -40,6 +40,9 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         if logits_dir is None:
             raise HepcError(f"no logit-averaged results yet for spec '{compiled.spec.name}' (run `hepc run`)")
         ensembles, aggregate = json.loads((logits_dir / "logits.json").read_text())["ensembles"], "logit"
+    points = [{**p, "aggregate": "probability"} for p in curve["points"]]
+    if aggregate == "logit":
+        points = _logit_final_points(points, ensembles, len(members))
     best_single = min(members, key=lambda m: m["val_loss"])
     best_ensemble = min(ensembles, key=lambda e: e["val_loss"])
     corpus_dir = store.find(graph[pop.corpus_key])
@@ -54,11 +57,24 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         "members": members,
         "aggregate": aggregate,
         "ensembles": ensembles,
-        "curve": curve["points"],
+        "curve": points,
         "best_single": {k: best_single[k] for k in ("trajectory", "cycle", "val_loss", "val_bpb")},
         "best_ensemble": {k: best_ensemble[k] for k in ("k", "k_label", "val_loss", "val_bpb")},
         "corpus": corpus,
     }
+
+
+def _logit_final_points(points: list[dict], ensembles: list[dict], n_members: int) -> list[dict]:
+    """The curve step averages the stored per-token target probabilities, which cannot give a
+    logit average; the logits step re-runs the final top-K members. So at the full-population
+    budget each K takes its logit-averaged loss; earlier points stay probability-averaged (each
+    point says which)."""
+    logit = {str(e["k_label"]): e for e in ensembles}
+    out = []
+    for p in points:
+        e = logit.get(str(p["k_label"])) if p["members"] == n_members else None
+        out.append(p if e is None else {**p, "val_loss": e["val_loss"], "val_bpb": e["val_bpb"], "aggregate": "logit"})
+    return out
 
 
 def populations(results: dict) -> list[dict]:

@@ -120,3 +120,17 @@ def test_compare_reference_data_is_repeatable(store):
     tokens = res["corpus"]["tokens"]["train"] + res["corpus"]["tokens"]["heldout"]
     best_member = min(m["val_loss"] for m in res["members"])
     assert eff["base_tokens"] == tokens and eff["envelope"] == [[tokens, best_member]]  # two specs, one envelope
+
+
+def test_logit_aggregate_reaches_the_curve_at_the_final_budget(store):
+    path, _, prob = store
+    res = json.loads(hepc("run", TINY, "prior.aggregate=logit", "--json", store=path).stdout)
+    assert res["aggregate"] == "logit"
+    n = len(res["members"])
+    final = {str(p["k_label"]): p for p in res["curve"] if p["members"] == n}
+    for e in res["ensembles"]:  # the final budget carries the logits step's losses
+        assert final[str(e["k_label"])]["val_loss"] == e["val_loss"]
+        assert final[str(e["k_label"])]["aggregate"] == "logit"
+    earlier = [p for p in res["curve"] if p["members"] < n]
+    assert earlier and all(p["aggregate"] == "probability" for p in earlier)
+    assert [p["val_loss"] for p in earlier] == [p["val_loss"] for p in prob["curve"] if p["members"] < n]
