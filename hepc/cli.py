@@ -55,10 +55,26 @@ def user_errors(fn):
                 _err(f"error: {p}")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
+            _ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the exit short (or make it 143)
             _err("interrupted: finished steps are committed; `hepc run` resumes")
             raise typer.Exit(130) from None
+        except OSError as e:  # a disk or file problem outside a located check: one line, never a traceback
+            from hepc.errors import printable
+            from hepc.safe_io import os_error_message
+
+            _err(f"error: {printable(os_error_message(e))}")
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _ignore_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _stdout():
@@ -143,6 +159,7 @@ def run(
     t0 = time.time()
     loaded, compiled = _load(spec, overrides, strict_data=True)
     the_store = _store(store, loaded)
+    the_store.open_for_writing()  # a folder that is not a store (or is not writable) is refused here
     damaged = check_committed(compiled.graph, the_store)  # damaged objects are named, quarantined, recomputed
     the_plan = make_plan(compiled, the_store)
     if not quiet:

@@ -1,4 +1,5 @@
-"""Store maintenance commands: `hepc verify [SPEC] [--store]` and `hepc gc [SPEC...] [--yes] [--store]`.
+"""Store maintenance commands: `hepc verify [SPEC] [--store] [--adopt]`, `hepc gc [SPEC...] [--yes] [--store]`
+and `hepc unlock KEY... [--store]`.
 
 Plain functions (`verify_command`, `gc_command`) that return an exit code, plus `register(app)`,
 which `hepc.cli` calls at its end to add them to the Typer app. (No `from __future__ import
@@ -20,13 +21,37 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None):
+def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None, *, adopt: bool = False):
+    """The store at the resolved path; it must carry the store marker (an unrelated folder is never
+    written to or deleted from). `adopt` accepts a marker-less store of an older hepc (see `adopt`)."""
     from hepc.store import Store, resolve_store_path
 
     root = resolve_store_path(cli_value, spec_store)
     if not root.is_dir():
         raise HepcError(f"{root}: no store here (use --store, $HEPC_STORE or runtime.store)")
-    return Store(root)
+    the_store = Store(root)
+    if not adopt:
+        the_store.require_store()
+    return the_store
+
+
+def _adopt(the_store) -> None:
+    """Write the marker into a store made by an older hepc, after checking that the folder holds
+    nothing but a store's folders (so an unrelated folder is never adopted)."""
+    from hepc.store import MARKER, SUBDIRS
+
+    if the_store.marker_problem() is None:
+        return
+    if (the_store.root / MARKER).exists():
+        the_store.require_store()  # a damaged marker: say so rather than overwrite it
+    unknown = sorted(e.name for e in the_store.root.iterdir() if e.name not in SUBDIRS)
+    if unknown or not (the_store.root / "objects").is_dir():
+        what = f"it holds {', '.join(unknown[:3])}" if unknown else "it has no objects/ folder"
+        raise HepcError(f"{the_store.root}: does not look like an hepc store ({what}); not adopted")
+    if the_store.layout_problems():
+        raise HepcError(next(iter(the_store.layout_problems().values())) + "; not adopted")
+    the_store.create_marker()
+    print(f"adopted {the_store.root} as an hepc store (wrote {MARKER})", file=sys.stderr)
 
 
 def _compile(spec: str, overrides=(), *, strict_data: bool = False):
@@ -40,17 +65,20 @@ def _compile(spec: str, overrides=(), *, strict_data: bool = False):
 # --------------------------------------------------------------------------- verify
 
 
-def verify_command(spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False) -> int:
-    """Check every object of the store (or of one spec's graph) against its recorded digests.
-    Returns 1 if any is damaged, 0 if none (user errors raise HepcError → exit 2)."""
-    from hepc.verify import verify_objects
+def verify_command(
+    spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False, adopt: bool = False
+) -> int:
+    """Check every object of the store (or of one spec's graph) against its recorded digests, and
+    every mid-cycle checkpoint in work/ against its own. Returns 1 if anything is damaged, 0 if
+    not (user errors raise HepcError → exit 2). `adopt`: mark an older hepc's store, if intact."""
+    from hepc.verify import check_checkpoints, verify_objects
 
     missing: list[str] = []
     if spec is not None:
         loaded, compiled = _compile(spec, overrides)
         for w in compiled.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        the_store = _open_store(store, loaded.spec.runtime.store)
+        the_store = _open_store(store, loaded.spec.runtime.store, adopt=adopt)
         objects = []
         for step in compiled.graph.order():
             found = the_store.find(step)
@@ -60,8 +88,11 @@ def verify_command(spec: Optional[str], overrides=None, store: Optional[str] = N
                 objects.append(found)
         checked, damaged = verify_objects(the_store, objects)
     else:
-        the_store = _open_store(store)
+        the_store = _open_store(store, adopt=adopt)
         checked, damaged = verify_objects(the_store)
+    checkpoints = check_checkpoints(the_store)
+    if adopt and not damaged:
+        _adopt(the_store)
     from hepc.gc import tree_bytes
 
     size = sum(tree_bytes(p) for p in checked)
@@ -72,10 +103,13 @@ def verify_command(spec: Optional[str], overrides=None, store: Optional[str] = N
             "bytes": size,
             "damaged": [{"object": d.label, "path": str(d.path), "problems": list(d.problems)} for d in damaged],
             "not_computed": missing,
+            "checkpoints": [{"path": str(p), "problem": why} for p, why in checkpoints],
         }, indent=1))
     else:
         for d in damaged:
             print(f"damaged {d}")
+        for p, why in checkpoints:
+            print(f"damaged checkpoint {p}: {why} (the next `hepc run` discards it and restarts that cycle)")
         scope = f"of {spec} " if spec else ""
         status = (
             f"{len(damaged)} damaged (`hepc run` moves them to quarantine/ and recomputes them)" if damaged
@@ -84,7 +118,9 @@ def verify_command(spec: Optional[str], overrides=None, store: Optional[str] = N
         extra = f"; {len(missing)} steps not computed yet" if missing else ""
         noun = "object" if len(checked) == 1 else "objects"
         print(f"verified {len(checked)} {noun} {scope}({_human(size)}) in {the_store.root}: {status}{extra}")
-    return 1 if damaged else 0
+        if adopt and damaged:
+            print("not adopted: repair or remove the damaged objects first", file=sys.stderr)
+    return 1 if damaged or checkpoints else 0
 
 
 # --------------------------------------------------------------------------- gc
@@ -108,9 +144,10 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
             f"{the_store.root}: no run records, so nothing is known to be in use; "
             "name the specs whose objects to keep (`hepc gc SPEC...`)"
         )
-    for note in reach.notes:
+    notes = list(reach.notes)
+    items = garbage(the_store, reach, notes)
+    for note in notes:
         print(f"warning: {note}", file=sys.stderr)
-    items = garbage(the_store, reach)
     total = sum(i.bytes for i in items)
     result = None
     if yes:
@@ -157,6 +194,31 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
     return 0
 
 
+# --------------------------------------------------------------------------- unlock
+
+
+def unlock_command(keys: list[str], store: Optional[str] = None) -> int:
+    """Remove the leases of the steps whose keys start with `keys` (a suspect lease that no process
+    holds: `hepc run` and `hepc gc` name it and this command). Never needed for a dead holder on
+    this host or a heartbeat older than the timeout: those are taken over automatically."""
+    from hepc.store_lease import describe, force_remove
+
+    the_store = _open_store(store)
+    folder = the_store.root / "leases"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    for key in keys:
+        if len(key) < 6 or not all(c in "0123456789abcdef" for c in key):
+            raise HepcError(f"{key!r}: give at least 6 hex digits of a step key (as `hepc plan` shows them)")
+        hits = [n for n in names if n.startswith(key)]
+        if not hits:
+            raise HepcError(f"no lease of a step {key}… in {folder}")
+        for name in hits:
+            holder = force_remove(folder / name)
+            if holder is not None:
+                print(f"removed lease {name[:12]} ({describe(holder)})")
+    return 0
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -169,7 +231,7 @@ def register(app) -> None:
     from hepc.cli import JsonOpt, Overrides, StoreOpt, user_errors
 
     existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
-    if {"verify", "gc"} <= existing:
+    if {"verify", "gc", "unlock"} <= existing:
         return  # already registered (idempotent: tests may register before hepc.cli does)
 
     def _exit(code: int) -> None:
@@ -183,9 +245,12 @@ def register(app) -> None:
         overrides: Overrides = None,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
+        adopt: Annotated[
+            bool, typer.Option("--adopt", help="Mark a store written by an older hepc (no marker) as a store, if intact.")
+        ] = False,
     ) -> None:
         """Check committed objects against their recorded digests; list the damaged ones (exit 1 if any)."""
-        _exit(verify_command(spec, overrides, store, json_out))
+        _exit(verify_command(spec, overrides, store, json_out, adopt))
 
     @app.command()
     @user_errors
@@ -199,4 +264,13 @@ def register(app) -> None:
     ) -> None:
         """Remove objects and work not reachable from the specs recorded in the store (or named here)."""
         _exit(gc_command(specs, yes, store, json_out))
+
+    @app.command()
+    @user_errors
+    def unlock(
+        keys: Annotated[list[str], typer.Argument(help="Step keys (at least 6 hex digits) whose leases to remove.")],
+        store: StoreOpt = None,
+    ) -> None:
+        """Remove a suspect lease that no process holds (`hepc run` and `hepc gc` name it)."""
+        _exit(unlock_command(keys, store))
 

@@ -24,6 +24,9 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+printable = _printable
+
+
 class HepcError(Exception):
     """Any failure the user can act on. The CLI prints each problem on one line and exits 2."""
 

@@ -7,12 +7,19 @@ plus the graphs of the specs named on the command line.
 
 Phase 1 renames what is unreachable into `trash/<stamp>/` (a rename: instant, and a concurrent run
 that finds an input missing recomputes it). Phase 2 reads the records again, puts back anything a
-run started meanwhile has made reachable, and deletes the rest. Leased work is never touched.
+run started meanwhile has made reachable, and deletes the rest. Leased work is never touched:
+folders are listed *before* the leases are read (a staging or work folder listed earlier than a
+lease was taken belongs to that lease), a work folder is moved only while gc itself holds its
+step's lease, and a lease is removed only through the race-free take-over of store_lease.
+
+Safety: gc works only on a folder that carries the store marker (hepc.store), never follows a
+symbolic link (a store folder that is one is skipped, with a warning), and never moves or deletes a
+path whose parent does not resolve inside the store root. What it reads from records is bounded
+(a plan of more than PLAN_LIMIT bytes counts as unreadable).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -22,11 +29,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hepc.errors import StoreError, printable
+from hepc.safe_io import os_error_message, read_json, read_small
 from hepc.store import Store
-from hepc.store_lease import is_stale, pid_alive, read_lease
+from hepc.store_lease import LeaseBusy, acquire, describe, is_stale, is_suspect, pid_alive, read_lease, remove_if_stale
 from hepc.verify import iter_objects
 
 LEFTOVER_AGE_S = 3600.0  # tombstones and private lease files older than this are leftovers
+PLAN_LIMIT = 64 << 20  # a recorded plan.json larger than this is not read (paper scale: a few MB)
+SPEC_LIMIT = 16 << 20
 
 
 @dataclass
@@ -78,7 +89,7 @@ def tree_bytes(path: Path) -> int:
 
 def _plan_keys(folder: Path) -> set[str] | None:
     try:
-        plan = json.loads((folder / "plan.json").read_text())
+        plan = read_json(folder / "plan.json", PLAN_LIMIT)
         keys = {s["key"] for s in plan["steps"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -93,8 +104,8 @@ def _recompiled_keys(folder: Path) -> set[str] | None:
     from hepc.spec.load import load_spec
 
     try:
-        text = (folder / "spec.json").read_text()
-    except OSError:
+        text = read_small(folder / "spec.json", SPEC_LIMIT).decode("utf-8")
+    except (OSError, ValueError):
         return None
     with tempfile.TemporaryDirectory(prefix="hepc-gc-") as tmp:
         path = Path(tmp) / "spec.yaml"
@@ -106,28 +117,33 @@ def _recompiled_keys(folder: Path) -> set[str] | None:
     return {s.key for s in compiled.graph}
 
 
+def _subdirs(folder: Path) -> list[Path]:
+    """Real sub-folders of `folder`, sorted (symbolic links and files are not followed)."""
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
 def reachable(store: Store, named: list | None = None) -> Reachability:
     """Keys reachable from every run record in the store plus the compiled specs in `named`."""
     out = Reachability()
     records = store.root / "records"
-    if records.is_dir():
-        for spec_dir in sorted(records.iterdir()):
-            if not spec_dir.is_dir():
-                continue
-            for run in sorted(spec_dir.iterdir()):
-                if not run.is_dir():
-                    continue
+    if records.is_dir() and not records.is_symlink():
+        for spec_dir in _subdirs(records):
+            for run in _subdirs(spec_dir):
                 out.records += 1
-                out.specs.add(spec_dir.name)
+                out.specs.add(printable(spec_dir.name))
+                label = printable(f"{spec_dir.name}/{run.name}")
                 keys = _plan_keys(run)
                 if keys is None:
                     keys = _recompiled_keys(run)
                     if keys is not None:
-                        out.notes.append(f"record {spec_dir.name}/{run.name}: no readable plan; recompiled its spec")
+                        out.notes.append(f"record {label}: no readable plan; recompiled its spec")
                 if keys is None:
                     out.keep_all = True
                     out.notes.append(
-                        f"record {spec_dir.name}/{run.name} is unreadable and its spec cannot be recompiled: "
+                        f"record {label} is unreadable and its spec cannot be recompiled: "
                         "keeping every object (remove or repair that record to collect garbage)"
                     )
                     continue
@@ -141,72 +157,90 @@ def reachable(store: Store, named: list | None = None) -> Reachability:
 # --------------------------------------------------------------------------- what would go
 
 
-def _live_leases(store: Store) -> set[str]:
-    """Keys whose lease is held by a live process (stale leases do not protect anything)."""
-    live = set()
+def _leases(store: Store) -> tuple[set[str], list[str]]:
+    """(keys whose lease protects them, notes on suspect leases). Stale leases protect nothing; a
+    suspect one (heartbeat far in the future) protects its step and is reported."""
+    live, notes = set(), []
     folder = store.root / "leases"
-    if folder.is_dir():
-        for p in folder.iterdir():
+    if folder.is_dir() and not folder.is_symlink():
+        for p in sorted(folder.iterdir()):
             if p.name.startswith("."):
                 continue
             info = read_lease(p)
-            if info is not None and not is_stale(info):
-                live.add(p.name)
-    return live
+            if info is None or is_stale(info):
+                continue
+            live.add(p.name)
+            if is_suspect(info):
+                notes.append(
+                    f"lease {p.name[:12]} looks suspect ({describe(info)}); if no hepc process holds it, "
+                    f"clear it with `hepc unlock {p.name[:12]} --store {store.root}`"
+                )
+    return live, notes
 
 
-def garbage(store: Store, reach: Reachability) -> list[Item]:
-    """Everything gc would remove, each with its size and the reason."""
-    items: list[Item] = []
-    live = _live_leases(store)
+def _entries(store: Store, sub: str) -> list[Path]:
+    folder = store.root / sub
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    try:
+        return sorted(folder.iterdir())
+    except OSError:
+        return []
+
+
+def garbage(store: Store, reach: Reachability, notes: list[str] | None = None) -> list[Item]:
+    """Everything gc would remove, each with its size and the reason. Folders are listed first and
+    the leases read afterwards, so that anything a run creates meanwhile is either not listed or
+    protected by its lease."""
+    notes = notes if notes is not None else []
+    skipped = store.layout_problems()
+    for sub, problem in skipped.items():
+        notes.append(f"{problem}: gc does not follow it and leaves it alone")
+    objects = [] if "objects" in skipped else list(iter_objects(store.objects))
+    listing = {sub: ([] if sub in skipped else _entries(store, sub))
+               for sub in ("work", "tmp", "quarantine", "trash", "leases", "verified")}
+    live, lease_notes = _leases(store)  # read after listing: see the docstring
+    notes.extend(lease_notes)
     live12 = {k[:12] for k in live}
+    items: list[Item] = []
     if not reach.keep_all:
-        for obj in iter_objects(store.objects):
+        for obj in objects:
             key12 = obj.name[-12:]
             if not reach.holds(key12) and key12 not in live12:
                 items.append(Item("object", obj, tree_bytes(obj), "not reachable from any recorded or named spec"))
-    committed = {obj.name[-12:] for obj in iter_objects(store.objects)}
-    work = store.root / "work"
-    if work.is_dir():
-        for w in sorted(work.iterdir()):
-            if w.name in live:
-                continue
-            if w.name[:12] in committed:
-                items.append(Item("work", w, tree_bytes(w), "leftover of a step that is committed"))
-            elif not reach.keep_all and not reach.holds(w.name[:12]):
-                items.append(Item("work", w, tree_bytes(w), "resumable work of an unreachable step"))
-    tmp = store.root / "tmp"
-    if tmp.is_dir():
-        for t in sorted(tmp.iterdir()):
-            dirname = t.name.rsplit(".", 2)[0]
-            if dirname[-12:] not in live12:
-                items.append(Item("staging", t, tree_bytes(t), "staging of an attempt that did not commit"))
+    committed = {obj.name[-12:] for obj in objects}
+    for w in listing["work"]:
+        if w.name in live:
+            continue
+        if w.name[:12] in committed:
+            items.append(Item("work", w, tree_bytes(w), "leftover of a step that is committed"))
+        elif not reach.keep_all and not reach.holds(w.name[:12]):
+            items.append(Item("work", w, tree_bytes(w), "resumable work of an unreachable step"))
+    for t in listing["tmp"]:
+        dirname = t.name.rsplit(".", 2)[0]
+        if dirname[-12:] not in live12:
+            items.append(Item("staging", t, tree_bytes(t), "staging of an attempt that did not commit"))
     for sub, kind, why in (("quarantine", "quarantine", "damaged object moved aside by `hepc run`"),
                            ("trash", "trash", "left by an interrupted `hepc gc`")):
-        folder = store.root / sub
-        if folder.is_dir():
-            for q in sorted(folder.iterdir()):
-                if kind == "trash" and _gc_alive(q.name):
-                    continue
-                items.append(Item(kind, q, tree_bytes(q), why))
-    leases = store.root / "leases"
-    if leases.is_dir():
-        now = time.time()
-        for p in sorted(leases.iterdir()):
-            if not p.name.startswith(".") and p.name not in live:
-                items.append(Item("lease", p, tree_bytes(p), "lease of a process that is gone"))
-            elif p.name.startswith((".tomb-", ".new-", ".takeover-")):
-                try:
-                    old = now - p.lstat().st_mtime > LEFTOVER_AGE_S
-                except OSError:
-                    continue
-                if old:
-                    items.append(Item("lease", p, tree_bytes(p), "leftover lease file"))
-    verified = store.root / "verified"
-    if verified.is_dir():
-        present = {f"{o.parent.name}-{o.name}" for o in iter_objects(store.objects)}
+        for q in listing[sub]:
+            if kind == "trash" and _gc_alive(q.name):
+                continue
+            items.append(Item(kind, q, tree_bytes(q), why))
+    now = time.time()
+    for p in listing["leases"]:
+        if not p.name.startswith(".") and p.name not in live:
+            items.append(Item("lease", p, tree_bytes(p), "lease of a process that is gone"))
+        elif p.name.startswith((".tomb-", ".new-", ".takeover-")):
+            try:
+                old = now - p.lstat().st_mtime > LEFTOVER_AGE_S
+            except OSError:
+                continue
+            if old:
+                items.append(Item("lease", p, tree_bytes(p), "leftover lease file"))
+    if listing["verified"]:
+        present = {f"{o.parent.name}-{o.name}" for o in objects}
         gone = {i.path.parent.name + "-" + i.path.name for i in items if i.kind == "object"}
-        for v in sorted(verified.iterdir()):
+        for v in listing["verified"]:
             if v.name not in present or v.name in gone:
                 items.append(Item("cache", v, tree_bytes(v), "verification cache of a removed object"))
     return items
@@ -230,22 +264,47 @@ class Collected:
     restored: list[str]
 
 
+def inside_store(store: Store, path: Path) -> bool:
+    """`path` (not followed itself) lies in a real folder inside the store root."""
+    try:
+        parent = os.path.realpath(path.parent)
+        root = os.path.realpath(store.root)
+    except (OSError, ValueError):
+        return False
+    return parent == root or parent.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def collect(store: Store, items: list[Item], named: list | None = None) -> Collected:
     """Phase 1: move `items` into trash/<stamp>/. Phase 2: re-read the records, put back what became
     reachable meanwhile, delete the rest (and older trash of dead gc runs)."""
+    store.require_store()
+    trash_root = store.root / "trash"
+    if trash_root.is_symlink() or (trash_root.exists() and not trash_root.is_dir()):
+        raise StoreError(f"{trash_root} is not a real folder inside the store; gc removes nothing until it is")
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}~{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:6]}"
-    trash = store.root / "trash" / stamp
+    trash = trash_root / stamp
+    try:
+        trash.mkdir(parents=True)
+    except OSError as e:
+        raise StoreError(f"gc removed nothing: {os_error_message(e, store.root)}") from None
     moved: list[tuple[Item, Path]] = []
-    for item in items:
-        if item.kind == "trash":
-            continue
-        dest = trash / item.kind / (item.path.parent.name if item.kind == "object" else "") / item.path.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(item.path, dest)
-        except FileNotFoundError:
-            continue  # gone meanwhile (committed work dir removed, staging renamed into objects/)
-        moved.append((item, dest))
+    try:
+        for item in items:
+            if item.kind == "trash" or not inside_store(store, item.path):
+                continue
+            if item.kind == "lease":
+                if item.path.name.startswith("."):
+                    _move(item, trash, moved)
+                elif remove_if_stale(item.path):  # race-free: never a lease taken meanwhile
+                    moved.append((item, Path()))
+                continue
+            if item.kind == "work":
+                if "leases" not in store.layout_problems():  # without a safe lease folder, no work moves
+                    _move_work(store, item, trash, moved)
+                continue
+            _move(item, trash, moved)
+    except OSError as e:
+        raise StoreError(f"gc stopped: {os_error_message(e, store.root)} (what it moved is in {trash})") from None
     store.refresh()
 
     # Phase 2: a run that started after phase 1 looked may need some of it.
@@ -264,12 +323,33 @@ def collect(store: Store, items: list[Item], named: list | None = None) -> Colle
         removed.append(item)
     shutil.rmtree(trash, ignore_errors=True)
     for item in items:
-        if item.kind == "trash":  # an interrupted gc's phase 1: put back what is reachable, drop the rest
+        if item.kind == "trash" and inside_store(store, item.path):
+            # an interrupted gc's phase 1: put back what is reachable, drop the rest
             restored += _restore_from(store, item.path, reach)
             shutil.rmtree(item.path, ignore_errors=True)
             removed.append(item)
     store.refresh()
     return Collected(removed, restored)
+
+
+def _move(item: Item, trash: Path, moved: list) -> None:
+    dest = trash / item.kind / (item.path.parent.name if item.kind == "object" else "") / item.path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(item.path, dest)
+    except FileNotFoundError:
+        return  # gone meanwhile (committed work dir removed, staging renamed into objects/)
+    moved.append((item, dest))
+
+
+def _move_work(store: Store, item: Item, trash: Path, moved: list) -> None:
+    """Move a work folder while holding its step's lease, so no run can start using it meanwhile."""
+    try:
+        lease = acquire(store.lease_path(item.path.name), "gc")
+    except (LeaseBusy, StoreError):
+        return  # a run holds it now: not garbage any more
+    with lease:
+        _move(item, trash, moved)
 
 
 def _restore_from(store: Store, trash: Path, reach: Reachability) -> list[str]:

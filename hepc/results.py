@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from hepc.compile import Compiled, Population
 from hepc.errors import HepcError
 from hepc.store import Store
@@ -23,29 +21,29 @@ def collect(compiled: Compiled, store: Store) -> dict:
 
 def collect_population(compiled: Compiled, pop: Population, store: Store) -> dict:
     graph = compiled.graph
-    prior_dir = store.find(graph[pop.prior_key])
-    curve_dir = store.find(graph[pop.curve_key])
+    prior_dir = store.find_intact(graph[pop.prior_key])  # a damaged object is named, never shown
+    curve_dir = store.find_intact(graph[pop.curve_key])
     if prior_dir is None or curve_dir is None:
         which = f" (population {pop.label})" if pop.label else ""
         raise HepcError(
             f"no results yet for spec '{compiled.spec.name}'{which} in store {store.root} "
             f"(run `hepc run` first; `hepc plan` shows what is missing)"
         )
-    prior = json.loads((prior_dir / "prior.json").read_text())
-    curve = json.loads((curve_dir / "curve.json").read_text())
+    prior = store.read_object_json(prior_dir, "prior.json")
+    curve = store.read_object_json(curve_dir, "curve.json")
     members = prior["members"]
     ensembles, aggregate = prior["ensembles"], "probability"
     if pop.logits_key is not None:
-        logits_dir = store.find(graph[pop.logits_key])
+        logits_dir = store.find_intact(graph[pop.logits_key])
         if logits_dir is None:
             raise HepcError(f"no logit-averaged results yet for spec '{compiled.spec.name}' (run `hepc run`)")
-        ensembles, aggregate = json.loads((logits_dir / "logits.json").read_text())["ensembles"], "logit"
+        ensembles, aggregate = store.read_object_json(logits_dir, "logits.json")["ensembles"], "logit"
     points = [{**p, "aggregate": "probability"} for p in curve["points"]]
     if aggregate == "logit":
         points = _logit_final_points(points, ensembles, len(members))
     best_single = min(members, key=lambda m: m["val_loss"])
     best_ensemble = min(ensembles, key=lambda e: e["val_loss"])
-    corpus_dir = store.find(graph[pop.corpus_key])
+    corpus_dir = store.find_intact(graph[pop.corpus_key])
     corpus = store.manifest(corpus_dir)["summary"] if corpus_dir else {}
     return {
         "spec": compiled.spec.name,

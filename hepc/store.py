@@ -9,7 +9,13 @@
     quarantine/<stamp>/<kind>/<dir>  damaged objects moved aside by `hepc run` (kept for inspection)
     trash/<stamp>/                   phase 1 of `hepc gc --yes` (unreachable objects, deleted in phase 2)
 
-Reading never creates anything: `hepc plan` on a missing store writes nothing.
+    hepc-store.json                  the marker: format version, written when the store is created
+
+Reading never creates anything: `hepc plan` on a missing store writes nothing. Writing or deleting
+needs the marker: a command that writes into (or deletes from) a folder that exists, is not empty
+and has no marker refuses it, so a mistyped `--store` can never empty an unrelated folder. The
+store's own folders must be real folders: one that is a symbolic link is refused for writing (and
+skipped by `hepc gc`), so nothing is ever written or deleted outside the store root.
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ from pathlib import Path
 from hepc import store_lease
 from hepc.errors import StoreError
 from hepc.graph import StepSpec
+from hepc.safe_io import os_error_message, read_json
 from hepc.store_lease import Lease, LeaseBusy, LeaseLost  # noqa: F401  (re-exported)
 from hepc.verify import SELF_DIGEST, check_object, file_digest, manifest_digest, quarantine, record_sig  # noqa: F401
 
 MANIFEST = "manifest.json"
 DEFAULT_STORE = "runs"
+MANIFEST_LIMIT = 256 << 20  # a manifest or result JSON larger than this is not one hepc wrote
+MARKER = "hepc-store.json"
+FORMAT = 1  # the store layout this hepc writes; a store with a larger format is refused
+SUBDIRS = ("objects", "work", "tmp", "leases", "records", "verified", "quarantine", "trash")
 
 
 def resolve_store_path(cli_value: str | None, spec_value: str | None = None) -> Path:
@@ -37,9 +48,17 @@ def resolve_store_path(cli_value: str | None, spec_value: str | None = None) -> 
 
 
 def write_json_atomic(path: Path, value) -> None:
+    """Write `path` whole or not at all (a temporary name, then a rename; the temporary is removed on error)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def safe_component(name: str) -> str:
@@ -76,11 +95,82 @@ class Store:
     def sig_path(self, obj: Path) -> Path:
         return self.root / "verified" / f"{obj.parent.name}-{obj.name}"
 
+    # ------------------------------------------------------------------ marker and layout
+    def marker_problem(self) -> str | None:
+        """Why this folder may not be written as a store (None: it is an hepc store of a known format)."""
+        root = self.root
+        if not root.exists():
+            return f"{root}: no store here"
+        if not root.is_dir():
+            return f"{root}: store path exists and is not a folder"
+        try:
+            marker = read_json(root / MARKER, 1 << 16)
+        except FileNotFoundError:
+            return (
+                f"{root}: not an hepc store (no {MARKER}); refusing to write or delete anything here. "
+                "Point --store (or $HEPC_STORE, runtime.store) at an hepc store or at a new folder; "
+                f"a store written by an older hepc is adopted with `hepc verify --adopt --store {root}`"
+            )
+        except (OSError, ValueError) as e:
+            return f"{root / MARKER}: unreadable store marker ({type(e).__name__}); refusing to use this store"
+        fmt = marker.get("format") if isinstance(marker, dict) else None
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            return f"{root / MARKER}: store marker without a format version; refusing to use this store"
+        if fmt > FORMAT:
+            return f"{root}: store format {fmt} was written by a newer hepc (this one reads format {FORMAT})"
+        return None
+
+    def layout_problems(self) -> dict[str, str]:
+        """Store folders that are not real folders inside the store: {name: what is wrong}."""
+        problems = {}
+        for sub in SUBDIRS:
+            p = self.root / sub
+            if p.is_symlink():
+                try:
+                    target = os.readlink(p)
+                except OSError:
+                    target = "?"
+                problems[sub] = f"{p} is a symbolic link (to {target}); a store's folders must be real folders"
+            elif p.exists() and not p.is_dir():
+                problems[sub] = f"{p} is not a folder"
+        return problems
+
+    def require_store(self) -> None:
+        """Raise StoreError unless this folder carries the marker of a store this hepc can write."""
+        problem = self.marker_problem()
+        if problem:
+            raise StoreError(problem)
+
+    def create_marker(self) -> None:
+        write_json_atomic(self.root / MARKER, {"format": FORMAT, "created": time.time(), "tool": "hepc"})
+
+    def open_for_writing(self) -> None:
+        """Create the store (with its marker) if the folder is missing or empty, check it is a store
+        and that its folders are real folders, create them. Every writer calls this first."""
+        if getattr(self, "_writable", False):
+            return
+        root = self.root
+        try:
+            if root.exists() and not root.is_dir():
+                raise StoreError(f"{root}: store path exists and is not a folder")
+            if not (root / MARKER).exists():
+                root.mkdir(parents=True, exist_ok=True)
+                # Empty but for other processes' marker temp files: a new store (they write the same marker).
+                if any(not e.name.startswith(f".{MARKER}.") for e in os.scandir(root)):
+                    self.require_store()  # raises: a folder with content and no marker is not ours
+                self.create_marker()
+            self.require_store()
+            problems = self.layout_problems()
+            if problems:
+                raise StoreError(next(iter(problems.values())) + "; refusing to write through it")
+            for sub in ("objects", "work", "tmp", "leases", "records"):
+                (root / sub).mkdir(exist_ok=True)
+        except OSError as e:
+            raise StoreError(os_error_message(e, root)) from None
+        self._writable = True
+
     def _ensure(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"{self.root}: store path exists and is not a folder")
-        for sub in ("objects", "work", "tmp", "leases", "records"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.open_for_writing()
 
     # ------------------------------------------------------------------ lookup
     def _kind_index(self, kind: str) -> dict[str, Path]:
@@ -119,7 +209,7 @@ class Store:
 
     def manifest(self, path: Path) -> dict:
         try:
-            return json.loads((path / MANIFEST).read_text())
+            return read_json(path / MANIFEST, MANIFEST_LIMIT)
         except (OSError, ValueError) as e:
             raise StoreError(f"{path / MANIFEST}: unreadable manifest ({e}); run `hepc verify`") from None
 
@@ -127,9 +217,38 @@ class Store:
         """Problems of a committed object (see hepc.verify); full=False hashes only what changed."""
         return check_object(path, full=full, sig_file=self.sig_path(path))
 
-    def quarantine(self, path: Path) -> Path | None:
+    def find_intact(self, step: StepSpec) -> Path | None:
+        """`find`, but a damaged object raises StoreError naming it (for anything read to be shown)."""
+        path = self.find(step)
+        if path is None:
+            return None
+        problems = self.check(path)
+        if problems:
+            raise StoreError(
+                f"damaged object {step.kind}/{path.name}: {'; '.join(problems)}; not shown "
+                "(`hepc run` moves it to quarantine/ and recomputes it; `hepc verify` lists every damaged object)"
+            )
+        return path
+
+    def read_object_json(self, path: Path, name: str):
+        """A JSON file of a committed object (checked by `find_intact`), read with a bound."""
+        try:
+            return read_json(path / name, MANIFEST_LIMIT)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{path / name}: unreadable ({type(e).__name__}); run `hepc verify`") from None
+
+    def orphan(self, step: StepSpec) -> Path | None:
+        """The object folder of `step` if it exists without a manifest (half-deleted, never a commit
+        in flight: a commit renames a complete folder in)."""
+        direct = self.objects / step.kind / safe_component(step.dirname)
+        if direct.is_dir() and not direct.is_symlink() and not (direct / MANIFEST).exists():
+            return direct
+        return None
+
+    def quarantine(self, path: Path, *, recheck: bool = True) -> Path | None:
         """Move a damaged object aside to quarantine/ so that it is recomputed; returns where it went."""
-        moved = quarantine(path, self.root / "quarantine")
+        self.open_for_writing()
+        moved = quarantine(path, self.root / "quarantine", recheck=recheck)
         self.refresh(path.parent.name)
         try:
             self.sig_path(path).unlink(missing_ok=True)
@@ -144,7 +263,7 @@ class Store:
             f = work / name
             if f.is_file():
                 try:
-                    info = json.loads(f.read_text())
+                    info = read_json(f, 1 << 20)
                 except (OSError, ValueError):
                     info = {}
                 if not isinstance(info, dict):
@@ -196,15 +315,19 @@ class Store:
         dest_dir = self.objects / safe_component(step.kind)
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / safe_component(step.dirname)
-        try:
-            os.rename(staged, dest)
-        except OSError:
-            if (dest / MANIFEST).is_file():  # another process committed the same step first
-                shutil.rmtree(staged, ignore_errors=True)
-            else:
+        for attempt in range(3):
+            try:
+                os.rename(staged, dest)
+            except OSError:
+                if (dest / MANIFEST).is_file():  # another process committed the same step first
+                    shutil.rmtree(staged, ignore_errors=True)
+                    break
+                if attempt < 2 and self.orphan(step) is not None:
+                    self.quarantine(dest, recheck=False)  # a folder without manifest is in the way
+                    continue
                 raise
-        else:
             record_sig(dest, self.sig_path(dest))  # just hashed: trusted until a file changes
+            break
         self._kind_index(step.kind)[step.key12] = dest
         return dest
 
@@ -237,10 +360,17 @@ class Store:
     def open_record(self, spec_name: str, resolved: dict, plan: dict) -> "RunRecord":
         self._ensure()
         run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        folder = self.root / "records" / safe_component(spec_name) / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "spec.json", resolved)
-        write_json_atomic(folder / "plan.json", plan)
+        parent = self.root / "records" / safe_component(spec_name)
+        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+            raise StoreError(f"{parent} is not a folder of run records (it should be a folder); move it away")
+        folder = parent / run_id
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "spec.json", resolved)
+            write_json_atomic(folder / "plan.json", plan)
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: a record has both files or none
+            raise StoreError(f"cannot write the run record: {os_error_message(e, self.root)}") from None
         return RunRecord(folder)
 
 
@@ -251,6 +381,17 @@ class RunRecord:
         self.folder = folder
 
     def event(self, event: str, **fields) -> None:
+        """Append one event; a full or read-only disk is a StoreError naming the record."""
         line = json.dumps({"t": round(time.time(), 3), "event": event, **fields}, sort_keys=True)
-        with open(self.folder / "events.jsonl", "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(self.folder / "events.jsonl", "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise StoreError(f"cannot write the run record: {os_error_message(e, self.folder.parents[2])}") from None
+
+    def try_event(self, event: str, **fields) -> None:
+        """`event` on a path that is already failing: never masks the error being reported."""
+        try:
+            self.event(event, **fields)
+        except StoreError:
+            pass

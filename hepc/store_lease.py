@@ -7,8 +7,13 @@ empty file behind). While a step runs, a heartbeat thread touches the lease ever
 that the file still names this holder; if not, the lease is *lost* and the step must stop.
 
 A lease is stale when its process is gone (same host: pid absent, or reused by a process with
-another start time) or when its heartbeat (the file's mtime) is older than the timeout
-(`$HEPC_LEASE_TIMEOUT_S`, default 60 s). Take-over is race-free: a taker must first create
+another start time), when its heartbeat (the file's mtime) is older than the timeout
+(`$HEPC_LEASE_TIMEOUT_S`, default 60 s), or when it is not a lease at all (junk, not JSON, no
+holder, a folder or FIFO where the file belongs: hepc writes leases whole, so after a short grace
+period such a thing is a leftover). A lease whose heartbeat lies in the future by more than the
+timeout is *suspect* (a clock far ahead, or a file someone touched): it is neither waited for
+forever nor taken over silently; the run reports it with the command that clears it
+(`hepc unlock`). Take-over is race-free: a taker must first create
 `.takeover-<key>` exclusively; holding it, it judges the lease stale once more and renames it to a
 tombstone of its own, then competes like everyone else to create the new lease (an exclusive
 create: exactly one process wins). Contenders without the take-over lock wait and retry, so a lease
@@ -19,13 +24,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
 from pathlib import Path
 
+from hepc.safe_io import read_small
+
 DEFAULT_TIMEOUT_S = 60.0
+JUNK_GRACE_S = 2.0  # a lease that is not one (junk) is stale once it is this old
+LEASE_LIMIT = 1 << 16  # a lease is a few hundred bytes
 
 
 def lease_timeout_s() -> float:
@@ -36,10 +46,11 @@ def lease_timeout_s() -> float:
 
 
 class LeaseBusy(Exception):
-    """Another live process holds the lease of this step."""
+    """Another live process holds the lease of this step (or a suspect lease blocks it)."""
 
-    def __init__(self, holder: dict):
+    def __init__(self, holder: dict, suspect: bool = False):
         self.holder = holder
+        self.suspect = suspect
         super().__init__(f"held by pid {holder.get('pid')} on {holder.get('host')}")
 
 
@@ -75,29 +86,42 @@ _HOST = socket.gethostname()
 
 
 def read_lease(path: Path) -> dict | None:
-    """The lease's content (None if absent, {} if unreadable) plus its heartbeat (the file's mtime)."""
+    """The lease's content (None if absent) plus its heartbeat (the file's mtime). Something that is
+    not a lease (unreadable, not JSON, no holder, a folder, a FIFO) gives {"_junk": why, ...}."""
     try:
-        with open(path) as f:
-            st = os.fstat(f.fileno())
-            text = f.read()
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
-    except OSError:
-        return {}
+    except OSError as e:
+        return {"_junk": f"unreadable ({e.strerror})", "_mtime": 0.0}
+    base = {"_mtime": st.st_mtime, "_ino": (st.st_dev, st.st_ino)}
     try:
-        info = json.loads(text)
-        if not isinstance(info, dict):
-            info = {}
+        text = read_small(path, LEASE_LIMIT)
+        info = json.loads(text.decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {**base, "_junk": str(e.strerror or e)}
     except ValueError:
-        info = {}
-    info["_mtime"] = st.st_mtime
-    info["_ino"] = (st.st_dev, st.st_ino)
-    return info
+        return {**base, "_junk": "not a lease (unreadable content)"}
+    if not isinstance(info, dict) or not isinstance(info.get("token"), str):
+        return {**base, "_junk": "not a lease (no holder)"}
+    return {**info, **base}
+
+
+def is_suspect(info: dict, timeout_s: float | None = None, now: float | None = None) -> bool:
+    """A real lease whose heartbeat is in the future by more than the timeout."""
+    timeout_s = lease_timeout_s() if timeout_s is None else timeout_s
+    now = time.time() if now is None else now
+    return "_junk" not in info and float(info.get("_mtime", 0.0)) - now > timeout_s
 
 
 def is_stale(info: dict, timeout_s: float | None = None, now: float | None = None) -> bool:
     timeout_s = lease_timeout_s() if timeout_s is None else timeout_s
     now = time.time() if now is None else now
+    if "_junk" in info:  # hepc writes leases whole: junk older than a moment is a leftover
+        age = now - float(info.get("_mtime", 0.0))
+        return age > JUNK_GRACE_S or age < -JUNK_GRACE_S
     if info.get("host") == _HOST:
         try:
             pid = int(info.get("pid", -1))
@@ -134,13 +158,13 @@ class Lease:
 
     def _beat(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
+            if not self._mine():  # check first: never refresh a lease another process has taken over
+                self.lost = True
+                return
             try:
                 os.utime(self.path)
             except OSError:
                 pass
-            if not self._mine():
-                self.lost = True
-                return
 
     def check(self) -> None:
         """Raise LeaseLost if the heartbeat found this lease gone or taken over."""
@@ -184,8 +208,8 @@ def acquire(path: Path, step_label: str, *, timeout_s: float | None = None) -> L
                 holder = read_lease(path)
                 if holder is None:
                     continue  # released meanwhile: try again
-                if not is_stale(holder, timeout_s):
-                    raise LeaseBusy(holder) from None
+                if not is_stale(holder, timeout_s):  # a dead holder on this host is stale, whatever its mtime
+                    raise LeaseBusy(holder, suspect=is_suspect(holder, timeout_s)) from None
                 if not _take_over(path, timeout_s):
                     time.sleep(0.01 * (1 + attempt % 5))  # another process is taking it over
                 continue
@@ -261,11 +285,20 @@ def _take_over(path: Path, timeout_s: float) -> bool:
 
 
 def _remove_if_same(path: Path, seen: dict) -> None:
-    """Remove `path` if it is still the file described by `seen` (same token); else leave it."""
+    """Remove `path` if it is still the file described by `seen` (same token); else leave it.
+    Something that is not a lease file (a folder, a FIFO) is moved to the store's quarantine/."""
     tomb = path.parent / f".tomb-{path.name}-{uuid.uuid4().hex}"
     try:
         os.rename(path, tomb)
     except FileNotFoundError:
+        return
+    if tomb.is_dir() and not tomb.is_symlink():
+        dest = path.parent.parent / "quarantine" / f"{time.strftime('%Y%m%d-%H%M%S')}-lease-{uuid.uuid4().hex[:6]}"
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            os.rename(tomb, dest / path.name)
+        except OSError:
+            shutil.rmtree(tomb, ignore_errors=True)
         return
     moved = read_lease(tomb)
     if moved is not None and moved.get("token") != seen.get("token"):
@@ -273,4 +306,25 @@ def _remove_if_same(path: Path, seen: dict) -> None:
             os.link(tomb, path)
         except FileExistsError:
             pass
+        except OSError:
+            pass
     tomb.unlink(missing_ok=True)
+
+
+def force_remove(path: Path) -> dict | None:
+    """Remove the lease at `path` whoever holds it (`hepc unlock`); returns what it held, None if absent."""
+    holder = read_lease(path)
+    if holder is None:
+        return None
+    _remove_if_same(path, holder)
+    return holder
+
+
+def describe(info: dict, now: float | None = None) -> str:
+    """`pid 123 on host-a, heartbeat 4 s ago` (or what is wrong with a lease that is not one)."""
+    now = time.time() if now is None else now
+    if "_junk" in info:
+        return info["_junk"]
+    age = now - float(info.get("_mtime", 0.0))
+    beat = f"heartbeat {age:.0f} s ago" if age >= 0 else f"heartbeat {-age:.0f} s in the future"
+    return f"pid {info.get('pid')} on {info.get('host')}, {beat}"

@@ -20,7 +20,10 @@ from pathlib import Path, PurePosixPath
 
 import xxhash
 
+from hepc.safe_io import read_json
+
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 256 << 20
 SELF_DIGEST = "manifest_xxh3_128"
 
 
@@ -61,7 +64,7 @@ class Damage:
 
 def read_manifest(obj: Path) -> tuple[dict | None, list[str]]:
     try:
-        manifest = json.loads((obj / MANIFEST).read_text())
+        manifest = read_json(obj / MANIFEST, MANIFEST_LIMIT)
     except FileNotFoundError:
         return None, ["manifest.json is missing"]
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -162,7 +165,7 @@ def record_sig(obj: Path, sig_file: Path, sigs: dict | None = None) -> None:
 
 def _read_sig(sig_file: Path) -> dict | None:
     try:
-        return json.loads(sig_file.read_text())
+        return read_json(sig_file, MANIFEST_LIMIT)
     except (OSError, ValueError):
         return None
 
@@ -210,3 +213,20 @@ def verify_objects(store, objects: list[Path] | None = None) -> tuple[list[Path]
         if problems:
             damaged.append(Damage(obj, tuple(problems)))
     return checked, damaged
+
+
+def check_checkpoints(store) -> list[tuple[Path, str]]:
+    """(path, problem) of every mid-cycle checkpoint in work/ that does not match its digest."""
+    from hepc.ckpt_digest import check_digest
+
+    work = store.root / "work"
+    if not work.is_dir() or work.is_symlink():
+        return []
+    damaged = []
+    for folder in sorted(work.iterdir()):
+        ckpt = folder / "ckpt.pt"
+        if folder.is_dir() and not folder.is_symlink() and ckpt.exists():
+            problem = check_digest(ckpt)
+            if problem:
+                damaged.append((ckpt, problem))
+    return damaged

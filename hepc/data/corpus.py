@@ -8,19 +8,24 @@ val and heldout come first, a larger train_tokens keeps val and heldout and exte
 
 A `tokens` source with `val_paths` brings its own val: the first val_tokens ids of its validation
 shards, unshuffled; then nothing is carved for val and the documents fill heldout and train.
+
+No split takes more of a document than its size, so with the bytes tokenizer only that many bytes
+of each text document are kept (a `Prefix`), whatever the size of its file; the rest is counted
+(tokens_dropped) but never held in memory.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from hepc.data import shards, synthetic
 from hepc.data.identity import DataError, source_identity
-from hepc.data.sources import iter_documents
-from hepc.data.tokenizers import make_tokenizer, token_dtype
+from hepc.data.sources import Prefix, iter_documents
+from hepc.data.tokenizers import BytesTokenizer, Tokenizer, make_tokenizer, token_dtype
 
 SPLITS = ("val", "heldout", "train")
 
@@ -41,8 +46,8 @@ def build_corpus(
     tokenizer = make_tokenizer(tokenizer_cfg, source_cfg)
     identity = source_identity(source_cfg, Path(base_dir))
     given_val = shards.read_val(source_cfg, Path(base_dir), val_tokens) if shards.has_val_paths(source_cfg) else None
-    documents = (tokenizer.encode(doc) for doc in iter_documents(source_cfg, Path(base_dir), seed))
     targets = {"val": val_tokens if given_val is None else 0, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
+    documents = _tokenized(source_cfg, tokenizer, Path(base_dir), seed, max(targets.values()))
     needed = (
         f"{val_tokens + train_tokens:,} (val {val_tokens:,} + train {train_tokens:,}, heldout included in train)"
         if given_val is None
@@ -54,16 +59,16 @@ def build_corpus(
     for name in SPLITS:
         filled = 0
         while filled < targets[name]:
-            doc = next(documents, None)
+            doc, doc_tokens = next(documents, (None, 0))
             if doc is None:
                 raise DataError(
                     f"the source has only {seen_tokens:,} tokens; the splits need {needed} "
                     f"plus the {dropped:,} dropped where documents were cut at split ends",
                     "data.train_tokens",
                 )
-            seen_tokens += len(doc)
+            seen_tokens += doc_tokens
             piece = doc[: targets[name] - filled]
-            dropped += len(doc) - len(piece)
+            dropped += doc_tokens - len(piece)
             pieces[name].append(piece)
             filled += len(piece)
 
@@ -102,6 +107,25 @@ def build_corpus(
         meta.update(synthetic.entropy_meta(source_cfg))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _tokenized(
+    source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: int, longest: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(ids, the document's full length in tokens) of each document in corpus order.
+
+    `longest` is the most tokens any split takes from one document. With the bytes tokenizer (one
+    end-of-text token, then one token per byte) a document's first `longest - 1` bytes are all that
+    can be used, so text sources read no more (a `Prefix`); the bytes left out count one token each.
+    """
+    limit = max(longest - 1, 0) if isinstance(tokenizer, BytesTokenizer) else None
+    for doc in iter_documents(source_cfg, base_dir, seed, limit=limit):
+        if isinstance(doc, Prefix):
+            ids = tokenizer.encode(doc.data)
+            yield ids, ids.size + doc.size - len(doc.data)
+        else:
+            ids = tokenizer.encode(doc)
+            yield ids, ids.size
 
 
 def _check_sizes(train_tokens: int, val_tokens: int, heldout_tokens: int) -> None:

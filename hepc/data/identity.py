@@ -5,19 +5,24 @@ numpy and never reads the standard library's files (only their names and sizes).
 no absolute paths: the same data on another machine, or moved elsewhere, hashes the same.
 
 It also owns the two listings the corpus builder reads from (`list_pystdlib`,
-`resolve_text_paths`, which also lists the shards of a `tokens` source), so that what is hashed
-and what is read can never disagree.
+`list_data_files` / `resolve_text_paths`, which also list the shards of a `tokens` source), so that
+what is hashed and what is read can never disagree, and `open_regular`, through which data files are
+opened: only regular files are data, and opening one never blocks (a FIFO would wait for a writer).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 import sysconfig
 from pathlib import Path
+from typing import NamedTuple
 
 import xxhash
+
+from hepc.safe_io import file_kind, open_regular
 
 # Bump when the synthetic generator's output for a given config changes (it is part of the identity).
 SYNTHETIC_GENERATOR = "markov-v1"
@@ -76,40 +81,82 @@ def list_pystdlib(include_tests: bool = False, root: Path | None = None) -> list
     return found
 
 
+class DataFile(NamedTuple):
+    """One file of a file source: its name (as hashed), where it is, and the `paths[i]` entry that reached it."""
+
+    name: str
+    path: Path
+    where: str  # dotted spec path, e.g. data.source.paths[1]
+
+
 def resolve_text_paths(
     source_cfg: dict, base_dir: Path, field: str = "data.source", key: str = "paths"
 ) -> list[tuple[str, Path]]:
     """(name, path) of every file a file source lists under `key`, sorted by name, each file once.
 
     `key` is `paths` (text files, token shards) or `val_paths` (validation shards of a `tokens` source).
+    See `list_data_files`, which also tells which entry reached each file.
+    """
+    return [(f.name, f.path) for f in list_data_files(source_cfg, base_dir, field, key)]
+
+
+def list_data_files(source_cfg: dict, base_dir: Path, field: str = "data.source", key: str = "paths") -> list[DataFile]:
+    """Every file a file source lists under `key`, sorted by name, each file once.
 
     A relative pattern is resolved against `base_dir` (the spec's directory) and its files are named
     relative to it. An absolute pattern is named relative to its last directory before any wildcard
     (`/data/books/**/*.txt` names `a/b.txt`; `/data/x.txt` names `x.txt`), so that moving the data
-    keeps its identity. A missing file or a pattern matching nothing is an error.
+    keeps its identity. Only regular files (or links to them) are data: a glob skips anything else
+    (FIFOs, devices, sockets, directories) but must match at least one regular file, and a literal
+    path to anything else is an error, as is a missing file.
     """
     patterns = source_cfg.get(key) or []
     if not patterns:
         raise DataError("must list at least one file or glob pattern", f"{field}.{key}")
-    example = "*.bin" if source_cfg.get("kind") == "tokens" else "*.txt"
-    by_path: dict[str, str] = {}  # real path -> name; the first pattern to reach a file names it
+    found: dict[str, DataFile] = {}  # real path -> file; the first pattern to reach a file names it
     for i, pattern in enumerate(patterns):
         where = f"{field}.{key}[{i}]"
         root, rest = _split_pattern(str(pattern), base_dir)
         if glob.has_magic(rest):
-            names = [n for n in glob.glob(rest, root_dir=root, recursive=True) if os.path.isfile(os.path.join(root, n))]
-            if not names:
-                raise DataError(f"'{pattern}' matched no files (looked in {root})", where)
+            names = _glob(str(pattern), root, rest, where)
         else:
-            if os.path.isdir(os.path.join(root, rest)):
-                raise DataError(f"'{pattern}' is a directory; use a glob such as '{pattern}/{example}'", where)
-            if not os.path.isfile(os.path.join(root, rest)):
-                raise DataError(f"file not found: '{pattern}' (looked in {root})", where)
-            names = [rest]
+            names = [_literal(str(pattern), source_cfg, root, rest, where)]
         for name in names:
             real = os.path.realpath(os.path.join(root, name))
-            by_path.setdefault(real, Path(os.path.normpath(name)).as_posix())
-    return sorted(((name, Path(real)) for real, name in by_path.items()), key=lambda item: (item[0], str(item[1])))
+            found.setdefault(real, DataFile(Path(os.path.normpath(name)).as_posix(), Path(real), where))
+    return sorted(found.values(), key=lambda f: (f.name, str(f.path)))
+
+
+def _glob(pattern: str, root: str, rest: str, where: str) -> list[str]:
+    """The regular files a glob matches (anything else it matches is skipped); at least one."""
+    try:
+        matched = glob.glob(rest, root_dir=root, recursive=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the pattern
+        raise DataError(f"cannot list '{pattern}': {e}", where) from None
+    names = [n for n in matched if os.path.isfile(os.path.join(root, n))]
+    if not names:
+        if matched:
+            skipped = f"{len(matched):,} other entr{'y' if len(matched) == 1 else 'ies'} skipped"
+            skipped += ": only regular files are data"
+            raise DataError(f"'{pattern}' matched no regular files in {root} ({skipped})", where)
+        raise DataError(f"'{pattern}' matched no files (looked in {root})", where)
+    return names
+
+
+def _literal(pattern: str, source_cfg: dict, root: str, rest: str, where: str) -> str:
+    """`rest` itself when it is a regular file (or a link to one), else a DataError saying what it is."""
+    try:
+        mode = os.stat(os.path.join(root, rest)).st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        raise DataError(f"file not found: '{pattern}' (looked in {root})", where) from None
+    except OSError as e:
+        raise DataError(f"cannot read '{pattern}': {e.strerror or e}", where) from None
+    if stat.S_ISDIR(mode):
+        example = "*.bin" if source_cfg.get("kind") == "tokens" else "*.txt"
+        raise DataError(f"'{pattern}' is a directory; use a glob such as '{pattern}/{example}'", where)
+    if not stat.S_ISREG(mode):
+        raise DataError(f"'{pattern}' is {file_kind(mode)}, not a regular file", where)
+    return rest
 
 
 def _split_pattern(pattern: str, base_dir: Path) -> tuple[str, str]:
@@ -123,10 +170,17 @@ def _split_pattern(pattern: str, base_dir: Path) -> tuple[str, str]:
     return os.path.join(*parts[:literal]), os.path.join(*parts[literal:])
 
 
+# What a path is when it is not a regular file, for messages ("is a FIFO, not a regular file").
+def read_error(file: DataFile, e: OSError) -> DataError:
+    """The located error for a data file that cannot be opened or read (vanished, unreadable, not regular)."""
+    reason = e.strerror or str(e)
+    return DataError(f"cannot read '{file.name}' ({file.path}): {reason}", file.where)
+
+
 def file_digest(path: Path) -> str:
-    """xxh3_128 of a file's bytes, read in 1 MiB chunks."""
+    """xxh3_128 of a regular file's bytes, read in 1 MiB chunks (OSError when it cannot be read)."""
     digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -150,7 +204,7 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
             digest.update(f"{rel}\t{size}\n".encode())
         return {"kind": "pystdlib", "python": sys.version, "files": len(listing), "listing": digest.hexdigest()}
     if kind == "text":
-        files = [{"name": name, "digest": file_digest(path)} for name, path in resolve_text_paths(source_cfg, base_dir, field)]
+        files = _file_digests(source_cfg, base_dir, field, "paths")
         return {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}
     if kind == "tokens":
         vocab_size, eot_id = check_tokens_config(source_cfg, field)
@@ -168,7 +222,14 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
 
 
 def _file_digests(source_cfg: dict, base_dir: Path, field: str, key: str) -> list[dict]:
-    return [{"name": name, "digest": file_digest(path)} for name, path in resolve_text_paths(source_cfg, base_dir, field, key)]
+    """Name and content digest of each file listed under `key`; a file that cannot be read is a located error."""
+    digests = []
+    for file in list_data_files(source_cfg, base_dir, field, key):
+        try:
+            digests.append({"name": file.name, "digest": file_digest(file.path)})
+        except OSError as e:
+            raise read_error(file, e) from None
+    return digests
 
 
 def check_tokens_config(source_cfg: dict, field: str = "data.source") -> tuple[int, int]:

@@ -9,22 +9,49 @@ files it needs. The synthetic source is an endless seeded stream (see synthetic.
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from hepc.data import shards, synthetic
-from hepc.data.identity import DataError, list_pystdlib, resolve_text_paths, stdlib_root
+from hepc.data.identity import (
+    DataError,
+    DataFile,
+    list_data_files,
+    list_pystdlib,
+    open_regular,
+    read_error,
+    stdlib_root,
+)
+
+_CHUNK = 1 << 20  # bytes read (and decoded) at a time from a text file
 
 
-def iter_documents(source_cfg: dict, base_dir: Path, seed: int, field: str = "data.source") -> Iterator[bytes | np.ndarray]:
-    """The source's documents in corpus order (shuffled with `seed`): UTF-8 bytes, or ids for `tokens`."""
+@dataclass(frozen=True)
+class Prefix:
+    """The first bytes of a UTF-8 document (all of it when it is short enough) and its full size in bytes."""
+
+    data: bytes
+    size: int
+
+
+def iter_documents(
+    source_cfg: dict, base_dir: Path, seed: int, field: str = "data.source", limit: int | None = None
+) -> Iterator[bytes | Prefix | np.ndarray]:
+    """The source's documents in corpus order (shuffled with `seed`): UTF-8 bytes, or ids for `tokens`.
+
+    With a `limit` (in bytes), text documents come as `Prefix`es of at most `limit` bytes; the other
+    sources ignore it.
+    """
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
         return _pystdlib(bool(source_cfg.get("include_tests", False)), seed)
     if kind == "text":
-        return _text(source_cfg, base_dir, seed, field)
+        return _text(source_cfg, base_dir, seed, field, limit)
     if kind == "tokens":
         return shards.iter_documents(source_cfg, base_dir, seed, field)
     if kind == "synthetic":
@@ -49,17 +76,57 @@ def _as_utf8(data: bytes) -> bytes:
         return data.decode("utf-8", "replace").encode("utf-8")
 
 
-def _text(source_cfg: dict, base_dir: Path, seed: int, field: str) -> Iterator[bytes]:
-    files = resolve_text_paths(source_cfg, base_dir, field)  # resolved now: errors surface before any reading
+def _text(source_cfg: dict, base_dir: Path, seed: int, field: str, limit: int | None) -> Iterator[bytes | Prefix]:
+    files = list_data_files(source_cfg, base_dir, field)  # resolved now: errors surface before any reading
     encoding = source_cfg.get("encoding", "utf-8")
-    return _read_text(files, encoding, seed, field)
+    try:
+        b"".decode(encoding)  # an unknown or non-text codec fails here, as decoding a whole file would
+    except LookupError as e:
+        raise DataError(f"cannot decode text as {encoding}: {e}", f"{field}.encoding") from None
+    return _read_text(files, encoding, seed, field, limit)
 
 
-def _read_text(files: list[tuple[str, Path]], encoding: str, seed: int, field: str) -> Iterator[bytes]:
+def _read_text(
+    files: list[DataFile], encoding: str, seed: int, field: str, limit: int | None
+) -> Iterator[bytes | Prefix]:
     for i in np.random.default_rng(seed).permutation(len(files)):
-        name, path = files[i]
+        file = files[i]
         try:
-            text = path.read_bytes().decode(encoding)
-        except (UnicodeDecodeError, LookupError) as e:
-            raise DataError(f"cannot decode '{name}' as {encoding}: {e}", f"{field}.encoding") from None
-        yield text.encode("utf-8")
+            with open_regular(file.path) as f:
+                doc = _utf8_prefix(f, encoding, limit, file.name, field)
+        except OSError as e:
+            raise read_error(file, e) from None
+        yield doc if limit is not None else doc.data
+
+
+def _utf8_prefix(f: BinaryIO, encoding: str, limit: int | None, name: str, field: str) -> Prefix:
+    """The first `limit` bytes (all without a limit) of `f` decoded from `encoding` and re-encoded as
+    UTF-8, and the UTF-8 size of all of it; read in chunks, to the end, so that all of it is checked."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    kept, size, offset = bytearray(), 0, 0  # offset: bytes of `f` read before this chunk
+    while True:
+        chunk = f.read(_CHUNK)
+        try:
+            utf8 = decoder.decode(chunk, final=not chunk).encode("utf-8")
+        except UnicodeError as e:
+            message = f"cannot decode '{name}' as {encoding}: {_at(e, decoder, offset)}"
+            raise DataError(message, f"{field}.encoding") from None
+        room = len(utf8) if limit is None else max(limit - len(kept), 0)
+        kept += utf8[:room]
+        size += len(utf8)
+        offset += len(chunk)
+        if not chunk:
+            return Prefix(bytes(kept), size)
+
+
+def _at(e: UnicodeError, decoder: codecs.IncrementalDecoder, offset: int) -> str:
+    """The decoding error, with its position counted from the start of the file when it can be."""
+    if not isinstance(e, UnicodeDecodeError):
+        return str(e)  # e.g. a decoded surrogate that UTF-8 cannot encode
+    try:
+        pending = decoder.getstate()[0]  # bytes held back from the previous chunk
+    except (AttributeError, IndexError, TypeError, ValueError):  # a codec without the usual state
+        return str(e)
+    if not isinstance(pending, bytes):
+        return str(e)
+    return f"{e.reason} at byte {offset - len(pending) + e.start:,}"

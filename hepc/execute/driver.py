@@ -25,12 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hepc import __version__
-from hepc.errors import HepcError, StepFailed
+from hepc.errors import HepcError, StepFailed, StoreError
 from hepc.execute.progress import StepProgress
 from hepc.graph import StepSpec
 from hepc.plan import Plan, make_plan
 from hepc.steps import RunContext, body
+from hepc.safe_io import os_error_message
 from hepc.store import LeaseBusy, LeaseLost, Store
+from hepc.store_lease import describe
 
 LEASE_POLL_S = 1.0
 
@@ -49,12 +51,20 @@ def _provenance(t0: float) -> dict:
 
 
 def check_committed(graph, store: Store, note=None) -> list[str]:
-    """Check every committed object of `graph`; quarantine the damaged ones. Returns their labels."""
+    """Check every committed object of `graph`; quarantine the damaged ones, and object folders left
+    without a manifest (they would block the commit). Returns their labels."""
     damaged = []
     for step in graph.order():
         path = store.find(step)
         if path is not None and _damaged(step, path, store, note):
             damaged.append(f"{step.kind}/{path.name}")
+        elif path is None and (orphan := store.orphan(step)) is not None:
+            moved = store.quarantine(orphan, recheck=False)
+            (note or _stderr)(
+                f"object folder {step.kind}/{orphan.name} has no manifest.json (incomplete or damaged); "
+                f"moved to {moved}; recomputing it"
+            )
+            damaged.append(f"{step.kind}/{orphan.name}")
     return damaged
 
 
@@ -79,10 +89,18 @@ def execute(
     """Run every step of the graph that is not committed. Returns the plan it started from.
 
     `damaged`: what the caller's own `check_committed` found (None: check here)."""
+    store.open_for_writing()
     if damaged is None:
         damaged = check_committed(compiled.graph, store)
     plan = make_plan(compiled, store)
-    record = store.open_record(compiled.spec.name, resolved_spec, plan.to_json())
+    try:
+        record = store.open_record(compiled.spec.name, resolved_spec, plan.to_json())
+    except StoreError as e:
+        if plan.to_run:
+            raise
+        raise StoreError(
+            f"nothing to run, but {e}; `hepc results` on the same spec shows the results without writing"
+        ) from None
     todo = plan.to_run
     record.event("start", to_run=len(todo), steps=len(plan.steps), pid=os.getpid(), host=socket.gethostname())
     for label in damaged:
@@ -93,10 +111,10 @@ def execute(
         with _sigterm_interrupts():
             runner.run_all()
     except KeyboardInterrupt:
-        record.event("interrupted")
+        record.try_event("interrupted")
         raise
     except HepcError as e:
-        record.event("error", error=str(e))
+        record.try_event("error", error=str(e))
         raise
     finally:
         progress.close()
@@ -111,17 +129,15 @@ def _raise_interrupt(signum, frame):
 
 @contextmanager
 def _sigterm_interrupts():
-    """SIGTERM (preemption, `kill`) stops a run like Ctrl-C: checkpoint, release, record, exit 130."""
-    installed = threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    )
-    if installed:
+    """SIGTERM (preemption, `kill`) stops a run like Ctrl-C: checkpoint, release, record, exit 130.
+
+    The handler stays installed after the run (a second SIGTERM during the clean-up must not kill
+    the process with the default action, exit 143); the CLI ignores further signals once it exits."""
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _raise_interrupt)
+    ):
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
 
 
 class _Runner:
@@ -130,6 +146,7 @@ class _Runner:
         self.order: list[StepSpec] = graph.order()
         self.done: dict[str, Path] = {}  # key → committed folder, as last seen
         self.waiting: dict[str, object] = {}  # key → holder we told the user about
+        self.suspect: dict[str, str] = {}  # key → why its lease is suspect (see store_lease)
         self.ran = 0
 
     # ------------------------------------------------------------------ the loop
@@ -157,8 +174,31 @@ class _Runner:
                     progressed = True
                     break  # rescan from the start: keeps the topological preference
             if not progressed:
+                self._give_up_on_suspects(pending)
                 time.sleep(LEASE_POLL_S)
                 store.refresh()
+
+    def _give_up_on_suspects(self, pending: list[StepSpec]) -> None:
+        """Nothing can progress: if what blocks the run is suspect leases only, say so and stop
+        (waiting would be forever); finished steps stay committed."""
+        blocked = {s.key for s in pending if all(u in self.done for u in s.upstream())}
+        if not blocked or not blocked <= set(self.suspect):
+            return
+        root = self.store.root
+        keys = " ".join(k[:12] for k in sorted(blocked))
+        lines = [f"{self.graph[k].kind} {self.graph[k].name}: lease {k[:12]} is suspect ({self.suspect[k]})"
+                 for k in sorted(blocked)]
+        raise StoreError(
+            "; ".join(lines) + f"; if no hepc process holds it, clear it with `hepc unlock {keys} --store {root}` "
+            "and run again (finished steps are committed)"
+        )
+
+    def _lost(self, step: StepSpec, staged: Path, why: str) -> str:
+        """This process no longer holds the step's lease: drop its staging, write nothing else."""
+        shutil.rmtree(staged, ignore_errors=True)
+        self.record.try_event("lost", key=step.key, kind=step.kind, name=step.name, error=why)
+        self.progress.finish(None, "stopped: lease taken over by another process")
+        return "lost"
 
     def _committed_elsewhere(self, step: StepSpec, path: Path) -> None:
         """Another process committed `step` while this one was busy: check it, use it, say so."""
@@ -179,6 +219,10 @@ class _Runner:
             lease = store.lease(step)
         except LeaseBusy as busy:
             holder = {k: v for k, v in busy.holder.items() if not k.startswith("_")}
+            if busy.suspect:
+                self.suspect[step.key] = describe(busy.holder)
+            else:
+                self.suspect.pop(step.key, None)
             if self.waiting.get(step.key) != holder:
                 self.waiting[step.key] = holder
                 self.record.event("wait", key=step.key, kind=step.kind, name=step.name, holder=holder)
@@ -227,35 +271,45 @@ class _Runner:
 
     def _run_leased(self, step: StepSpec, inputs: dict, lease) -> str:
         store, record, progress = self.store, self.record, self.progress
-        work = store.prepare_work(step)
-        staged = store.stage(step)
-        progress.start(step.kind, step.name)
         record.event("begin", key=step.key, kind=step.kind, name=step.name)
+        try:
+            work = store.prepare_work(step)
+            staged = store.stage(step)
+        except OSError as e:
+            raise StoreError(f"{step.kind} {step.name}: {os_error_message(e, store.root)}") from None
+        progress.start(step.kind, step.name)
         t0 = time.time()
 
         def report(info: dict) -> None:
             lease.check()  # a process that lost its lease stops its step here
             progress.update(info)
 
-        ctx = RunContext(runtime=self.runtime, progress=report)
+        def guard() -> None:
+            """Called before a step writes into work/ or commits: only the lease holder may."""
+            if not lease.still_mine():
+                raise LeaseLost("lease lost")
+
+        def note(text: str) -> None:
+            progress.note(text)
+            record.try_event("note", key=step.key, kind=step.kind, name=step.name, text=text)
+
+        ctx = RunContext(runtime=self.runtime, progress=report, note=note, guard=guard)
         try:
             summary = body(step.kind)(step, inputs, staged, work, ctx)
-            if not lease.still_mine():
-                raise LeaseLost("lease lost before commit")
+            guard()
         except LeaseLost as e:
-            shutil.rmtree(staged, ignore_errors=True)
-            record.event("lost", key=step.key, kind=step.kind, name=step.name, error=str(e))
-            progress.finish(None, "stopped: lease taken over by another process")
-            return "lost"
+            return self._lost(step, staged, str(e))
         except KeyboardInterrupt:
             shutil.rmtree(staged, ignore_errors=True)
-            record.event("interrupted", key=step.key, kind=step.kind, name=step.name)
+            record.try_event("interrupted", key=step.key, kind=step.kind, name=step.name)
             raise
         except HepcError:
             shutil.rmtree(staged, ignore_errors=True)
             raise
         except Exception as e:  # a step body failed: keep finished work, say which step and why
             shutil.rmtree(staged, ignore_errors=True)
+            if not lease.still_mine():  # stopped, taken over, maybe committed elsewhere: not a failure
+                return self._lost(step, staged, f"{type(e).__name__} after the lease was lost")
             if _any_missing(inputs):  # a concurrent gc took an input away: recompute it, not a failure
                 record.event("missing", key=step.key, kind=step.kind, name=step.name, error=f"{type(e).__name__}")
                 progress.finish(None, "input vanished; recomputing it")
@@ -263,17 +317,40 @@ class _Runner:
                 for key in step.upstream():
                     self.done.pop(key, None)
                 return "input"
+            disk = _disk_error(e)
+            if disk is not None:  # the disk, not the step: no failed.json, the step resumes later
+                record.try_event("error", key=step.key, kind=step.kind, name=step.name, error=str(disk))
+                raise StoreError(f"{step.kind} {step.name}: {os_error_message(disk, store.root)}") from None
             message = f"{type(e).__name__}: {e}"
             store.mark_failed(step, message)
             record.event("failed", key=step.key, kind=step.kind, name=step.name, error=message)
             raise StepFailed(f"step {step.kind} {step.name} ({step.key12}) failed: {message}") from e
-        dest = store.commit(step, staged, summary, _provenance(t0))
+        try:
+            dest = store.commit(step, staged, summary, _provenance(t0))
+        except OSError as e:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise StoreError(f"{step.kind} {step.name} not committed: {os_error_message(e, store.root)}") from None
         store.finish_work(step)
         record.event("done", key=step.key, kind=step.kind, name=step.name, wall_s=round(time.time() - t0, 3))
         progress.finish(summary)
         self.done[step.key] = dest
         self.ran += 1
         return "done"
+
+
+def _disk_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e` if the disk is full or read-only (also when torch's writer wraps it)."""
+    import errno
+
+    from hepc.safe_io import DISK_FULL
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and (e.errno in DISK_FULL or e.errno == errno.EROFS):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _any_missing(inputs: dict) -> bool:

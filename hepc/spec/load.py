@@ -7,6 +7,7 @@ Every problem is reported as `file:line:col: dotted.path: message`; nothing is r
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from hepc.errors import Problem, SpecError
+from hepc.safe_io import NotRegularFile, file_kind, open_regular
 from hepc.spec.checks import consistency_problems
 from hepc.spec.messages import validation_problems
 from hepc.spec.models import SWEEP_FORBIDDEN_ROOTS, Spec
 from hepc.spec.overrides import apply_override, parse_override
 from hepc.spec.paths import dotted, locate, parse_dotted
-from hepc.spec.yaml_read import read_yaml, to_yaml
+from hepc.spec.yaml_read import MAX_SPEC_BYTES, read_yaml, to_yaml
 
-__all__ = ["LoadedSpec", "Variant", "load_spec", "to_yaml", "dotted", "locate", "parse_dotted", "read_yaml"]
+__all__ = ["LoadedSpec", "Variant", "dotted", "load_spec", "locate", "parse_dotted", "read_yaml", "to_yaml"]
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     """Read, override and validate a spec file; raise `SpecError` listing every problem."""
     p = Path(path)
     filename = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([Problem(filename, "", "spec file not found")]) from None
-    except IsADirectoryError:
-        raise SpecError([Problem(filename, "", "is a directory, not a spec file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([Problem(filename, "", f"cannot read spec: {e}")]) from None
-
+    text = _read_spec(p, filename)
     data, locations = read_yaml(text, filename)
     if data is None:
         data = {}
@@ -87,6 +81,45 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = 
     return LoadedSpec(
         spec=spec, path=p, overrides=tuple(overrides), raw=data, locations=locations, variants=variants
     )
+
+
+def _read_spec(path: Path, filename: str) -> str:
+    """The spec file's text: a regular file (or a link to one) of at most MAX_SPEC_BYTES, UTF-8.
+
+    Opened without blocking (a FIFO would wait for a writer) and checked before anything is read
+    (a device such as /dev/zero never ends); at most MAX_SPEC_BYTES + 1 bytes are read.
+    """
+
+    def fail(message: str) -> SpecError:
+        return SpecError([Problem(filename, "", message)])
+
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("spec file not found") from None
+    except NotRegularFile as e:
+        raise fail(f"{e.strerror.removesuffix(', not a regular file')}, not a spec file") from None
+    except (OSError, ValueError) as e:  # e.g. a socket (ENXIO), no permission, a NUL in the name
+        kind = _kind_of(path)
+        raise fail(f"is {kind}, not a spec file" if kind else f"cannot read spec: {e}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise fail(f"spec is too large ({max(size, len(data)):,} bytes; at most {MAX_SPEC_BYTES:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"cannot read spec: {e}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text-mode reading did
+
+
+def _kind_of(path: Path) -> str | None:
+    """What `path` is when it exists but is not a regular file (None otherwise or when unknown)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def _validate(data: dict, locations: dict, filename: str) -> Spec:

@@ -85,7 +85,8 @@ def _yaml() -> YAML:
 
 
 # Bounds on what a spec may expand to: YAML aliases can make a few lines mean billions of nodes
-# ("billion laughs"), and deep nesting would exhaust the (recursive) composer.
+# ("billion laughs"), and deep nesting would exhaust the (recursive) composer. MAX_SPEC_BYTES also
+# bounds what load_spec reads of a spec file (at most one byte more, to tell that it is too large).
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 100_000  # after expanding aliases
 MAX_DEPTH = 64

@@ -21,6 +21,8 @@ class RunContext:
     runtime: dict
     progress: Callable[[dict], None] = lambda info: None
     extra: dict = field(default_factory=dict)
+    note: Callable[[str], None] | None = None  # a one-line message for the user (stderr and run record)
+    guard: Callable[[], None] | None = None  # raises LeaseLost when this process may no longer write
 
 
 def body(kind: str) -> Callable[..., dict[str, Any]]:

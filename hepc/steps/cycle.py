@@ -25,4 +25,6 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         work_dir=work,
         runtime=ctx.runtime,
         progress=ctx.progress,
+        note=getattr(ctx, "note", None),  # a discarded checkpoint is reported here (default: stderr)
+        guard=getattr(ctx, "guard", None),  # raises once this process no longer holds the step's lease
     )

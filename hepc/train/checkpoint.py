@@ -1,13 +1,17 @@
 """Atomic writes and loads for snapshots (safetensors) and training state (torch.save, weights_only loads).
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
-at any instant leaves either the old file or the new one, never a torn one.
+at any instant leaves either the old file or the new one, never a torn one; a write that fails (a
+full disk) removes its temporary and raises the OSError itself (torch's and safetensors' writers
+would otherwise report "unexpected pos" or an I/O string), so the caller can say "disk full at PATH".
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,50 @@ def _commit(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _os_error(e: BaseException, path: Path) -> OSError | None:
+    """The OSError behind a writer's failure: chained (torch via a file object) or in the text."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"os error (\d+)", str(e))  # safetensors: "I/O error: No space left on device (os error 28)"
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    if "No space left" in str(e):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
+def _write(path: Path, write) -> None:
+    """Call `write(tmp)`, then commit; on any failure remove the temporary and raise the OSError."""
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        _commit(tmp, path)
+    except BaseException as e:
+        _discard(tmp)
+        os_error = _os_error(e, path) if not isinstance(e, (OSError, KeyboardInterrupt)) else None
+        if os_error is not None:
+            if os_error.filename is None:
+                os_error.filename = str(path)
+            raise os_error from e
+        raise
+
+
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
     """Snapshot weights as contiguous float32 CPU tensors in safetensors."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
-    tmp = _tmp_path(path)
-    save_file(tensors, str(tmp))
-    _commit(tmp, path)
+    _write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -42,9 +83,13 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def save_state(obj: Any, path: Path) -> None:
     """Training state (optimizer, RNG, counters); tensors are moved to CPU so any machine can load it."""
     path = Path(path)
-    tmp = _tmp_path(path)
-    torch.save(to_cpu(obj), tmp)
-    _commit(tmp, path)
+    state = to_cpu(obj)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: a full disk surfaces as the OSError it is
+            torch.save(state, f)
+
+    _write(path, write)
 
 
 def load_state(path: Path) -> Any:
@@ -61,10 +106,7 @@ def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    _commit(tmp, path)
+    _write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def to_cpu(obj: Any) -> Any:

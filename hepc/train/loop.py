@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+import xxhash
+from torch import nn
 
+from hepc.ckpt_digest import SIDECAR, check_digest, file_digest, write_digest
 from hepc.train.batches import BatchSource
 from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
 from hepc.train.distill import distill_loss
@@ -94,6 +98,96 @@ def _multipliers(schedule: dict, steps: int) -> Callable[[int], tuple[float, flo
     raise ValueError(f"unknown schedule kind {kind!r} (expected cyclic or constant)")
 
 
+_CKPT_KEYS = (
+    "model", "optimizer", "rng_cpu", "step", "steps", "global_step_start", "step_losses", "records", "wall_s",
+    "fingerprint",
+)  # fmt: skip
+
+
+def _fingerprint(**identity) -> str:
+    """A digest of what defines one cycle (settings, seeds, position, inputs), kept in its checkpoints."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=repr)
+    return xxhash.xxh3_128_hexdigest(text.encode())
+
+
+def _load_checkpoint(path: Path, *, steps: int, global_step_start: int, fingerprint: str) -> dict | str:
+    """The checkpoint at `path` if it is intact and belongs to this cycle, else why not (for the user)."""
+    problem = check_digest(path)
+    if problem is not None:
+        return f"cannot be trusted ({problem})" if problem.startswith("no digest") else f"is damaged ({problem})"
+    try:
+        ckpt = load_state(path)
+    except Exception as e:  # noqa: BLE001  (truncated, junk, not a weights-only pickle, ...)
+        return f"is damaged (unreadable: {_brief_error(e)})"
+    if not isinstance(ckpt, dict):
+        return "does not fit this cycle (not a checkpoint)"
+    missing = [k for k in _CKPT_KEYS if k not in ckpt]
+    if missing:
+        return f"does not fit this cycle (no {', '.join(missing)})"
+    their_steps, their_start = ckpt["steps"], ckpt["global_step_start"]
+    if type(their_steps) is not int or type(their_start) is not int:
+        return "does not fit this cycle (no step counts)"
+    if their_steps != steps or their_start != global_step_start:
+        return (
+            f"belongs to a different cycle ({their_steps} steps from global step {their_start}; "
+            f"this one: {steps} from {global_step_start})"
+        )
+    if ckpt["fingerprint"] != fingerprint:
+        return "belongs to a different cycle (other settings, seed or inputs)"
+    step, losses, records, wall = ckpt["step"], ckpt["step_losses"], ckpt["records"], ckpt["wall_s"]
+    if type(step) is not int or not 0 <= step <= steps:
+        return f"does not fit this cycle (step {step!r} of {steps})"
+    if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (steps,):
+        return "does not fit this cycle (step losses)"
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return "does not fit this cycle (metrics records)"
+    if type(wall) not in (int, float) or not math.isfinite(wall):
+        return "does not fit this cycle (wall time)"
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
+        return "does not fit this cycle (model or optimizer state)"
+    if not isinstance(ckpt["rng_cpu"], torch.Tensor) or ckpt["rng_cpu"].dtype != torch.uint8:
+        return "does not fit this cycle (RNG state)"
+    return ckpt
+
+
+def _check_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """load_state_dict checks group sizes only; per-parameter moments must have the parameters' shapes."""
+    for p in net.parameters():
+        for name, value in opt.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                raise ValueError(f"optimizer {name} has shape {tuple(value.shape)}, parameter {tuple(p.shape)}")
+
+
+def _brief_error(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 100 else text[:97] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _label(ckpt_path: Path) -> str:
+    """work/<key12>/ckpt.pt for a store's work folder."""
+    work = ckpt_path.parent
+    name = work.name
+    if len(name) > 12 and all(c in "0123456789abcdef" for c in name):
+        name = name[:12]
+    return f"{work.parent.name}/{name}/{ckpt_path.name}"
+
+
+def _say(note: Callable[[str], None] | None, text: str) -> None:
+    if note is not None:
+        note(text)
+    else:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def train_cycle(
     *,
     model: dict,
@@ -111,8 +205,16 @@ def train_cycle(
     work_dir: Path,
     runtime: dict,
     progress: Callable[[dict], None] | None = None,
+    note: Callable[[str], None] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> dict:
-    """Train cycle `cycle_index` of one trajectory, write its outputs to out_dir, return the summary."""
+    """Train cycle `cycle_index` of one trajectory, write its outputs to out_dir, return the summary.
+
+    A checkpoint in work_dir is resumed only if it matches its recorded digest, loads, and belongs to
+    this very cycle; any other one is discarded (said through `note`, default stderr) and the cycle
+    restarts from its start. `guard()` is called before anything is written to work_dir or out_dir
+    (the driver's raises once this process no longer holds the step's lease).
+    """
     t_start = time.perf_counter()
     corpus_dir, out_dir, work_dir = Path(corpus_dir), Path(out_dir), Path(work_dir)
     prev_dir = Path(prev_dir) if prev_dir is not None else None
@@ -149,19 +251,26 @@ def train_cycle(
         dropout=model.get("dropout", 0.0),
         seq_len=seq_len,
     )
-    torch.manual_seed(trajectory_seed)  # the init only matters for cycle 1; later cycles load weights
-    net = GPT(config)
-    if prev_dir is not None:
-        net.load_state_dict(load_weights(prev_dir / "model.safetensors"))
-    net.to(device)
-    opt = make_optimizer(
-        net, optimizer["lr"], optimizer["weight_decay"], optimizer.get("betas", (0.9, 0.95)), optimizer.get("eps", 1e-8)
-    )
-    global_step_start = 0
-    if prev_dir is not None:
-        prev_state = load_state(prev_dir / "state.pt")
-        opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (method.md §3)
-        global_step_start = int(prev_state["global_step"])
+    prev_state = load_state(prev_dir / "state.pt") if prev_dir is not None else None
+    global_step_start = int(prev_state["global_step"]) if prev_state is not None else 0
+
+    def build(prev_state: dict | None) -> tuple[GPT, torch.optim.Optimizer]:
+        """The student and its optimizer as the cycle starts (before perturbation)."""
+        torch.manual_seed(trajectory_seed)  # the init only matters for cycle 1; later cycles load weights
+        net = GPT(config)
+        if prev_dir is not None:
+            net.load_state_dict(load_weights(prev_dir / "model.safetensors"))
+        net.to(device)
+        opt = make_optimizer(
+            net, optimizer["lr"], optimizer["weight_decay"], optimizer.get("betas", (0.9, 0.95)),
+            optimizer.get("eps", 1e-8),
+        )  # fmt: skip
+        if prev_state is not None:
+            opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (method.md §3)
+        return net, opt
+
+    net, opt = build(prev_state)
+    del prev_state  # the optimizer may share its tensors
 
     teacher = None
     if distill is not None:
@@ -171,33 +280,71 @@ def train_cycle(
         teacher.to(device).eval().requires_grad_(False)
 
     # ---- fresh start or exact resume ---------------------------------------------------------------------
+    # What makes this cycle this cycle: a checkpoint copied from another work folder (another
+    # trajectory, cycle, corpus or setting) is recognised and never resumed.
+    fingerprint = _fingerprint(
+        cycle_index=cycle_index, trajectory_seed=trajectory_seed, steps=steps, global_step_start=global_step_start,
+        perturb_scale=perturb_scale, distill=distill, model=model, optimizer=optimizer, schedule=schedule,
+        seq_len=seq_len, epochs_per_cycle=epochs_per_cycle, train_tokens=len(train),
+        corpus_meta=xxhash.xxh3_128_hexdigest((corpus_dir / "meta.json").read_bytes()),
+        prev=file_digest(prev_dir / "model.safetensors")[1] if prev_dir is not None else None,
+    )  # fmt: skip
     ckpt_path = work_dir / "ckpt.pt"
     step_losses = torch.zeros(steps, device=device)  # kept on device: no sync per step
     records: list[dict] = []
     wall_before = 0.0
     first_step = 0
-    if ckpt_path.exists():
-        ckpt = load_state(ckpt_path)
-        if ckpt["steps"] != steps or ckpt["global_step_start"] != global_step_start:
-            raise RuntimeError(f"{ckpt_path} belongs to a different cycle ({ckpt['steps']} steps); remove it")
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step_losses.copy_(ckpt["step_losses"])
+
+    def discard(problem: str) -> None:
+        if guard is not None:
+            guard()  # the folder may be another process's by now: leave it alone
+        for name in (ckpt_path.name, SIDECAR, "progress.json"):
+            _remove(work_dir / name)
+        _say(
+            note, f"checkpoint {_label(ckpt_path)} {problem}; discarded; restarting cycle {cycle_index} from its start"
+        )
+
+    ckpt = None
+    if ckpt_path.exists() or ckpt_path.is_symlink():
+        ckpt = _load_checkpoint(ckpt_path, steps=steps, global_step_start=global_step_start, fingerprint=fingerprint)
+        if isinstance(ckpt, str):
+            discard(ckpt)
+            ckpt = None
+    elif (work_dir / SIDECAR).exists() or (work_dir / "progress.json").exists():
+        if guard is not None:
+            guard()
+        for name in (SIDECAR, "progress.json"):  # leftovers of a checkpoint that is gone
+            _remove(work_dir / name)
+    if ckpt is not None:
+        try:
+            net.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            _check_optimizer_state(net, opt)
+            step_losses.copy_(ckpt["step_losses"])
+            torch.set_rng_state(ckpt["rng_cpu"])
+            if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+        except Exception as e:  # noqa: BLE001  (any misfit: start over, from pristine objects)
+            discard(f"does not fit this cycle ({_brief_error(e)})")
+            ckpt = None
+            net, opt = build(load_state(prev_dir / "state.pt") if prev_dir is not None else None)
+            step_losses.zero_()
+    if ckpt is not None:
         records = list(ckpt["records"])
         wall_before = float(ckpt["wall_s"])
         first_step = int(ckpt["step"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
     else:
         if perturb_scale > 0:
             perturb_weights(net, perturb_scale, cycle_seed(trajectory_seed, cycle_index, _PERTURB_SALT))
         torch.manual_seed(cycle_seed(trajectory_seed, cycle_index, _DROPOUT_SALT))  # dropout stream
+    del ckpt
 
     train_net = torch.compile(net) if runtime.get("compile") else net  # save from `net`, never the wrapper
     teacher_fwd = torch.compile(teacher) if teacher is not None and runtime.get("compile") else teacher
 
     def save_checkpoint(done: int) -> None:
+        if guard is not None:
+            guard()  # a process that lost its lease never writes into the shared work folder
         work_dir.mkdir(parents=True, exist_ok=True)
         save_state(
             {
@@ -211,9 +358,11 @@ def train_cycle(
                 "step_losses": step_losses,
                 "records": records,
                 "wall_s": wall_before + time.perf_counter() - t_start,
+                "fingerprint": fingerprint,
             },
             ckpt_path,
         )
+        write_digest(ckpt_path)  # after the checkpoint is in place: a crash in between reads as damaged
         # A torch-free sidecar so `hepc plan` can show "~ resumable (step 312/381)".
         write_json(work_dir / "progress.json", {"step": done, "steps": steps})
 
@@ -273,7 +422,12 @@ def train_cycle(
                 if progress is not None:
                     progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
             if interrupted():  # Ctrl-C: stop at this boundary with a checkpoint (also after the last step)
-                save_checkpoint(done)
+                try:
+                    save_checkpoint(done)
+                except Exception as e:  # e.g. the lease is gone: still stop, as asked
+                    raise KeyboardInterrupt(
+                        f"interrupted after step {done} of {steps} (no checkpoint: {_brief_error(e)})"
+                    ) from e
                 raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
             if done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after):
                 save_checkpoint(done)
@@ -281,6 +435,8 @@ def train_cycle(
                     raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
 
     # ---- outputs -----------------------------------------------------------------------------------------
+    if guard is not None:
+        guard()
     out_dir.mkdir(parents=True, exist_ok=True)
     tail = max(1, steps // 10)
     summary = {

@@ -1,0 +1,181 @@
+"""Reliability v2, disks and odd store contents: a full disk or a read-only store gives one clear
+line and exit 2 with nothing half-written (and a later run resumes), odd files where the store
+expects folders (or the reverse) are named, two SIGTERMs still exit 130, and gc's memory is bounded
+whatever a record holds. Full and read-only disks are real: a small tmpfs (root only; skipped where
+mounting is not allowed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from cli_helpers import ROOT, TINY, hepc
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    store = tmp_path_factory.mktemp("pristine") / "store"
+    results = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
+    return store, results
+
+
+@contextlib.contextmanager
+def tmpfs(size: str):
+    """A fresh tmpfs of `size` (e.g. '400k'); yields its path and unmounts it even on failure."""
+    where = Path(f"/tmp/hepc-tmpfs-{uuid.uuid4().hex[:8]}")
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
+
+
+def assert_nothing_half_written(store: Path) -> None:
+    assert not list((store / "tmp").iterdir()) if (store / "tmp").is_dir() else True, "staging left behind"
+    for kind in (store / "objects").iterdir() if (store / "objects").is_dir() else []:
+        for obj in kind.iterdir():
+            assert (obj / "manifest.json").is_file(), f"{obj} has no manifest"
+    assert not list(store.glob("work/*/failed.json")), "a full disk is not a step failure"
+    assert not list(store.glob("work/*/.*tmp*")), "half-written checkpoint left behind"
+    for record in store.glob("records/*/*"):
+        assert (record / "spec.json").is_file() and (record / "plan.json").is_file(), record
+
+
+@pytest.mark.parametrize("size", ["300k", "700k", "1200k"])
+def test_a_full_disk_stops_with_one_line_and_the_next_run_resumes(pristine, size):
+    with tmpfs(size) as fs:
+        store = fs / "store"
+        out = hepc("run", TINY, "population.epochs_per_cycle=2", "runtime.checkpoint_every_steps=3", "--quiet",
+                   store=store, check=False)
+        if out.returncode == 0:
+            pytest.skip(f"{size} was enough for the whole run")
+        assert out.returncode == 2, out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "disk full at" in errors[0], out.stderr
+        assert "unexpected pos" not in out.stderr and "PytorchStream" not in out.stderr
+        assert_nothing_half_written(store)
+        remount(fs, "size=40m")
+        again = hepc("run", TINY, "population.epochs_per_cycle=2", "runtime.checkpoint_every_steps=3", "--json",
+                     "--quiet", store=store)
+        assert json.loads(again.stdout)["members"]
+        assert hepc("verify", store=store).returncode == 0
+
+
+def test_a_full_disk_when_opening_the_run_record(pristine):
+    with tmpfs("2m") as fs:
+        store = fs / "store"
+        shutil.copytree(pristine[0], store)
+        filler = fs / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        out = hepc("run", TINY, "--quiet", store=store, check=False)
+        assert out.returncode == 2 and "disk full at" in out.stderr and "run record" in out.stderr, out.stderr
+        assert_nothing_half_written(store)
+
+
+def test_a_read_only_store_is_said_to_be_read_only(pristine):
+    with tmpfs("8m") as fs:
+        store = fs / "store"
+        shutil.copytree(pristine[0], store)
+        remount(fs, "ro")
+        cached = hepc("run", TINY, "--quiet", store=store, check=False)
+        assert cached.returncode == 2 and "store is read-only" in cached.stderr
+        assert "nothing to run" in cached.stderr and "hepc results" in cached.stderr
+        gc = hepc("gc", "--yes", store=store, check=False)
+        assert gc.returncode == 2 and "store is read-only" in gc.stderr
+        assert json.loads(hepc("results", TINY, "--json", store=store).stdout) == pristine[1]
+        assert hepc("verify", store=store).returncode == 0
+        more = hepc("run", TINY, "population.cycles=3", "--quiet", store=store, check=False)
+        assert more.returncode == 2 and "read-only" in more.stderr
+
+
+# --------------------------------------------------------------------------- odd store contents
+
+
+@pytest.fixture
+def store(pristine, tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(pristine[0], dst)
+    return dst
+
+
+def test_non_utf8_records_do_not_break_gc(store):
+    run = next((store / "records" / "tiny").iterdir())
+    bad = store / "records" / "tiny" / "20260101-000000-1-dead"
+    bad.mkdir()
+    (bad / "plan.json").write_bytes(b'{"steps": [\xff\xfe]}')
+    (bad / "spec.json").write_bytes(b"name: \xff\xfe\n")
+    odd = store.joinpath("records").joinpath(os.fsdecode(b"spec-\xff"))
+    shutil.copytree(run, odd / "run")
+    out = hepc("gc", store=store)
+    assert "keeping every object" in out.stderr  # the unreadable record keeps everything, and says so
+    out = hepc("gc", "--yes", "--json", store=store)
+    assert json.loads(out.stdout)["keep_all"] is True
+
+
+def test_a_file_where_the_records_folder_of_a_spec_belongs(store):
+    shutil.rmtree(store / "records" / "tiny")
+    (store / "records" / "tiny").write_text("oops")
+    out = hepc("run", TINY, "--quiet", store=store, check=False)
+    assert out.returncode == 2 and "records/tiny" in out.stderr and "not a folder" in out.stderr
+
+
+def test_a_huge_recorded_plan_does_not_blow_up_gc_memory(store):
+    run = next((store / "records" / "tiny").iterdir())
+    with open(run / "plan.json", "r+b") as f:
+        f.truncate(2 << 30)  # 2 GB, sparse: costs no disk
+    code = (
+        "import resource, sys\n"
+        "from hepc.cli import app\n"
+        f"try:\n    app(['gc', '--json', '--store', {str(store)!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Traceback" not in out.stderr, out.stderr
+    maxrss_kb = int(out.stderr.split("MAXRSS")[1].split()[0])
+    assert maxrss_kb < 600_000, f"gc used {maxrss_kb / 1024:.0f} MB"
+    assert "no readable plan; recompiled" in out.stderr  # the record still protects its objects
+    assert json.loads(out.stdout[: out.stdout.rindex("}") + 1])["items"] == []
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
+def test_two_sigterms_exit_130(tmp_path, gap):
+    env = {**os.environ, "HEPC_STORE": str(tmp_path / "store")}
+    proc = subprocess.Popen([sys.executable, "-m", "hepc.cli", "run", TINY, "population.epochs_per_cycle=6",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "store").glob("work/*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(gap)
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

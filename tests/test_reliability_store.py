@@ -1,0 +1,367 @@
+"""Reliability v2, the store: gc never deletes outside the store, a folder that is not a store is
+never written to, tampered objects are never shown, stuck states clear themselves, leases never
+hang a run, and the gc/run races are closed. Each test is one attack turned into a fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import ROOT, TINY, hepc
+
+from hepc import gc as gc_mod
+from hepc.store import MARKER, Store
+
+STORE_DIRS = ("work", "tmp", "quarantine", "verified", "trash", "leases")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    store = tmp_path_factory.mktemp("pristine") / "store"
+    results = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
+    return store, results
+
+
+@pytest.fixture
+def store(pristine, tmp_path):
+    src, _ = pristine
+    dst = tmp_path / "store"
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def plant(folder: Path) -> dict[str, bytes]:
+    """Files a user keeps elsewhere: they must survive anything gc does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"keep.txt": b"precious", "sub/deep.bin": os.urandom(64), "0123456789abcdef": b"looks like a key"}
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return files
+
+
+def survived(folder: Path, files: dict[str, bytes]) -> bool:
+    return all((folder / rel).is_file() and (folder / rel).read_bytes() == data for rel, data in files.items())
+
+
+# --------------------------------------------------------------------------- 1. gc stays inside the store
+
+
+@pytest.mark.parametrize("sub", STORE_DIRS)
+def test_gc_never_follows_a_symlinked_store_folder(store, tmp_path, sub):
+    outside = tmp_path / f"outside-{sub}"
+    files = plant(outside)
+    shutil.rmtree(store / sub, ignore_errors=True)
+    (store / sub).symlink_to(outside, target_is_directory=True)
+
+    out = hepc("gc", "--yes", store=store, check=False)
+    assert out.returncode in (0, 2), out.stderr
+    assert survived(outside, files), f"gc deleted files behind {sub}/"
+    assert "symbolic link" in out.stderr
+    # and `hepc run` refuses to write through it (nothing to run still must not touch it)
+    run = hepc("run", TINY, "--quiet", store=store, check=False)
+    assert run.returncode == 2 and "symbolic link" in run.stderr
+    assert survived(outside, files)
+
+
+def test_gc_with_every_store_folder_symlinked_elsewhere_deletes_nothing_outside(store, tmp_path):
+    planted = {}
+    for sub in STORE_DIRS:
+        outside = tmp_path / f"elsewhere-{sub}"
+        planted[outside] = plant(outside)
+        shutil.rmtree(store / sub, ignore_errors=True)
+        (store / sub).symlink_to(outside, target_is_directory=True)
+    hepc("gc", "--yes", store=store, check=False)
+    hepc("gc", "--yes", TINY, store=store, check=False)
+    for outside, files in planted.items():
+        assert survived(outside, files), outside
+
+
+@pytest.mark.parametrize("how", ["--store", "runtime.store", "HEPC_STORE"])
+def test_a_folder_that_is_not_a_store_is_refused_by_every_writer(tmp_path, how):
+    folder = tmp_path / "my-project"
+    files = plant(folder / "work")
+    files_tmp = plant(folder / "tmp")
+    (folder / "notes.txt").write_text("not a store")
+    before = sorted(str(p) for p in folder.rglob("*"))
+
+    def call(*args):
+        env = {**os.environ}
+        env.pop("HEPC_STORE", None)
+        extra = []
+        if how == "--store":
+            extra = ["--store", str(folder)]
+        elif how == "HEPC_STORE":
+            env["HEPC_STORE"] = str(folder)
+        elif args[0] in ("run", "verify"):
+            extra = [f"runtime.store={folder}"]
+        elif args[0] == "gc":
+            spec = tmp_path / "tiny-elsewhere.yaml"
+            spec.write_text(Path(TINY).read_text().replace("runtime: {", f"runtime: {{store: '{folder}', "))
+            args = (*args, str(spec))
+        out = subprocess.run([sys.executable, "-m", "hepc.cli", *args, *extra], capture_output=True, text=True,
+                             env=env, cwd=ROOT)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out
+
+    for args in (("gc", "--yes"), ("gc",), ("run", TINY, "--quiet"), ("verify",)):
+        if how == "runtime.store" and args == ("verify",):
+            args = ("verify", TINY)
+        out = call(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "not an hepc store" in out.stderr, out.stderr
+    assert survived(folder / "work", files) and survived(folder / "tmp", files_tmp)
+    assert sorted(str(p) for p in folder.rglob("*")) == before  # nothing written either
+
+
+def test_a_new_or_empty_folder_becomes_a_store_with_a_marker(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    hepc("run", TINY, "--quiet", store=empty)
+    marker = json.loads((empty / MARKER).read_text())
+    assert marker["format"] == 1
+    assert hepc("gc", store=empty).returncode == 0
+
+
+def test_a_store_of_an_older_hepc_is_adopted_only_by_verify_adopt(store, tmp_path):
+    (store / MARKER).unlink()
+    refused = hepc("run", TINY, "--quiet", store=store, check=False)
+    assert refused.returncode == 2 and "--adopt" in refused.stderr
+    hepc("verify", "--adopt", store=store)
+    assert (store / MARKER).is_file()
+    hepc("run", TINY, "--quiet", store=store)
+    stranger = tmp_path / "stranger"
+    plant(stranger)
+    (stranger / "objects").mkdir()
+    out = hepc("verify", "--adopt", store=stranger, check=False)
+    assert out.returncode == 2 and "does not look like an hepc store" in out.stderr
+    assert not (stranger / MARKER).exists()
+
+
+def test_a_store_of_a_newer_format_is_refused(store):
+    (store / MARKER).write_text(json.dumps({"format": 99}))
+    out = hepc("gc", "--yes", store=store, check=False)
+    assert out.returncode == 2 and "newer hepc" in out.stderr
+
+
+# --------------------------------------------------------------------------- 3. nothing tampered is shown
+
+
+def _obj(store: Path, kind: str) -> Path:
+    (found,) = list((store / "objects" / kind).iterdir())
+    return found
+
+
+def test_results_compare_report_refuse_a_tampered_prior(store, pristine, tmp_path):
+    prior = _obj(store, "prior") / "prior.json"
+    data = json.loads(prior.read_text())
+    true_loss = data["ensembles"][0]["val_loss"]
+    data["ensembles"][0]["val_loss"] = 0.123456
+    prior.write_text(json.dumps(data))
+    for args in (("results", TINY), ("results", TINY, "--json"), ("compare", TINY, TINY),
+                 ("report", TINY, "--out", str(tmp_path / "rep"))):
+        out = hepc(*args, store=store, check=False)
+        assert out.returncode == 2, (args, out.stdout)
+        assert "damaged object prior/" in out.stderr and "0.1234" not in out.stdout
+    assert not (tmp_path / "rep" / "report.html").exists()
+    # `hepc run` quarantines and recomputes it; then the true value is shown again
+    fixed = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
+    assert fixed == pristine[1] and fixed["ensembles"][0]["val_loss"] == true_loss
+
+
+def test_results_refuse_a_tampered_curve_even_with_a_fresh_stat_cache(store):
+    curve = _obj(store, "curve") / "curve.json"
+    text = curve.read_text()
+    curve.write_text(text.replace("1", "2", 1))
+    out = hepc("results", TINY, store=store, check=False)
+    assert out.returncode == 2 and "damaged object curve/" in out.stderr
+
+
+# --------------------------------------------------------------------------- 4. stuck states clear themselves
+
+
+def test_an_object_folder_without_manifest_is_quarantined_and_recomputed(store, pristine):
+    victim = sorted((store / "objects" / "cycle").iterdir())[0]
+    (victim / "manifest.json").unlink()
+    out = hepc("run", TINY, "--json", store=store)
+    assert json.loads(out.stdout) == pristine[1]
+    assert "has no manifest.json" in out.stderr
+    assert (victim / "manifest.json").is_file()
+    assert any(p.name == victim.name for p in (store / "quarantine").rglob(victim.name))
+    assert hepc("verify", store=store).returncode == 0
+
+
+def test_a_commit_onto_a_manifestless_folder_replaces_it(store):
+    """The commit itself copes when the folder appears after the pre-run check."""
+    from hepc.compile import compile_spec
+    from hepc.spec.load import load_spec
+
+    compiled = compile_spec(load_spec(TINY))
+    step = next(s for s in compiled.graph.order() if s.kind == "curve")
+    s = Store(store)
+    dest = s.find(step)
+    shutil.rmtree(dest)
+    dest.mkdir()
+    (dest / "junk").write_text("left over")
+    staged = s.stage(step)
+    (staged / "curve.json").write_text("{}")
+    committed = s.commit(step, staged, {}, {})
+    assert committed == dest and (dest / "manifest.json").is_file() and not (dest / "junk").exists()
+
+
+# --------------------------------------------------------------------------- 5. leases never hang a run
+
+
+def _lease_of_a_step(store: Path, name: str = "curve") -> Path:
+    from hepc.compile import compile_spec
+    from hepc.spec.load import load_spec
+
+    compiled = compile_spec(load_spec(TINY))
+    step = next(s for s in compiled.graph.order() if s.kind == name)
+    shutil.rmtree(Store(store).find(step))  # the step must run again, so its lease matters
+    return store / "leases" / step.key
+
+
+def _run_bounded(store: Path, *args, timeout: float = 60, env_extra=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HEPC_STORE": str(store), "HEPC_LEASE_TIMEOUT_S": "3", **(env_extra or {})}
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "hepc.cli", "run", TINY, "--quiet", *args], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=timeout)
+    out.elapsed = time.time() - t0
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+@pytest.mark.parametrize("junk", [b"", b"not json at all", b'{"pid": 1}', b"[1, 2]", b"\xff\xfe\x00garbage"])
+def test_a_junk_lease_is_stale(store, junk):
+    lease = _lease_of_a_step(store)
+    lease.write_bytes(junk)
+    future = time.time() + 3600
+    os.utime(lease, (future, future))  # even with a heartbeat in the future
+    out = _run_bounded(store)
+    assert out.returncode == 0, out.stderr
+    assert not lease.exists()
+
+
+def test_a_directory_or_fifo_where_a_lease_belongs_is_moved_aside(store):
+    lease = _lease_of_a_step(store)
+    lease.mkdir()
+    (lease / "inside").write_text("x")
+    old = time.time() - 10
+    os.utime(lease, (old, old))
+    out = _run_bounded(store)
+    assert out.returncode == 0, out.stderr
+    assert not lease.exists()
+    assert list((store / "quarantine").rglob("inside"))
+    lease2 = _lease_of_a_step(store)
+    os.mkfifo(lease2)
+    os.utime(lease2, (old, old))
+    out = _run_bounded(store, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("holder", ["pid1-here", "other-host"])
+def test_a_lease_with_a_heartbeat_in_the_future_is_reported_with_the_command_that_clears_it(store, holder):
+    lease = _lease_of_a_step(store)
+    host = socket.gethostname() if holder == "pid1-here" else "elsewhere.example"
+    lease.write_text(json.dumps({"pid": 1, "host": host, "token": "f" * 32, "step": "curve", "started": 0}))
+    future = time.time() + 3600
+    os.utime(lease, (future, future))
+    out = _run_bounded(store)
+    assert out.returncode == 2 and out.elapsed < 50
+    assert "suspect" in out.stderr and "hepc unlock" in out.stderr
+    gc = hepc("gc", store=store)
+    assert "suspect" in gc.stderr and "hepc unlock" in gc.stderr
+    key12 = lease.name[:12]
+    hepc("unlock", key12, store=store)
+    assert not lease.exists()
+    assert _run_bounded(store).returncode == 0
+
+
+def test_unlock_refuses_what_is_not_a_key(store):
+    out = hepc("unlock", "zz", store=store, check=False)
+    assert out.returncode == 2
+    out = hepc("unlock", "abcdef12", store=store, check=False)
+    assert out.returncode == 2 and "no lease" in out.stderr
+
+
+# --------------------------------------------------------------------------- 6. races
+
+
+def _fake_run_starts(store: Path, key: str) -> dict:
+    """What a run does right after taking a step's lease: its lease, staging and work folders."""
+    lease = Store(store).lease_path(key)
+    lease.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "a" * 32,
+                                 "step": "cycle", "started": time.time()}))
+    staging = store / "tmp" / f"cycle-t9-c001-{key[:12]}.{os.getpid()}.abcd1234"
+    staging.mkdir(parents=True)
+    work = store / "work" / key
+    work.mkdir(parents=True)
+    (work / "ckpt.pt").write_bytes(b"resumable state")
+    return {"lease": lease, "staging": staging, "work": work}
+
+
+def test_gc_lists_folders_before_reading_leases(store, monkeypatch):
+    """A run that starts between gc's listing and its lease reading loses nothing."""
+    key = "ab" * 16
+    started = {}
+    real = gc_mod._leases
+
+    def leases_then_a_run_starts(s):
+        if not started:
+            started.update(_fake_run_starts(store, key))
+        return real(s)
+
+    monkeypatch.setattr(gc_mod, "_leases", leases_then_a_run_starts)
+    s = Store(store)
+    items = gc_mod.garbage(s, gc_mod.reachable(s))
+    gc_mod.collect(s, items)
+    assert all(p.exists() for p in started.values()), started
+
+
+def test_gc_never_moves_a_work_folder_whose_step_a_run_holds(store):
+    key = "cd" * 16
+    made = _fake_run_starts(store, key)
+    made["lease"].unlink()  # listed while nobody held it ...
+    s = Store(store)
+    items = [gc_mod.Item("work", made["work"], 1, "test")]
+    with s.lease(type("S", (), {"key": key, "kind": "cycle", "dirname": "x"})()):  # ... then a run takes it
+        gc_mod.collect(s, items)
+    assert made["work"].is_dir() and (made["work"] / "ckpt.pt").is_file()
+
+
+def test_a_run_stopped_while_another_takes_over_reports_no_false_failure(tmp_path, pristine):
+    """SIGSTOP a run mid-cycle until its lease goes stale, let a second run finish everything, then
+    SIGCONT the first: it stops its step (lease lost), writes no failed.json, and exits 0."""
+    store = tmp_path / "store"
+    env = {**os.environ, "HEPC_STORE": str(store), "HEPC_LEASE_TIMEOUT_S": "2"}
+    spec = (TINY, "population.epochs_per_cycle=4", "runtime.checkpoint_every_steps=5")
+    first = subprocess.Popen([sys.executable, "-m", "hepc.cli", "run", *spec, "--quiet"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((store / "work").glob("*/ckpt.pt")):
+            time.sleep(0.05)
+        os.kill(first.pid, 19)  # SIGSTOP
+        time.sleep(3)
+        second = subprocess.run([sys.executable, "-m", "hepc.cli", "run", *spec, "--json", "--quiet"],
+                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert second.returncode == 0, second.stderr
+    finally:
+        os.kill(first.pid, 18)  # SIGCONT
+    _, err = first.communicate(timeout=120)
+    assert "Traceback" not in err
+    assert first.returncode == 0, err
+    assert not list(store.glob("work/*/failed.json"))
+    events = []
+    for folder in (store / "records" / "tiny").iterdir():
+        events += [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "failed"]
+    assert hepc("verify", store=store).returncode == 0
