@@ -57,7 +57,7 @@ def user_errors(fn):
         except KeyboardInterrupt:
             _ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the exit short (or make it 143)
             _err("interrupted: finished steps are committed; `hepc run` resumes")
-            raise typer.Exit(130) from None
+            _exit_now(130)
         except OSError as e:  # a disk or file problem outside a located check: one line, never a traceback
             from hepc.errors import printable
             from hepc.safe_io import os_error_message
@@ -75,6 +75,19 @@ def _ignore_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once once an interrupt has been handled (leases released, record written): the
+    interpreter's own shutdown could be cut by yet another signal and end as -SIGINT."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _stdout():
@@ -340,7 +353,11 @@ register(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a second signal that arrived while the first one was being handled
+        _ignore_signals()
+        _exit_now(130)
 
 
 if __name__ == "__main__":

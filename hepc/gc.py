@@ -63,7 +63,7 @@ class Reachability:
     def holds(self, key12: str) -> bool:
         return self.keep_all or key12 in self._key12s
 
-    def freeze(self) -> "Reachability":
+    def freeze(self) -> Reachability:
         self._key12s = {k[:12] for k in self.keys}
         return self
 
@@ -112,7 +112,7 @@ def _recompiled_keys(folder: Path) -> set[str] | None:
         path.write_text(text)
         try:
             compiled = compile_spec(load_spec(path), strict_data=True)
-        except (HepcError, Exception):  # noqa: BLE001  (a record we cannot read must not crash gc)
+        except (HepcError, Exception):
             return None
     return {s.key for s in compiled.graph}
 

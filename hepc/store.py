@@ -31,8 +31,8 @@ from hepc import store_lease
 from hepc.errors import StoreError
 from hepc.graph import StepSpec
 from hepc.safe_io import os_error_message, read_json
-from hepc.store_lease import Lease, LeaseBusy, LeaseLost  # noqa: F401  (re-exported)
-from hepc.verify import SELF_DIGEST, check_object, file_digest, manifest_digest, quarantine, record_sig  # noqa: F401
+from hepc.store_lease import Lease, LeaseBusy, LeaseLost
+from hepc.verify import SELF_DIGEST, check_object, file_digest, manifest_digest, quarantine, record_sig
 
 MANIFEST = "manifest.json"
 DEFAULT_STORE = "runs"
@@ -133,7 +133,19 @@ class Store:
                 problems[sub] = f"{p} is a symbolic link (to {target}); a store's folders must be real folders"
             elif p.exists() and not p.is_dir():
                 problems[sub] = f"{p} is not a folder"
+        if "objects" not in problems and self.objects.is_dir():
+            for entry in os.scandir(self.objects):  # objects/<kind>: a handful of entries
+                if entry.is_symlink():
+                    problems[f"objects/{entry.name}"] = (
+                        f"{entry.path} is a symbolic link; a store's folders must be real folders"
+                    )
         return problems
+
+    def has_marker(self) -> bool:
+        """Whether the folder carries the store marker (cached once true)."""
+        if not getattr(self, "_marked", False):
+            self._marked = (self.root / MARKER).is_file()
+        return self._marked
 
     def require_store(self) -> None:
         """Raise StoreError unless this folder carries the marker of a store this hepc can write."""
@@ -177,10 +189,10 @@ class Store:
         if kind not in self._index:
             idx: dict[str, Path] = {}
             folder = self.objects / safe_component(kind)
-            if folder.is_dir():
+            if folder.is_dir() and not folder.is_symlink():
                 for entry in os.scandir(folder):
                     name = entry.name
-                    if entry.is_dir() and len(name) > 13 and name[-13] == "-":
+                    if entry.is_dir(follow_symlinks=False) and len(name) > 13 and name[-13] == "-":
                         idx[name[-12:]] = Path(entry.path)
             self._index[kind] = idx
         return self._index[kind]
@@ -198,7 +210,7 @@ class Store:
         fresh=True looks at the disk again instead of trusting what this process saw before."""
         if fresh:
             direct = self.objects / step.kind / safe_component(step.dirname)
-            if (direct / MANIFEST).is_file():
+            if not direct.is_symlink() and (direct / MANIFEST).is_file():
                 self._kind_index(step.kind)[step.key12] = direct
                 return direct
             self.refresh(step.kind)
@@ -214,8 +226,9 @@ class Store:
             raise StoreError(f"{path / MANIFEST}: unreadable manifest ({e}); run `hepc verify`") from None
 
     def check(self, path: Path, *, full: bool = False) -> list[str]:
-        """Problems of a committed object (see hepc.verify); full=False hashes only what changed."""
-        return check_object(path, full=full, sig_file=self.sig_path(path))
+        """Problems of a committed object (see hepc.verify); full=False hashes only what changed.
+        The verification cache is used (and written) only in a folder that carries the marker."""
+        return check_object(path, full=full, sig_file=self.sig_path(path) if self.has_marker() else None)
 
     def find_intact(self, step: StepSpec) -> Path | None:
         """`find`, but a damaged object raises StoreError naming it (for anything read to be shown)."""
@@ -281,6 +294,8 @@ class Store:
     def prepare_work(self, step: StepSpec) -> Path:
         self._ensure()
         work = self.work_dir(step.key)
+        if work.is_symlink() or (work.exists() and not work.is_dir()):
+            self._set_aside(work)  # never write (or delete) through a link out of the store
         work.mkdir(parents=True, exist_ok=True)
         (work / "failed.json").unlink(missing_ok=True)
         for partial in work.glob(".*.tmp-*"):  # half-written checkpoints of killed attempts
@@ -292,6 +307,13 @@ class Store:
             if pid.isdigit() and not store_lease.pid_alive(int(pid)) and idle:
                 partial.unlink(missing_ok=True)
         return work
+
+    def _set_aside(self, path: Path) -> Path:
+        """Move something that does not belong at `path` (a link, a file) into quarantine/."""
+        dest = self.root / "quarantine" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        dest.mkdir(parents=True, exist_ok=True)
+        os.rename(path, dest / path.name)
+        return dest / path.name
 
     def commit(self, step: StepSpec, staged: Path, summary: dict, provenance: dict) -> Path:
         """Record file digests, write the manifest last, rename into objects/ (first writer wins)."""
@@ -357,7 +379,7 @@ class Store:
                 store_lease.remove_if_stale(Path(entry.path))
 
     # ------------------------------------------------------------------ run records
-    def open_record(self, spec_name: str, resolved: dict, plan: dict) -> "RunRecord":
+    def open_record(self, spec_name: str, resolved: dict, plan: dict) -> RunRecord:
         self._ensure()
         run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         parent = self.root / "records" / safe_component(spec_name)

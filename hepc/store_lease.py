@@ -270,7 +270,9 @@ def _take_over(path: Path, timeout_s: float) -> bool:
             _create_exclusive(private, lock)
         except FileExistsError:
             other = read_lease(lock)
-            if other is not None and is_stale(other, TAKEOVER_LOCK_TIMEOUT_S):
+            if other is not None and (
+                is_stale(other, TAKEOVER_LOCK_TIMEOUT_S) or is_suspect(other, TAKEOVER_LOCK_TIMEOUT_S)
+            ):  # a take-over lasts milliseconds: a lock with a heartbeat far in the future is bogus
                 _remove_if_same(lock, other)  # its taker died mid-way
             return False
     finally:

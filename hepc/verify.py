@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import xxhash
 
-from hepc.safe_io import read_json
+from hepc.safe_io import open_regular, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_LIMIT = 256 << 20
@@ -29,7 +29,7 @@ SELF_DIGEST = "manifest_xxh3_128"
 
 def file_digest(path: Path) -> str:
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # never blocks on a FIFO planted where a file was
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

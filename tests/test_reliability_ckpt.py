@@ -14,10 +14,10 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from cli_helpers import TINY, hepc
+from corpus_helpers import counting_corpus
 
 from hepc.ckpt_digest import SIDECAR, check_digest, write_digest
 from hepc.train.checkpoint import load_state, load_weights
@@ -108,17 +108,7 @@ RUNTIME = {"device": "cpu", "dtype": "float32", "threads": 1, "compile": False, 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """2048 tokens in documents of random length; inside a document each token is the previous + 1 (mod 17)."""
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(20, 120, 40)
-    lengths = lengths[np.cumsum(lengths) <= 2048]
-    lengths = np.append(lengths, 2048 - lengths.sum())
-    docs = [(rng.integers(VOCAB) + np.arange(n)) % VOCAB for n in lengths]
-    path = tmp_path_factory.mktemp("corpus")
-    np.save(path / "train.npy", np.concatenate(docs).astype(np.uint16))
-    np.save(path / "train_docs.npy", np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
-    (path / "meta.json").write_text(json.dumps({"vocab_size": VOCAB}))
-    return path
+    return counting_corpus(tmp_path_factory.mktemp("corpus"), VOCAB)
 
 
 def cycle(corpus, out, work, *, cycle_index, prev=None, seed=1, **kw):

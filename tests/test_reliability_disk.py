@@ -34,14 +34,14 @@ def tmpfs(size: str):
     where = Path(f"/tmp/hepc-tmpfs-{uuid.uuid4().hex[:8]}")
     where.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
     if mounted.returncode != 0:
         where.rmdir()
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
         with contextlib.suppress(OSError):
             where.rmdir()
 
@@ -152,7 +152,7 @@ def test_a_huge_recorded_plan_does_not_blow_up_gc_memory(store):
         f"try:\n    app(['gc', '--json', '--store', {str(store)!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "Traceback" not in out.stderr, out.stderr
     maxrss_kb = int(out.stderr.split("MAXRSS")[1].split()[0])
     assert maxrss_kb < 600_000, f"gc used {maxrss_kb / 1024:.0f} MB"

@@ -29,8 +29,8 @@ from hepc.errors import HepcError, StepFailed, StoreError
 from hepc.execute.progress import StepProgress
 from hepc.graph import StepSpec
 from hepc.plan import Plan, make_plan
-from hepc.steps import RunContext, body
 from hepc.safe_io import os_error_message
+from hepc.steps import RunContext, body
 from hepc.store import LeaseBusy, LeaseLost, Store
 from hepc.store_lease import describe
 
@@ -124,6 +124,7 @@ def execute(
 
 
 def _raise_interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interrupt is enough: let the clean-up finish
     raise KeyboardInterrupt(f"signal {signum}")
 
 

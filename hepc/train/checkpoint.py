@@ -2,8 +2,8 @@
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 at any instant leaves either the old file or the new one, never a torn one; a write that fails (a
-full disk) removes its temporary and raises the OSError itself (torch's and safetensors' writers
-would otherwise report "unexpected pos" or an I/O string), so the caller can say "disk full at PATH".
+full disk) removes its temporary and raises the OSError itself (torch's writer reports only
+"unexpected pos", safetensors an I/O string), so the caller can say "disk full at PATH".
 """
 
 from __future__ import annotations
@@ -53,15 +53,41 @@ def _os_error(e: BaseException, path: Path) -> OSError | None:
     return None
 
 
-def _write(path: Path, write) -> None:
-    """Call `write(tmp)`, then commit; on any failure remove the temporary and raise the OSError."""
+def _filesystem_error(path: Path, needed: int) -> OSError | None:
+    """After a writer failed without saying why: a read-only or too full filesystem, if that is it."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if st.f_flag & getattr(os, "ST_RDONLY", 1):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if st.f_bavail * st.f_frsize < max(needed, 1 << 16):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write(path: Path, write, needed: int = 0) -> None:
+    """Call `write(tmp)`, then commit; on any failure remove the temporary and raise the OSError
+    (found in the error, or, for a writer that hides it, by asking the filesystem)."""
     tmp = _tmp_path(path)
     try:
         write(tmp)
         _commit(tmp, path)
     except BaseException as e:
         _discard(tmp)
-        os_error = _os_error(e, path) if not isinstance(e, (OSError, KeyboardInterrupt)) else None
+        os_error = None
+        if not isinstance(e, (OSError, KeyboardInterrupt)):
+            os_error = _os_error(e, path) or _filesystem_error(path, needed)
         if os_error is not None:
             if os_error.filename is None:
                 os_error.filename = str(path)
@@ -73,7 +99,7 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
     """Snapshot weights as contiguous float32 CPU tensors in safetensors."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
-    _write(path, lambda tmp: save_file(tensors, str(tmp)))
+    _write(path, lambda tmp: save_file(tensors, str(tmp)), _tensor_bytes(tensors))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -84,12 +110,9 @@ def save_state(obj: Any, path: Path) -> None:
     """Training state (optimizer, RNG, counters); tensors are moved to CPU so any machine can load it."""
     path = Path(path)
     state = to_cpu(obj)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: a full disk surfaces as the OSError it is
-            torch.save(state, f)
-
-    _write(path, write)
+    # To a path, not a file object: torch's writer would call back into Python for every chunk, and
+    # a Ctrl-C raised inside that callback aborts the process.
+    _write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
 
 
 def load_state(path: Path) -> Any:
