@@ -323,7 +323,10 @@ def collect(store: Store, items: list[Item], named: list | None = None) -> Colle
         removed.append(item)
     shutil.rmtree(trash, ignore_errors=True)
     for item in items:
-        if item.kind == "trash" and inside_store(store, item.path):
+        if item.kind == "trash" and item.path.is_symlink():  # a planted link: drop the link, never follow it
+            item.path.unlink(missing_ok=True)
+            removed.append(item)
+        elif item.kind == "trash" and inside_store(store, item.path):
             # an interrupted gc's phase 1: put back what is reachable, drop the rest
             restored += _restore_from(store, item.path, reach)
             shutil.rmtree(item.path, ignore_errors=True)

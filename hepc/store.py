@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -172,6 +173,7 @@ class Store:
                     self.require_store()  # raises: a folder with content and no marker is not ours
                 self.create_marker()
             self.require_store()
+            self._set_aside_junk()
             problems = self.layout_problems()
             if problems:
                 raise StoreError(next(iter(problems.values())) + "; refusing to write through it")
@@ -307,6 +309,17 @@ class Store:
             if pid.isdigit() and not store_lease.pid_alive(int(pid)) and idle:
                 partial.unlink(missing_ok=True)
         return work
+
+    def _set_aside_junk(self) -> None:
+        """A plain file where a store folder (or objects/<kind>) belongs is junk: set it aside into
+        quarantine/ (and say so) so that a run can create the folder, instead of failing forever."""
+        junk = [self.root / sub for sub in SUBDIRS if sub != "quarantine"]
+        if self.objects.is_dir() and not self.objects.is_symlink():
+            junk += [Path(e.path) for e in os.scandir(self.objects)]
+        for path in junk:
+            if path.is_file() and not path.is_symlink():
+                moved = self._set_aside(path)
+                print(f"warning: {path} is a file where a folder belongs; moved to {moved}", file=sys.stderr)
 
     def _set_aside(self, path: Path) -> Path:
         """Move something that does not belong at `path` (a link, a file) into quarantine/."""

@@ -439,3 +439,27 @@ def test_a_bogus_takeover_lock_does_not_block_forever(store):
         os.utime(p, (future, future))
     out = _run_bounded(store)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("where", ["tmp", "work", "leases", "objects/curve"])
+def test_a_file_where_a_store_folder_belongs_is_set_aside(store, pristine, where):
+    target = store / where
+    shutil.rmtree(target, ignore_errors=True)
+    target.write_text("junk")
+    out = hepc("run", TINY, "--json", "--quiet", store=store)
+    assert json.loads(out.stdout) == pristine[1]
+    assert "a file where a folder belongs" in out.stderr and target.is_dir()
+
+
+def test_a_planted_trash_link_is_dropped_not_followed(store, tmp_path):
+    """An old-looking trash entry that is a link: gc's restore must not move what it points to."""
+    outside = tmp_path / "user-data"
+    victim = sorted((store / "objects" / "cycle").iterdir())[0]
+    shutil.rmtree(victim)  # so a restore would move the look-alike into its place
+    lookalike = outside / "object" / "cycle" / victim.name
+    lookalike.mkdir(parents=True)
+    (lookalike / "mine.txt").write_text("user data")
+    (store / "trash").mkdir(exist_ok=True)
+    (store / "trash" / "20200101-000000~nohost~1~abcdef").symlink_to(outside, target_is_directory=True)
+    hepc("gc", "--yes", store=store)
+    assert (lookalike / "mine.txt").read_text() == "user data"
