@@ -265,7 +265,7 @@ def compare(
     if plot:
         from hepc.report.plots import plot_curves
 
-        plot_curves(result["curves"], plot, "val loss vs budget (best K)")
+        plot_curves(result["curves"], plot, "val loss vs budget (K = all, weights from held-out)")
     if json_out:
         print(json.dumps(result, indent=1))
     else:
@@ -294,7 +294,7 @@ def report(
         "specs": [{"name": l.spec.name, "text": to_yaml(l.spec)} for l, _ in collected],
         "comparisons": result["comparisons"],
         "curves": {k: [tuple(p) for p in v] for k, v in result["curves"].items()},
-        "curves_title": "val loss vs budget (best K)",
+        "curves_title": "val loss vs budget (K = all, weights from held-out)",
         "populations": [res for _, res in named],
         "data_efficiency": result["data_efficiency"],
         "summary": {"finals": result["finals"], "baseline": result["baseline"]},

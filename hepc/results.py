@@ -59,7 +59,22 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         "best_single": {k: best_single[k] for k in ("trajectory", "cycle", "val_loss", "val_bpb")},
         "best_ensemble": {k: best_ensemble[k] for k in ("k", "k_label", "val_loss", "val_bpb")},
         "corpus": corpus,
+        "teacher_costs": teacher_costs(pop, graph),
     }
+
+
+def teacher_costs(pop: Population, graph) -> list[list[float]]:
+    """``[[epochs, epochs_with_teacher], ...]`` at each member's budget: training epochs against
+    training epochs plus teacher forwards, a teacher forward counted by its FLOP share of a training
+    pass (1/3). Budgets count training passes only (the paper's rule); this table lets a comparison
+    show the cost with teacher forwards beside it."""
+    rows, total = [], 0.0
+    for mb in sorted(pop.members, key=lambda m: m.cost_epochs):
+        ctx = graph[mb.cycle_key].context
+        share = ctx["teacher_flops"] / ctx["flops"] if ctx.get("flops") else 0.0
+        total += ctx["epochs"] * (1.0 + share)
+        rows.append([float(mb.cost_epochs), round(total, 9)])
+    return rows
 
 
 def _logit_final_points(points: list[dict], ensembles: list[dict], n_members: int) -> list[dict]:

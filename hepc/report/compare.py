@@ -12,11 +12,11 @@
 
 Conventions (used everywhere below):
 
-- Curves are ``(budget_epochs, val_loss)`` pairs (see ``hepc.report.curves``). By default
-  (``envelope=True``) both curves are replaced by their running-best envelope first: a population
-  can always keep the best ensemble it had at a smaller budget, so "first reaches" and "loss at a
-  budget" are about the best loss available *by* that budget. Pass ``envelope=False`` for the raw
-  curves.
+- Curves are ``(budget_epochs, val_loss)`` pairs (see ``hepc.report.curves``). ``compare`` and
+  friends take ``envelope``: True replaces both curves by their running-best envelope first ("the
+  best loss available *by* that budget"). Picking the best earlier budget by its val loss is a
+  choice made on val, so ``compare_populations`` (what ``hepc compare`` reports) uses the raw
+  headline curves (``envelope=False``) and keeps the envelope for its labelled diagnostic.
 - A crossing that is not inside the measured range is never turned into a number: "never
   reached" gives ``budget: None`` / ``ratio: None``; a crossing at or before the first point is
   flagged (``at_first_point``) because the true crossing may be earlier.
@@ -29,11 +29,14 @@ import math
 from collections.abc import Mapping, Sequence
 
 from hepc.report.curves import (
+    DIAGNOSTIC_RULE,
+    HEADLINE_RULE,
     Curve,
     as_curve,
     best_k_curve,
     ensemble_size,
     fixed_k_curve,
+    headline_curve,
     merge_points,
     running_best,
 )
@@ -191,49 +194,89 @@ def compare(reference, candidate, *, envelope: bool = True) -> dict:
 
 
 def matched_k_ratio(reference_points: Sequence[Mapping], candidate_points: Sequence[Mapping], *,
-                    k: int | None = None, envelope: bool = True) -> dict:
+                    k: int | None = None, envelope: bool = False) -> dict:
     """Epochs-to-match with the candidate's inference ensemble limited to K members.
 
     K defaults to the reference's ensemble size (``ensemble_size``: members of its final point).
-    The reference is its best-K curve; the candidate is ``fixed_k_curve(candidate_points, K)``.
-    Returns the ``compare(...)["epochs_to_match"]`` dict plus ``"k"`` and
-    ``"loss_gap_at_equal_budget"``. Raises ValueError when the candidate did not evaluate K.
+    The reference is its headline curve; the candidate is ``fixed_k_curve(candidate_points, K)``
+    (top-K by prior weight: nothing chosen on val). Returns the ``compare(...)["epochs_to_match"]``
+    dict plus ``"k"`` and ``"loss_gap_at_equal_budget"``. Raises ValueError when the candidate did
+    not evaluate K.
     """
     k = ensemble_size(reference_points) if k is None else k
-    result = compare(best_k_curve(reference_points), fixed_k_curve(candidate_points, k), envelope=envelope)
+    result = compare(headline_curve(reference_points), fixed_k_curve(candidate_points, k), envelope=envelope)
     return {"k": int(k), **result["epochs_to_match"],
             "loss_gap_at_equal_budget": result["loss_gap_at_equal_budget"]}
 
 
-def compare_populations(reference: Mapping, candidate: Mapping, *, envelope: bool = True) -> dict:
+def compare_populations(reference: Mapping, candidate: Mapping, *, envelope: bool = False) -> dict:
     """Everything ``hepc compare`` reports for one (reference, candidate) pair of results dicts.
 
-    ``reference`` and ``candidate`` are ``hepc.results.collect`` outputs (only ``spec`` and the
-    curve points are read); a sweep's populations are merged (``merge_points``), so a
-    single-model sweep over epoch budgets is one curve. Returns::
+    ``reference`` and ``candidate`` are ``hepc.results.collect`` outputs (``spec``, the curve points
+    and, when present, ``teacher_costs`` are read); a sweep's populations are merged
+    (``merge_points``), so a single-model sweep over epoch budgets is one curve.
 
-        {"reference": name, "candidate": name, "envelope": bool,
+    The ratios come from the headline curves (``headline_curve``: K = all, weights from held-out;
+    raw curves, no envelope), never from a choice made on val. The best-K-on-val comparison is
+    reported under ``diagnostic`` only. Returns::
+
+        {"reference": name, "candidate": name, "envelope": bool, "k_rule": HEADLINE_RULE,
          "epochs_to_match": {... compare()["epochs_to_match"] ..., "ratio": float | None},
          "loss_gap_at_equal_budget": {...},
          "matched_k": {... matched_k_ratio() ...} or {"k", "reached": False, "ratio": None, "error": str},
-         "matched_k_ratio": float | None}
+         "matched_k_ratio": float | None,
+         "with_teacher_forwards": {"reference_budget", "candidate_budget", "ratio"},  # cost incl. teacher passes
+         "diagnostic": {"rule": DIAGNOSTIC_RULE, "epochs_to_match": {...}, "ratio": float | None}}
     """
     ref_pts, cand_pts = merge_points(reference), merge_points(candidate)
-    main = compare(best_k_curve(ref_pts), best_k_curve(cand_pts), envelope=envelope)
+    main = compare(headline_curve(ref_pts), headline_curve(cand_pts), envelope=envelope)
     k = ensemble_size(ref_pts)
     try:
         matched = matched_k_ratio(ref_pts, cand_pts, k=k, envelope=envelope)
     except ValueError as e:
         matched = {"k": k, "reached": False, "ratio": None, "candidate_budget": None, "error": str(e)}
+    diagnostic = compare(best_k_curve(ref_pts), best_k_curve(cand_pts), envelope=True)["epochs_to_match"]
+    e = main["epochs_to_match"]
+    ref_t = with_teacher(reference, e["reference_budget"])
+    cand_t = with_teacher(candidate, e["candidate_budget"])
     return {
         "reference": reference.get("spec"),
         "candidate": candidate.get("spec"),
         "envelope": envelope,
-        "epochs_to_match": main["epochs_to_match"],
+        "k_rule": HEADLINE_RULE,
+        "epochs_to_match": e,
         "loss_gap_at_equal_budget": main["loss_gap_at_equal_budget"],
         "matched_k": matched,
         "matched_k_ratio": matched["ratio"],
+        "with_teacher_forwards": {
+            "reference_budget": ref_t,
+            "candidate_budget": cand_t,
+            "ratio": None if ref_t is None or not cand_t else ref_t / cand_t,
+        },
+        "diagnostic": {"rule": DIAGNOSTIC_RULE, "epochs_to_match": diagnostic, "ratio": diagnostic["ratio"]},
     }
+
+
+def with_teacher(results: Mapping, budget: float | None) -> float | None:
+    """A budget in training epochs converted to epochs of training *plus* teacher forwards (each
+    teacher forward counted as 1/3 of a training pass, its FLOP share), by interpolating the
+    population's ``teacher_costs`` table ``[[epochs, epochs_with_teacher], ...]`` (linear between
+    its points). Without a table (or without distillation) the budget is unchanged."""
+    if budget is None:
+        return None
+    table = []
+    for pop in (results.get("populations") or [results]):
+        table += [(float(a), float(b)) for a, b in pop.get("teacher_costs") or []]
+    if not table:
+        return float(budget)
+    table = sorted(set(table))
+    xs = [0.0] + [a for a, _ in table]
+    ys = [0.0] + [b for _, b in table]
+    budget = float(budget)
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= budget <= x1:
+            return y0 if x1 == x0 else y0 + (budget - x0) / (x1 - x0) * (y1 - y0)
+    return budget * ys[-1] / xs[-1]  # beyond the table: the last ratio
 
 
 def token_envelope(reference_points) -> list[tuple[float, float]]:

@@ -8,18 +8,22 @@ A *curve point* is one row of ``curve.json`` (see ``hepc.ensemble.loss_curve``):
 A *curve* here is a list of ``(budget_epochs, val_loss)`` pairs sorted by budget, one pair per
 distinct budget. Budgets are epochs summed over all members (method.md §8.1), so they are > 0.
 
-Two curves per population are reported, as in the paper:
+Curves per population, as in the paper:
 
-- **best K** (``best_k_curve``): at each budget the lowest val loss over every evaluated
-  inference budget K — what the population can deliver at that training budget;
+- **headline** (``headline_curve``): at every budget the prior's K = ``all`` (or, when the spec
+  does not list ``all``, its largest K), so K and the member weights are chosen on held-out data
+  alone and nothing is chosen on val. Every ratio hepc reports comes from this curve;
 - **fixed K** (``fixed_k_curve``): the inference ensemble restricted to K members, used for the
-  paper's matched-K comparison (q0's top-K with K = the baseline's ensemble size, method.md §8.3).
+  paper's matched-K comparison (q0's top-K with K = the baseline's ensemble size);
+- **best K on val** (``best_k_curve``): at each budget the lowest val loss over every evaluated K.
+  Choosing K by its val loss is an optimistic leak, so this curve is a *diagnostic* only, labelled
+  so wherever it is shown, and never used for a ratio.
 
-``running_best`` turns either into its monotone envelope: a population can always keep the best
-ensemble it had at an earlier budget, so the loss it can deliver never rises with budget.
-``hepc.report.compare`` measures epochs-to-match ("the budget where a curve *first* reaches a
-loss") and gaps at equal budget on envelopes by default.
+``running_best`` turns a curve into its monotone envelope (the best loss reached by each budget).
+Picking "the best earlier budget" by val loss is the same leak, so the headline comparison uses
+the raw curves and the envelope appears only with the diagnostic.
 """
+
 
 from __future__ import annotations
 
@@ -27,6 +31,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 Curve = list[tuple[float, float]]
+
+HEADLINE_RULE = (
+    "K = all (or the largest K the spec lists) at every budget; K and the member weights are chosen "
+    "on held-out data only, never on val"
+)
+DIAGNOSTIC_RULE = "best K on val at each budget, running best: a diagnostic (chosen on val), never used for a ratio"
 
 
 def as_curve(pairs: Iterable[Sequence[float]]) -> Curve:
@@ -75,8 +85,32 @@ def _by_budget(points: Sequence[Mapping]) -> dict[float, list[Mapping]]:
 
 
 def best_k_curve(points: Sequence[Mapping]) -> Curve:
-    """The best-K curve: for each distinct budget, the minimum ``val_loss`` over all its points (all K)."""
+    """The best-K-on-val curve (a diagnostic): for each budget, the minimum ``val_loss`` over all K."""
     return as_curve((b, min(float(p["val_loss"]) for p in ps)) for b, ps in _by_budget(points).items())
+
+
+def headline_label(points: Sequence[Mapping]) -> str | int:
+    """The K of the headline curve: ``"all"`` when the population evaluated it, else its largest K."""
+    labels = {p["k_label"] for p in points}
+    if not labels:
+        raise ValueError("no curve points")
+    if "all" in labels:
+        return "all"
+    return max(int(k) for k in labels)
+
+
+def headline_curve(points: Sequence[Mapping]) -> Curve:
+    """The headline curve: the ``headline_label`` ensemble at every budget (see the module docstring).
+
+    With ``all``: the point labelled ``all`` at each budget (every available member, prior weights).
+    Otherwise the fixed-K curve of the largest listed K (all available members while fewer exist).
+    Several points at one budget with that label (populations of a sweep that share a budget) keep
+    the lowest loss.
+    """
+    label = headline_label(points)
+    if label != "all":
+        return fixed_k_curve(points, int(label))
+    return as_curve((float(p["budget_epochs"]), float(p["val_loss"])) for p in points if p["k_label"] == "all")
 
 
 def fixed_k_curve(points: Sequence[Mapping], k: int) -> Curve:
@@ -110,9 +144,11 @@ def fixed_k_curve(points: Sequence[Mapping], k: int) -> Curve:
                     f"{ks}); add {k} to prior.budgets to compare at matched K"
                 )
             out.append((budget, min(float(p["val_loss"]) for p in hits)))
-        else:
+        else:  # every available member: the `all` point when evaluated (no choice among labels)
+            every = [p for p in ps if p["k_label"] == "all"]
             largest = max(int(p["k"]) for p in ps)
-            out.append((budget, min(float(p["val_loss"]) for p in ps if int(p["k"]) == largest)))
+            chosen = every or [p for p in ps if int(p["k"]) == largest]
+            out.append((budget, min(float(p["val_loss"]) for p in chosen)))
     return as_curve(out)
 
 

@@ -70,6 +70,10 @@ def _match_cells(m: Mapping) -> tuple[str, str]:
     return _budget(m["candidate_budget"]), f"{m['ratio']:.2f}×"
 
 
+def _ratio(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}×"
+
+
 def comparison_rows(comparisons: Sequence[Mapping]) -> list[dict]:
     """Display cells (strings) of the comparison table, one row per ``compare_populations`` dict."""
     rows = []
@@ -89,6 +93,8 @@ def comparison_rows(comparisons: Sequence[Mapping]) -> list[dict]:
             "k_budget": k_budget,
             "k_ratio": k_ratio,
             "gap": "n/a" if gap is None else f"{gap['gap']:+.4f} @ {_budget(gap['budget'])}",
+            "teacher_ratio": _ratio((c.get("with_teacher_forwards") or {}).get("ratio")),
+            "diagnostic_ratio": _ratio((c.get("diagnostic") or {}).get("ratio")),
         })
     return rows
 

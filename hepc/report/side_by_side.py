@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from hepc.report.compare import compare_populations, data_efficiency
-from hepc.report.curves import best_k_curve, ensemble_size, fixed_k_curve, flatten_results, merge_points
+from hepc.report.curves import (
+    DIAGNOSTIC_RULE,
+    HEADLINE_RULE,
+    best_k_curve,
+    ensemble_size,
+    fixed_k_curve,
+    flatten_results,
+    headline_curve,
+    merge_points,
+)
 
 
 def data_tokens(results: Mapping) -> int:
@@ -40,10 +49,11 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
     curves: dict[str, list] = {}
     finals = []
     for name, res in named:
-        curve = best_k_curve(merge_points(res))
+        curve = headline_curve(merge_points(res))
+        diagnostic = best_k_curve(merge_points(res))
         curves[name] = [list(p) for p in curve]
         finals.append({"spec": name, "budget_epochs": curve[-1][0], "val_loss": curve[-1][1],
-                       "best_val_loss": min(l for _, l in curve)})
+                       "best_k_on_val_diagnostic": min(l for _, l in diagnostic)})
     for name, res in candidates:
         try:
             curves[f"{name} (K={k})"] = [list(p) for p in fixed_k_curve(merge_points(res), k)]
@@ -52,6 +62,8 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
     out = {
         "baseline": base_name,
         "baseline_k": k,
+        "k_rule": HEADLINE_RULE,
+        "diagnostic_rule": DIAGNOSTIC_RULE,
         "finals": finals,
         "comparisons": [compare_populations(baseline, res) for _, res in candidates],
         "curves": curves,
@@ -60,7 +72,7 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
     if reference_data is not None:
         points = reference_points(reference_data)
         out["data_efficiency"] = [
-            {"spec": f["spec"], **data_efficiency(points, f["best_val_loss"], base_tokens=data_tokens(flatten_results(res)[0]))}
+            {"spec": f["spec"], **data_efficiency(points, f["val_loss"], base_tokens=data_tokens(flatten_results(res)[0]))}
             for f, (_, res) in zip(finals, named)
         ]
     return out
@@ -71,20 +83,27 @@ def render_table(result: Mapping, console) -> None:
 
     from hepc.report.render import comparison_rows
 
-    finals = Table(title="final losses (best K, val nats/token)")
-    for col in ("spec", "budget (epochs)", "val loss", "best on curve"):
+    finals = Table(title="final losses (val nats/token; K = all, weights from held-out)",
+                   caption="diagnostic column: best K chosen on val at any budget (optimistic; never used for a ratio)")
+    for col in ("spec", "budget (epochs)", "val loss", "best K on val (diagnostic)"):
         finals.add_column(col, justify="right")
     for f in result["finals"]:
-        finals.add_row(f["spec"], f"{f['budget_epochs']:g}", f"{f['val_loss']:.4f}", f"{f['best_val_loss']:.4f}")
-    console.print(finals)
+        finals.add_row(f["spec"], f"{f['budget_epochs']:g}", f"{f['val_loss']:.4f}",
+                       f"{f['best_k_on_val_diagnostic']:.4f}")
+    console.print(finals, markup=False)
     if result["comparisons"]:
-        table = Table(title=f"against the baseline {result['baseline']} (ensemble size K={result['baseline_k']})")
-        for col in ("candidate", "target loss", "@ epochs", "reached at", "ratio", "K-matched at", "K ratio",
-                    "gap @ largest common budget"):
+        table = Table(
+            title=f"against the baseline {result['baseline']} (ensemble size K={result['baseline_k']})",
+            caption=f"K rule: {result['k_rule']}. Gap: baseline loss − candidate loss (positive = candidate "
+                    "better). 'ratio w/ teacher': the same budgets counting teacher forwards (1/3 pass each).",
+        )
+        for col in ("candidate", "target loss", "@ epochs", "reached at", "ratio", "ratio w/ teacher",
+                    "K-matched at", "K ratio", "gap @ largest common budget", "best-K-on-val ratio (diagnostic)"):
             table.add_column(col, justify="right")
         for r in comparison_rows(result["comparisons"]):
             table.add_row(r["candidate"], r["reference_loss"], r["reference_budget"], r["candidate_budget"],
-                          r["ratio"], r["k_budget"], r["k_ratio"], r["gap"])
+                          r["ratio"], r["teacher_ratio"], r["k_budget"], r["k_ratio"], r["gap"],
+                          r["diagnostic_ratio"])
         console.print(table)
     for eff in result.get("data_efficiency") or []:
         if eff["multiplier"] is not None:
