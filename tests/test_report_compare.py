@@ -19,6 +19,7 @@ from hepc.report.compare import (
 from hepc.report.curves import (
     as_curve,
     best_k_curve,
+    headline_curve,
     ensemble_size,
     fixed_k_curve,
     flatten_results,
@@ -342,3 +343,29 @@ def test_data_efficiency_joins_several_reference_specs_into_one_envelope():
     # 2.4 lies halfway between (2000, 2.6) and (4000, 2.2): 3000 tokens = 3x the method's 1000
     assert q0_eff["status"] == "interpolated" and q0_eff["multiplier"] == pytest.approx(3.0)
     assert q0_eff["between"] == [[2000, 2.6], [4000, 2.2]]
+
+
+def test_seeds_are_averaged_never_picked():
+    """A spec swept over `seed` alone: its curve is the mean over seeds (the min would be a choice made
+    on val), and the comparison carries each seed's ratio as mean ± sd."""
+    from hepc.report.side_by_side import compare_results
+
+    def seeded(offsets):
+        return {"spec": "q0", "populations": [
+            {"spec": "q0", "label": f"seed={i}", "values": {"seed": i},
+             "curve": [dict(p, val_loss=p["val_loss"] + off) for p in CANDIDATE]}
+            for i, off in enumerate(offsets)]}
+
+    q0 = seeded([-0.05, 0.0, 0.05])
+    mean = merge_points(q0)
+    assert [p["val_loss"] for p in mean] == pytest.approx([p["val_loss"] for p in CANDIDATE])
+    out = compare_results([("ens", {"spec": "ens", "curve": REFERENCE}), ("q0", q0)])
+    c = out["comparisons"][0]
+    alone = compare_populations({"spec": "ens", "curve": REFERENCE}, {"spec": "q0", "curve": CANDIDATE})
+    assert c["epochs_to_match"]["ratio"] == pytest.approx(alone["epochs_to_match"]["ratio"])
+    s = c["seeds"]
+    assert s["seeds"] == [0, 1, 2] and s["ratio"]["n"] == 3 and s["ratio"]["sd"] > 0
+    assert s["final_loss"]["mean"] == pytest.approx(headline_curve(CANDIDATE)[-1][1])
+    lucky = seeded([-0.3, 0.0, 0.05])  # one lucky seed moves the mean, as it should, but is not picked
+    assert compare_results([("ens", {"spec": "ens", "curve": REFERENCE}), ("q0", lucky)])["finals"][1]["val_loss"] \
+        == pytest.approx(headline_curve(CANDIDATE)[-1][1] - 0.25 / 3)

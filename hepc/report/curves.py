@@ -66,12 +66,39 @@ def flatten_results(results: Mapping) -> list[Mapping]:
     return list(results["populations"]) if "populations" in results else [results]
 
 
+def seed_populations(results: Mapping) -> list[Mapping] | None:
+    """The per-seed populations of a spec swept over ``seed`` alone (None for anything else)."""
+    pops = flatten_results(results)
+    if len(pops) < 2 or any(set((p.get("values") or {})) != {"seed"} for p in pops):
+        return None
+    return pops
+
+
+def mean_points(pops: Sequence[Mapping]) -> list[Mapping]:
+    """Curve points averaged over seeds: one point per (budget, K label) present in every seed, its
+    ``val_loss`` the mean over seeds (no seed is picked: averaging chooses nothing)."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for pop in pops:
+        for p in pop["curve"]:
+            groups.setdefault((float(p["budget_epochs"]), str(p["k_label"])), []).append(p)
+    out = []
+    for (_, _), ps in sorted(groups.items()):
+        if len(ps) == len(pops):
+            out.append({**ps[0], "val_loss": sum(float(p["val_loss"]) for p in ps) / len(ps)})
+    return out
+
+
 def merge_points(results: Mapping) -> list[Mapping]:
     """All curve points of a ``collect`` output, every population of a sweep together.
 
     For a sweep (e.g. ``single.yaml``: one model per epoch budget) ``best_k_curve`` of the merged
-    points is the best population at each budget, the sweep's loss-vs-budget curve.
+    points is the best population at each budget, the sweep's loss-vs-budget curve. A spec swept
+    over ``seed`` alone gives the mean over seeds instead (``mean_points``): seeds are repeats, and
+    the best of them on val would be a choice made on val.
     """
+    seeds = seed_populations(results)
+    if seeds is not None:
+        return mean_points(seeds)
     return [p for pop in flatten_results(results) for p in pop["curve"]]
 
 

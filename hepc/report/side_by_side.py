@@ -9,6 +9,7 @@ synthetic source), the equivalent-data multiplier of each spec's final loss (met
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from hepc.report.compare import compare_populations, data_efficiency
@@ -21,6 +22,7 @@ from hepc.report.curves import (
     flatten_results,
     headline_curve,
     merge_points,
+    seed_populations,
 )
 
 
@@ -65,7 +67,7 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
         "k_rule": HEADLINE_RULE,
         "diagnostic_rule": DIAGNOSTIC_RULE,
         "finals": finals,
-        "comparisons": [compare_populations(baseline, res) for _, res in candidates],
+        "comparisons": [with_seeds(baseline, res) for _, res in candidates],
         "curves": curves,
         "data_efficiency": None,
     }
@@ -76,6 +78,41 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
             for f, (_, res) in zip(finals, named)
         ]
     return out
+
+
+def _mean_sd(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "n": n, "values": values}
+
+
+def with_seeds(baseline: Mapping, candidate: Mapping) -> dict:
+    """`compare_populations` of the candidate (a seeded spec: its mean-over-seeds curve) plus, for a
+    spec swept over `seed`, each seed's comparison summarised as mean ± sd under `seeds`:
+    `ratio` and `matched_k_ratio` over the seeds that reach the target (`reached` says how many),
+    and the final headline loss."""
+    out = compare_populations(baseline, candidate)
+    pops = seed_populations(candidate)
+    if pops is None:
+        return out
+    per_seed = [compare_populations(baseline, pop) for pop in pops]
+    finals = [headline_curve(pop["curve"])[-1][1] for pop in pops]
+    summary = {"seeds": [pop["values"]["seed"] for pop in pops], "final_loss": _mean_sd(finals)}
+    for key, get in (("ratio", lambda c: c["epochs_to_match"]["ratio"]), ("matched_k_ratio", lambda c: c["matched_k_ratio"]),
+                     ("ratio_with_teacher", lambda c: c["with_teacher_forwards"]["ratio"])):
+        values = [get(c) for c in per_seed]
+        reached = [v for v in values if v is not None]
+        summary[key] = {**(_mean_sd(reached) if reached else {"mean": None, "sd": None, "n": 0, "values": []}),
+                        "reached": f"{len(reached)}/{len(values)}"}
+    return {**out, "seeds": summary}
+
+
+def _pm(stat: Mapping, unit: str = "×") -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    sd = "" if stat.get("sd") is None else f" ± {stat['sd']:.{2 if unit else 4}f}"
+    return f"{stat['mean']:.{2 if unit else 4}f}{unit}{sd}"
 
 
 def render_table(result: Mapping, console) -> None:
@@ -105,6 +142,13 @@ def render_table(result: Mapping, console) -> None:
                           r["ratio"], r["teacher_ratio"], r["k_budget"], r["k_ratio"], r["gap"],
                           r["diagnostic_ratio"])
         console.print(table)
+        for c in result["comparisons"]:
+            if "seeds" in c:
+                s = c["seeds"]
+                cells = [f"{name} {_pm(s[key])} ({s[key]['reached']} seeds reach it)"
+                         for name, key in (("ratio", "ratio"), ("K ratio", "matched_k_ratio"))]
+                console.print(f"{c['candidate']} over seeds {s['seeds']}: final loss {_pm(s['final_loss'], '')}, "
+                              + ", ".join(cells), markup=False)
     for eff in result.get("data_efficiency") or []:
         if eff["multiplier"] is not None:
             console.print(f"{eff['spec']}: data efficiency {eff['multiplier']:.2f}× "
