@@ -19,10 +19,10 @@ from hepc.report.compare import (
 from hepc.report.curves import (
     as_curve,
     best_k_curve,
-    headline_curve,
     ensemble_size,
     fixed_k_curve,
     flatten_results,
+    headline_curve,
     merge_points,
     running_best,
 )

@@ -69,7 +69,7 @@ def flatten_results(results: Mapping) -> list[Mapping]:
 def seed_populations(results: Mapping) -> list[Mapping] | None:
     """The per-seed populations of a spec swept over ``seed`` alone (None for anything else)."""
     pops = flatten_results(results)
-    if len(pops) < 2 or any(set((p.get("values") or {})) != {"seed"} for p in pops):
+    if len(pops) < 2 or any(set(p.get("values") or {}) != {"seed"} for p in pops):
         return None
     return pops
 
