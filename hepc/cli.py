@@ -137,11 +137,12 @@ def validate(spec: SpecArg, overrides: Overrides = None) -> None:
 @user_errors
 def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `hepc run` would do: each step cached (=), new (+), resumable (~) or failed before (!)."""
-    from hepc.plan import SYMBOLS, make_plan
+    from hepc.plan import SYMBOLS, make_plan, split_lines
 
     loaded, compiled = _load(spec, overrides)
     _warn(compiled)
-    the_plan = make_plan(compiled, _store(store, loaded))
+    the_store = _store(store, loaded)
+    the_plan = make_plan(compiled, the_store)
     if json_out:
         print(json.dumps(the_plan.to_json(), indent=1))
         return
@@ -151,7 +152,7 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
         extra = f"  {s.step.context['epochs']:g} epochs" if s.step.kind == "cycle" else ""
         detail = f"  ({s.detail})" if s.detail else ""
         lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
-    print("\n".join(lines))
+    print("\n".join(lines + split_lines(the_plan, the_store)))
     print(the_plan.summary_line())
 
 

@@ -126,6 +126,7 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
                 "val_tokens": d.val_tokens,
                 "heldout_tokens": d.heldout_tokens,
                 "seed": d.seed,
+                "max_doc_tokens": d.max_doc_tokens,
             },
             inputs={},
             context={"source": d.source.model_dump(), "base_dir": str(loaded.base_dir.resolve())},

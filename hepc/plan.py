@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from hepc.compile import Compiled, graph_totals
 from hepc.graph import StepSpec
+from hepc.safe_io import read_json
 from hepc.store import Store
+from hepc.verify import file_digest, read_manifest
+
+SPLITS = ("val", "heldout", "train")
+META_LIMIT = 4 << 20  # a corpus meta.json is a few KB
 
 SYMBOLS = {"cached": "=", "new": "+", "resumable": "~", "failed": "!"}
 
@@ -99,6 +104,65 @@ def make_plan(compiled: Compiled, store: Store) -> Plan:
         else:
             out.append(PlannedStep(step, "new"))
     return Plan(compiled, out)
+
+
+def split_lines(plan: Plan, store: Store) -> list[str]:
+    """One line per split of each corpus in the plan: documents and tokens, from its committed meta.json
+    (checked against the digest its manifest records; nothing is written), or one line saying that
+    the corpus is not built yet."""
+    lines = []
+    for planned in plan.steps:
+        if planned.step.kind != "corpus":
+            continue
+        label = f"corpus {planned.step.name}"
+        path = store.find(planned.step) if planned.status == "cached" else None
+        if path is None:
+            lines.append(f"{label}: not built yet (its splits show here once `hepc run` has built it)")
+            continue
+        meta, problem = _corpus_meta(path)
+        if meta is None:
+            lines.append(f"{label}: splits not shown: {problem} (`hepc run` recomputes a damaged object)")
+            continue
+        width = max(len(name) for name in SPLITS)
+        for name in SPLITS:
+            lines.append(f"{label}: {name:<{width}} {_split_line(meta, name)}")
+    return lines
+
+
+def _corpus_meta(path) -> tuple[dict | None, str]:
+    """A committed corpus's meta.json when it matches its recorded digest, else (None, what is wrong)."""
+    manifest, problems = read_manifest(path)
+    if manifest is None:
+        return None, "; ".join(problems)
+    recorded = manifest["files"].get("meta.json")
+    try:
+        if not isinstance(recorded, dict) or file_digest(path / "meta.json") != recorded.get("xxh3_128"):
+            return None, "meta.json does not match its recorded digest"
+        meta = read_json(path / "meta.json", META_LIMIT)
+    except (OSError, ValueError) as e:
+        return None, f"meta.json is unreadable ({type(e).__name__})"
+    return (meta, "") if isinstance(meta, dict) else (None, "meta.json holds no object")
+
+
+def _split_line(meta: dict, name: str) -> str:
+    """'60 documents  30,000 tokens  (48 source documents; largest: x.py (3,072 tokens))', as far as meta.json tells."""
+    try:
+        documents, tokens = int(meta["documents"][name]), int(meta["tokens"][name])
+    except (KeyError, TypeError, ValueError):
+        return "(not recorded in meta.json)"
+    line = f"{documents:>7,} documents {tokens:>11,} tokens"
+    split = (meta.get("splits") or {}).get(name)
+    if isinstance(split, dict):
+        details = []
+        if isinstance(split.get("source_documents"), int):
+            details.append(f"{split['source_documents']:,} source documents")
+        largest = split.get("largest")
+        if isinstance(largest, list) and largest and isinstance(largest[0], dict):
+            top = largest[0]
+            details.append(f"largest: {str(top.get('name'))[:60]} ({top.get('tokens', 0):,} tokens)")
+        if details:
+            line += f"  ({'; '.join(details)})"
+    return line
 
 
 def _num(x: float) -> str:

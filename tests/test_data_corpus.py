@@ -1,4 +1,4 @@
-"""Corpus building: exact, deterministic, document-disjoint splits; heldout carved from train."""
+"""Corpus building: exact, deterministic, disjoint splits; heldout carved from train (tests/test_data_splits.py: the rule)."""
 
 import json
 import re
@@ -84,8 +84,11 @@ def test_pystdlib_400k_builds_fast(tmp_path):
 
 
 def test_splits_are_disjoint_by_document(tmp_path, marked_docs):
+    """Without a cap every document is one piece: no document is in two splits."""
     source = {"kind": "text", "paths": ["docs/*.txt"], "encoding": "utf-8"}
-    meta, a, _ = build(tmp_path, source, base_dir=marked_docs, train_tokens=4_000, val_tokens=1_000, heldout_tokens=1_000)
+    meta, a, _ = build(tmp_path, source, base_dir=marked_docs, train_tokens=4_000, val_tokens=1_000, heldout_tokens=1_000,
+                       max_doc_tokens=None)
+    assert meta["max_doc_tokens"] is None and meta["source_pieces"] == meta["source_documents"] == 40
     seen = {n: markers(a[n]) for n in ("val", "heldout", "train")}
     assert all(seen.values())
     assert not (seen["val"] & seen["heldout"]) and not (seen["val"] & seen["train"]) and not (seen["heldout"] & seen["train"])
@@ -113,6 +116,10 @@ def test_bad_sizes(tmp_path):
     with pytest.raises(DataError) as err:
         build(tmp_path, PYSTDLIB, train_tokens=1_000, heldout_tokens=1_000)
     assert err.value.field == "data.heldout_tokens"
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(DataError) as err:
+            build(tmp_path, PYSTDLIB, max_doc_tokens=bad)
+        assert err.value.field == "data.max_doc_tokens"
 
 
 def test_text_encoding(tmp_path):

@@ -94,7 +94,13 @@ def test_training_fields_change_every_cycle_but_not_the_corpus(override):
     assert not any(n.startswith("corpus:") for n in new)
 
 
-@pytest.mark.parametrize("override", ["data.val_tokens=2500", "data.seed=1", "data.source.seed=3"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["data.val_tokens=2500", "data.seed=1", "data.source.seed=3",
+     "data.max_doc_tokens=1024", "data.max_doc_tokens=null"],
+)
 def test_data_fields_change_everything(override):
     assert len(changed(override)) == len(compiled().graph)
 
@@ -166,9 +172,10 @@ def test_compile_and_plan_never_import_torch(tmp_path):
     code = (
         "import sys\n"
         "from hepc.compile import compile_spec\nfrom hepc.spec.load import load_spec\n"
-        "from hepc.plan import make_plan\nfrom hepc.store import Store\n"
+        "from hepc.plan import make_plan, split_lines\nfrom hepc.store import Store\n"
         f"for p in {specs!r}:\n"
-        f"    make_plan(compile_spec(load_spec(p)), Store({str(tmp_path / 'store')!r}))\n"
+        f"    store = Store({str(tmp_path / 'store')!r})\n"
+        "    split_lines(make_plan(compile_spec(load_spec(p)), store), store)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print('ok', len(sys.argv))\n"
     )

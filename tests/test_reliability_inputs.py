@@ -24,6 +24,7 @@ import pytest
 
 from hepc.data import DataError, build_corpus, identity, source_identity
 from hepc.data import sources as data_sources
+from hepc.data.corpus import DEFAULT_MAX_DOC_TOKENS, name_key, piece_keys
 from hepc.data.sources import Prefix, iter_documents
 from hepc.errors import SpecError
 from hepc.spec.load import load_spec
@@ -133,33 +134,44 @@ def test_spec_crlf_and_bad_utf8_read_as_before(tmp_path):
 # --------------------------------------------------------------------------- 2. streamed text sources
 
 
-def whole_file_corpus(folder: Path, encoding: str, seed: int, sizes: dict) -> tuple[dict, dict]:
-    """The corpus as a straightforward reader builds it: each whole file decoded, re-encoded as UTF-8,
-    tokenized (end-of-text, then its bytes) and the splits filled in turn. (arrays, meta subset)."""
+def whole_file_corpus(folder: Path, encoding: str, seed: int, sizes: dict, cap: int = DEFAULT_MAX_DOC_TOKENS) -> tuple[dict, dict]:
+    """The corpus as a straightforward reader builds it (the rule of docs/data-splits.md): each whole
+    file decoded and re-encoded as UTF-8, cut into pieces (end-of-text, then up to cap - 1 bytes), all
+    pieces sorted by their key, and the splits filled in turn. (arrays, meta subset)."""
     files = sorted(folder.glob("*.txt"))
-    order = np.random.default_rng(seed).permutation(len(files))
-    texts = (files[i].read_bytes().decode(encoding).encode("utf-8") for i in order)
-    docs = (np.concatenate([[EOT], np.frombuffer(text, np.uint8)]).astype(np.uint16) for text in texts)
+    pieces = []
+    for doc, path in enumerate(files):
+        text = path.read_bytes().decode(encoding).encode("utf-8")
+        count = max(1, -(-len(text) // (cap - 1)))
+        keys = piece_keys(name_key(path.name), np.arange(count), seed)
+        for k in range(count):
+            body = np.frombuffer(text[k * (cap - 1) : (k + 1) * (cap - 1)], np.uint8)
+            pieces.append(((int(keys[k]), doc, k), np.concatenate([[EOT], body]).astype(np.uint16)))
+    ordered = iter(piece for _, piece in sorted(pieces, key=lambda item: item[0]))
     train = sizes["train_tokens"] - sizes["heldout_tokens"]
     targets = {"val": sizes["val_tokens"], "heldout": sizes["heldout_tokens"], "train": train}
-    pieces = {name: [] for name in targets}
+    taken = {name: [] for name in targets}
     dropped = 0
     for name, target in targets.items():
         filled = 0
         while filled < target:
-            doc = next(docs)
-            piece = doc[: target - filled]
-            dropped += len(doc) - len(piece)
-            pieces[name].append(piece)
-            filled += len(piece)
-    arrays = {name: np.concatenate(p) for name, p in pieces.items()}
-    lengths = np.array([len(p) for p in pieces["train"]], dtype=np.int64)
-    arrays["train_docs"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            piece = next(ordered)
+            part = piece[: target - filled]
+            dropped += len(piece) - len(part)
+            taken[name].append(part)
+            filled += len(part)
+    arrays = {name: np.concatenate(p) for name, p in taken.items()}
+    for name, parts in taken.items():
+        lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        arrays[f"{name}_docs"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     meta = {
         "tokens": {n: int(arrays[n].size) for n in targets},
         "bytes": {n: int((arrays[n] != EOT).sum()) for n in targets},
-        "documents": {n: len(pieces[n]) for n in targets},
+        "documents": {n: len(taken[n]) for n in targets},
         "tokens_dropped": dropped,
+        "source_documents": len(files),
+        "source_pieces": len(pieces),
+        "source_tokens": sum(len(piece) for _, piece in pieces),
     }
     return arrays, meta
 
@@ -196,7 +208,7 @@ def test_streamed_text_corpus_matches_whole_files(tmp_path, monkeypatch, encodin
             assert got.dtype == array.dtype and np.array_equal(got, array), (seed, name)
         assert {k: meta[k] for k in expected_meta} == expected_meta, seed
         assert json.loads((out / "meta.json").read_text()) == meta
-    assert meta["tokens_dropped"] > 1_000  # the long file was cut somewhere
+    assert meta["source_pieces"] > meta["source_documents"] + 50  # the long file was cut into pieces
 
 
 def test_text_documents_are_prefixes_with_their_full_size(tmp_path):
@@ -222,15 +234,15 @@ from hepc.data.corpus import build_corpus
 base = Path(sys.argv[1])
 meta = build_corpus({"kind": "text", "paths": ["*.txt"]}, {"kind": "bytes"}, train_tokens=24_000, val_tokens=4_000,
                     heldout_tokens=2_000, seed=0, base_dir=base, out_dir=base / "out")
-print(meta["tokens_dropped"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(meta["source_tokens"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 def test_big_text_file_builds_in_bounded_memory(tmp_path):
     """A 300 MB single-file document adds far less than its size to the peak RSS of a small build.
 
-    The small documents (27K tokens) cannot fill the 30K-token splits alone, so the big one is read
-    whatever its place in the shuffled order; its cut-off rest shows in tokens_dropped.
+    Every file is read to its end (each piece's key decides where it goes), so the big one is read
+    whole, chunk by chunk: its tokens show in source_tokens; only the few pieces the splits take are kept.
     """
     peaks = {}
     for case, size in (("baseline", 10_000), ("big", 300 << 20)):
@@ -243,8 +255,8 @@ def test_big_text_file_builds_in_bounded_memory(tmp_path):
         child = [sys.executable, "-c", CHILD, str(folder)]
         out = subprocess.run(child, check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert out.returncode == 0, out.stderr
-        dropped, peak_kib = map(int, out.stdout.split()[-2:])  # ru_maxrss: KiB on Linux
-        assert dropped > size - 30_000, (case, dropped)  # big.txt was read, and cut
+        source_tokens, peak_kib = map(int, out.stdout.split()[-2:])  # ru_maxrss: KiB on Linux
+        assert source_tokens > size, (case, source_tokens)  # big.txt was read to its end
         peaks[case] = peak_kib / 1024
     assert peaks["big"] - peaks["baseline"] < 100, peaks
 

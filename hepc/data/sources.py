@@ -5,6 +5,10 @@ already token ids (see shards.py: its shards are read whole and split at end-of-
 documents shuffled with `seed`). File sources (pystdlib, text) shuffle their sorted listing with
 `np.random.default_rng(seed)` and read files one at a time, so a small corpus reads only the few
 files it needs. The synthetic source is an endless seeded stream (see synthetic.py).
+
+`iter_named_documents` is what the corpus builder reads file sources with: every file, in sorted
+name order, as its name and a stream of UTF-8 chunks (of at most about `_CHUNK` bytes of the file
+each), so that no file is ever held whole in memory (see corpus.py).
 """
 
 from __future__ import annotations
@@ -59,6 +63,36 @@ def iter_documents(
     raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text, tokens or synthetic)", f"{field}.kind")
 
 
+def iter_named_documents(
+    source_cfg: dict, base_dir: Path, field: str = "data.source"
+) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """(name, UTF-8 chunks) of every document of a file source (pystdlib, text), in sorted name order.
+
+    Names are those the source identity hashes (the standard-library path, or the text file's name).
+    A document's chunks must be read to the end before the next document is asked for; a decoding
+    or reading error is located as for `iter_documents`. The listing is made now, so that its errors
+    surface before the first document is asked for.
+    """
+    kind = source_cfg.get("kind")
+    if kind == "pystdlib":
+        root = stdlib_root()
+        listing = list_pystdlib(bool(source_cfg.get("include_tests", False)), root)
+        return ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
+    if kind == "text":
+        files = list_data_files(source_cfg, base_dir, field)
+        encoding = _check_encoding(source_cfg, field)
+        return ((file.name, _text_chunks(file, encoding, field)) for file in files)
+    raise DataError(f"source kind {kind!r} has no named files (expected pystdlib or text)", f"{field}.kind")
+
+
+def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
+    try:
+        with open_regular(file.path) as f:
+            yield from _utf8_chunks(f, encoding, file.name, field)
+    except OSError as e:
+        raise read_error(file, e) from None
+
+
 def _pystdlib(include_tests: bool, seed: int) -> Iterator[bytes]:
     root = stdlib_root()
     listing = list_pystdlib(include_tests, root)
@@ -78,12 +112,16 @@ def _as_utf8(data: bytes) -> bytes:
 
 def _text(source_cfg: dict, base_dir: Path, seed: int, field: str, limit: int | None) -> Iterator[bytes | Prefix]:
     files = list_data_files(source_cfg, base_dir, field)  # resolved now: errors surface before any reading
+    return _read_text(files, _check_encoding(source_cfg, field), seed, field, limit)
+
+
+def _check_encoding(source_cfg: dict, field: str) -> str:
     encoding = source_cfg.get("encoding", "utf-8")
     try:
         b"".decode(encoding)  # an unknown or non-text codec fails here, as decoding a whole file would
     except LookupError as e:
         raise DataError(f"cannot decode text as {encoding}: {e}", f"{field}.encoding") from None
-    return _read_text(files, encoding, seed, field, limit)
+    return encoding
 
 
 def _read_text(
@@ -102,8 +140,18 @@ def _read_text(
 def _utf8_prefix(f: BinaryIO, encoding: str, limit: int | None, name: str, field: str) -> Prefix:
     """The first `limit` bytes (all without a limit) of `f` decoded from `encoding` and re-encoded as
     UTF-8, and the UTF-8 size of all of it; read in chunks, to the end, so that all of it is checked."""
+    kept, size = bytearray(), 0
+    for utf8 in _utf8_chunks(f, encoding, name, field):
+        room = len(utf8) if limit is None else max(limit - len(kept), 0)
+        kept += utf8[:room]
+        size += len(utf8)
+    return Prefix(bytes(kept), size)
+
+
+def _utf8_chunks(f: BinaryIO, encoding: str, name: str, field: str) -> Iterator[bytes]:
+    """`f` decoded from `encoding` and re-encoded as UTF-8, a chunk of `_CHUNK` bytes of `f` at a time."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    kept, size, offset = bytearray(), 0, 0  # offset: bytes of `f` read before this chunk
+    offset = 0  # bytes of `f` read before this chunk
     while True:
         chunk = f.read(_CHUNK)
         try:
@@ -111,12 +159,11 @@ def _utf8_prefix(f: BinaryIO, encoding: str, limit: int | None, name: str, field
         except UnicodeError as e:
             message = f"cannot decode '{name}' as {encoding}: {_at(e, decoder, offset)}"
             raise DataError(message, f"{field}.encoding") from None
-        room = len(utf8) if limit is None else max(limit - len(kept), 0)
-        kept += utf8[:room]
-        size += len(utf8)
         offset += len(chunk)
+        if utf8:
+            yield utf8
         if not chunk:
-            return Prefix(bytes(kept), size)
+            return
 
 
 def _at(e: UnicodeError, decoder: codecs.IncrementalDecoder, offset: int) -> str:

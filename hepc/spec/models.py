@@ -102,6 +102,11 @@ class Data(Strict):
     """Context length in tokens."""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the document shuffle that decides the splits."""
+    max_doc_tokens: Annotated[int, Field(ge=2)] | None = 512
+    """Longest document in tokens, its end-of-text included: a longer one is cut into pieces of at
+    most this many tokens (each starting with an end-of-text), which the splits take independently,
+    so that no file dominates a split (docs/data-splits.md). null: no cap. The synthetic source's
+    documents are never cut (choose its doc_tokens)."""
 
 
 # --------------------------------------------------------------------------- model / optimizer

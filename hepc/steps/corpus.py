@@ -1,4 +1,5 @@
-"""corpus: read the source, tokenize, carve val / held-out / train splits (whole documents)."""
+"""corpus: read the source, tokenize, cut documents at max_doc_tokens, carve val / held-out / train
+(docs/data-splits.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         val_tokens=p["val_tokens"],
         heldout_tokens=p["heldout_tokens"],
         seed=p["seed"],
+        max_doc_tokens=p.get("max_doc_tokens"),
         base_dir=Path(step.context["base_dir"]),
         out_dir=out,
     )
