@@ -197,16 +197,18 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
             prev = step
 
     prior_params = {
-        "prior": {"kind": spec.prior.kind, "steps": spec.prior.steps, "lr": spec.prior.lr},
+        "prior": spec.prior.step_params(),
         "budgets": list(spec.prior.budgets),
         "members": [[mb.trajectory, mb.cycle, mb.cost_epochs] for mb in members],
     }
-    score_inputs = {split: [mb.score_keys[split] for mb in members] for split in SPLITS}
+    prior_inputs = {split: [mb.score_keys[split] for mb in members] for split in SPLITS}
+    if spec.prior.kind == "shrinkage":  # its CV folds are whole held-out documents (heldout_docs.npy)
+        prior_inputs["corpus"] = corpus.key
     name = f"p{pop.trajectories}xc{pop.cycles}"
     if variant.label:
         name = f"{_slug(variant.label)}-{name}"
-    prior = graph.add(make_step("prior", name, prior_params, score_inputs))
-    curve = graph.add(make_step("curve", name, prior_params, score_inputs))
+    prior = graph.add(make_step("prior", name, prior_params, prior_inputs))
+    curve = graph.add(make_step("curve", name, prior_params, prior_inputs))
     logits_key = None
     if spec.prior.aggregate == "logit":
         logits_key = graph.add(

@@ -130,6 +130,17 @@ def render_population(results: dict, console) -> None:
     b = results["best_ensemble"]
     console.print(
         f"budget {results['budget_epochs']:g} epochs: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "
-        f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats); "
-        f"prior fit on held-out {results['fit']['nll']:.4f} vs uniform {results['fit']['uniform_nll']:.4f}"
+        f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats); " + fit_line(results["fit"])
     )
+
+
+def fit_line(fit: dict) -> str:
+    """The prior's fit in one line: held-out NLL vs uniform, val NLL vs uniform (recorded by prior
+    steps since the shrinkage prior; absent from older results), the shrinkage strength and folds."""
+    line = f"prior fit on held-out {fit['nll']:.4f} vs uniform {fit['uniform_nll']:.4f}"
+    if fit.get("val_nll") is not None and fit.get("uniform_val_nll") is not None:
+        line += f"; prior on val {fit['val_nll']:.4f} vs uniform {fit['uniform_val_nll']:.4f}"
+    if fit.get("strength") is not None:
+        folds = f"{fit.get('folds')}-fold CV over {fit.get('fold_rule')}" if fit.get("folds") else "no CV"
+        line += f" (shrinkage λ={fit['strength']:g}, {folds})"
+    return line

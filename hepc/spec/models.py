@@ -218,18 +218,47 @@ Budget = Union[Annotated[int, Field(ge=1)], Literal["all"]]
 class Prior(Strict):
     """How members are weighted and selected for an inference budget K."""
 
-    kind: Literal["learned", "uniform"] = "learned"
-    """`learned`: softmax weights fit on the held-out slice; `uniform`: equal weights."""
+    kind: Literal["learned", "uniform", "shrinkage"] = "learned"
+    """`learned`: softmax weights minimising the held-out NLL (the paper's prior; AdamW, `steps`, `lr`);
+    `uniform`: equal weights; `shrinkage`: the same objective pulled toward uniform, the pull's strength
+    chosen by cross-validation over held-out documents (`folds`, `strengths`, `em_iters`): the prior to
+    trust with a small held-out slice, where `learned` overfits (it falls back to uniform when the
+    held-out data carries no signal)."""
     steps: Annotated[int, Field(ge=1, le=100000)] = 300
-    """AdamW steps of the prior fit."""
+    """AdamW steps of the prior fit (`learned` only)."""
     lr: Annotated[float, Field(gt=0)] = 0.5
-    """Learning rate of the prior fit."""
+    """Learning rate of the prior fit (`learned` only)."""
     budgets: Annotated[list[Budget], Field(min_length=1)] = ["all"]
     """Inference budgets K to report (top-K members by weight); `all` = every snapshot."""
     aggregate: Literal["probability", "logit"] = Field("probability", json_schema_extra={"added_in": "0.2"})
     """How the top-K members are combined on val: `probability` (weighted mixture, the method) or
     `logit` (softmax of the weighted mean logits; the ablation, final budget only: the loss curve
     always averages probabilities)."""
+    folds: Annotated[int, Field(ge=2, le=100, json_schema_extra={"added_in": "0.3"})] = 5
+    """`shrinkage`: cross-validation folds, each a group of whole held-out documents (contiguous blocks
+    of tokens when the corpus records no held-out document boundaries); fewer when there are fewer
+    documents."""
+    strengths: Annotated[
+        list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=64, json_schema_extra={"added_in": "0.3"})
+    ] = [0.0, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0]
+    """`shrinkage`: the grid of strengths λ cross-validation chooses from. λ is the share of
+    pseudo-counts spread evenly over the members: the weights minimise the held-out NLL plus
+    λ/(1−λ)·KL(uniform ‖ w), so 0 is the plain maximum-likelihood fit and 1 the uniform prior."""
+    em_iters: Annotated[int, Field(ge=1, le=100000, json_schema_extra={"added_in": "0.3"})] = 100
+    """`shrinkage`: most accelerated EM cycles (three EM updates each) per fit."""
+
+    def step_params(self) -> dict:
+        """The hashed `prior` params of the prior and curve steps: only what the kind uses.
+
+        `learned` and `uniform` give exactly {kind, steps, lr}, as before `shrinkage` existed, so their
+        keys and stored results stay valid. The strength grid is sorted and deduplicated (the fit does
+        the same), so equal grids share a key. `solver` names the shrinkage fit's numerics: change it
+        when they change (the prior kind's impl_version would invalidate every learned result too).
+        """
+        if self.kind == "shrinkage":
+            return {"kind": self.kind, "folds": self.folds, "strengths": sorted(set(self.strengths)),
+                    "em_iters": self.em_iters, "solver": "map-em-squarem/1"}
+        return {"kind": self.kind, "steps": self.steps, "lr": self.lr}
 
 
 # --------------------------------------------------------------------------- runtime (never hashed)

@@ -1,12 +1,14 @@
 """curve: loss vs budget. Snapshot (p, c) is available at ((c−1)·P + p)·E epochs (round-robin);
-at each point the prior is refit on the snapshots available so far and top-K is scored on val."""
+at each point the prior is refit on the snapshots available so far and top-K is scored on val.
+The shrinkage prior re-runs its cross-validation at every point; curve.json's `fits` lists each
+point's fit (held-out NLL vs uniform, and the chosen strength)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from hepc.steps.prior import bpb_of, load_scores, score_summary
+from hepc.steps.prior import bpb_of, heldout_documents, load_scores, score_summary
 
 MAX_POINTS_EVERY_SNAPSHOT = 64  # beyond this, evaluate once per completed round of trajectories
 
@@ -24,12 +26,15 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     points = None
     if len(order) > MAX_POINTS_EVERY_SNAPSHOT:
         points = round_points(len(order), n_traj)
-    rows = loss_curve(
-        fit_P, val_P, order, costs, budgets,
-        prior=prior["kind"], steps=prior["steps"], lr=prior["lr"], points=points,
-    )
+    if prior["kind"] == "shrinkage":
+        options = {"doc_starts": heldout_documents(inputs), "folds": prior["folds"],
+                   "strengths": prior["strengths"], "em_iters": prior["em_iters"]}
+    else:
+        options = {"steps": prior["steps"], "lr": prior["lr"]}
+    fits: list[dict] = []
+    rows = loss_curve(fit_P, val_P, order, costs, budgets, prior=prior["kind"], points=points, fits=fits, **options)
     for r in rows:
         r["val_bpb"] = bpb_of(r["val_loss"], first)
-    (out / "curve.json").write_text(json.dumps({"points": rows}, indent=1) + "\n")
+    (out / "curve.json").write_text(json.dumps({"points": rows, "fits": fits}, indent=1) + "\n")
     final = [r for r in rows if r["members"] == len(order)]
     return {"points": len(rows), "final_best_val_loss": min(r["val_loss"] for r in final)}

@@ -1,7 +1,10 @@
 """prior: fit the member weights on the held-out slice, then score the top-K ensembles on val.
 
 Learned prior = softmax weights minimising the mixture NLL on held-out (method.md §6.3); top-K by
-weight, renormalised, no refit (§6.4); weighted probability averaging on val (§6.5, §7).
+weight, renormalised, no refit (§6.4); weighted probability averaging on val (§6.5, §7). The
+`shrinkage` prior pulls the same fit toward uniform, its strength chosen by cross-validation over
+held-out documents (``hepc.ensemble.fit_prior_shrinkage``). Every fit also reports its val NLL next
+to the uniform prior's: a report only, val chooses nothing.
 """
 
 from __future__ import annotations
@@ -28,8 +31,61 @@ def bpb_of(loss: float, reference: dict) -> float | None:
     return loss * reference["bpb"] / reference["loss"]
 
 
+def heldout_documents(inputs: dict):
+    """Document start offsets into the corpus's heldout.npy (its `heldout_docs.npy`), or None.
+
+    None when the step has no corpus input (kinds other than `shrinkage`) or the corpus predates
+    held-out document boundaries; the shrinkage fit then folds contiguous blocks of tokens.
+    """
+    import numpy as np
+
+    corpus = inputs.get("corpus")
+    if corpus is None or not (Path(corpus) / "heldout_docs.npy").is_file():
+        return None
+    return np.load(Path(corpus) / "heldout_docs.npy", allow_pickle=False)
+
+
+def fit_weights(prior: dict, fit_P, doc_starts=None):
+    """(weights, fit info) of the prior `prior` (the step's `prior` params) on held-out P (M×N).
+
+    Fit info: `nll` and `uniform_nll` on the held-out fit data, `steps` (optimizer steps or EM
+    updates) and, for `shrinkage`, how the strength was chosen (``ShrinkageFit``).
+    """
+    from hepc.ensemble import fit_prior, fit_prior_shrinkage, mixture_nll, uniform_weights
+
+    kind = prior["kind"]
+    if kind == "learned":
+        fit = fit_prior(fit_P, steps=prior["steps"], lr=prior["lr"])
+        return fit.weights, {"nll": fit.nll, "uniform_nll": fit.uniform_nll, "steps": fit.steps}
+    if kind == "shrinkage":
+        fit = fit_prior_shrinkage(fit_P, doc_starts, folds=prior["folds"], strengths=prior["strengths"],
+                                  iters=prior["em_iters"])
+        return fit.weights, {
+            "nll": fit.nll,
+            "uniform_nll": fit.uniform_nll,
+            "steps": fit.steps,
+            "strength": fit.strength,
+            "rule": fit.rule,
+            "min_strength": fit.min_strength,
+            "strengths": fit.strengths,
+            "cv_nll": fit.cv_nll,
+            "cv_se": fit.cv_se,
+            "folds": fit.folds,
+            "fold_rule": fit.fold_rule,
+            "documents": fit.documents,
+            "fold_sizes": fit.fold_sizes,
+        }
+    if kind == "uniform":
+        weights = uniform_weights(fit_P.shape[0])
+        nll = mixture_nll(fit_P, weights)
+        return weights, {"nll": nll, "uniform_nll": nll, "steps": 0}
+    raise ValueError(f"unknown prior kind {kind!r}")
+
+
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
-    from hepc.ensemble import ensemble_loss, fit_prior, mixture_nll, top_k, uniform_weights
+    import numpy as np
+
+    from hepc.ensemble import ensemble_loss, top_k, uniform_weights
 
     prior, budgets = step.params["prior"], step.params["budgets"]
     fit_P, val_P = load_scores(inputs["heldout"]), load_scores(inputs["val"])
@@ -37,13 +93,11 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     heldout_summaries = [score_summary(f) for f in inputs["heldout"]]
     m = fit_P.shape[0]
 
-    if prior["kind"] == "learned":
-        fit = fit_prior(fit_P, steps=prior["steps"], lr=prior["lr"])
-        weights, fit_info = fit.weights, {"nll": fit.nll, "uniform_nll": fit.uniform_nll, "steps": fit.steps}
-    else:
-        weights = uniform_weights(m)
-        nll = mixture_nll(fit_P, weights)
-        fit_info = {"nll": nll, "uniform_nll": nll, "steps": 0}
+    weights, fit_info = fit_weights(prior, fit_P, heldout_documents(inputs))
+    # Reported, never used to choose: the prior's val NLL with every member, against uniform's.
+    everyone = np.arange(m)
+    fit_info["val_nll"] = ensemble_loss(val_P, everyone, weights)
+    fit_info["uniform_val_nll"] = ensemble_loss(val_P, everyone, uniform_weights(m))
 
     members = []
     for i, (t, c, cost) in enumerate(step.params["members"]):
@@ -62,7 +116,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         idx, w = top_k(weights, k)
         loss = ensemble_loss(val_P, idx, w)
         ensembles.append({
-            "k": int(len(idx)),
+            "k": len(idx),
             "k_label": label,
             "members": [[members[i]["trajectory"], members[i]["cycle"]] for i in idx.tolist()],
             "weights": [float(x) for x in w],
@@ -73,10 +127,16 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     (out / "prior.json").write_text(json.dumps(result, indent=1) + "\n")
     best_single = min(members, key=lambda r: r["val_loss"])
     best_ens = min(ensembles, key=lambda r: r["val_loss"])
-    return {
+    summary = {
         "best_single_val_loss": best_single["val_loss"],
         "best_ensemble_val_loss": best_ens["val_loss"],
         "best_ensemble_k": best_ens["k"],
         "fit_nll": fit_info["nll"],
         "uniform_nll": fit_info["uniform_nll"],
+        "val_nll": fit_info["val_nll"],
+        "uniform_val_nll": fit_info["uniform_val_nll"],
     }
+    if "strength" in fit_info:
+        summary["strength"] = fit_info["strength"]
+        summary["fold_rule"] = fit_info["fold_rule"]
+    return summary
