@@ -27,14 +27,20 @@ REFERENCES = ("single", "single-2x", "single-4x", "single-8x")
 
 
 def _collect(name: str, store: str):
+    """(spec name, results) of a spec, or None while its prior/curve steps are not in the store
+    (a partial store gives a partial page, each missing part named; a damaged object still fails)."""
     from hepc.compile import compile_spec
+    from hepc.plan import make_plan
     from hepc.results import collect
     from hepc.spec.load import load_spec
     from hepc.store import Store, resolve_store_path
 
     loaded = load_spec(Path(SPECS) / f"{name}.yaml")
     compiled = compile_spec(loaded)
-    return loaded.spec.name, collect(compiled, Store(resolve_store_path(store, loaded.spec.runtime.store)))
+    the_store = Store(resolve_store_path(store, loaded.spec.runtime.store))
+    if make_plan(compiled, the_store).to_run:
+        return None
+    return loaded.spec.name, collect(compiled, the_store)
 
 
 def _final(results) -> dict:
@@ -72,18 +78,28 @@ def summarise(store: str, timing: str | None, out: Path, plots: bool = True) -> 
 
     res = {name: _collect(name, store) for name in
            ("ensemble", *PRIORS, "q0-8s", *ABLATIONS, *REFERENCES)}
-    named = lambda *names: [res[n] for n in names]  # noqa: E731
-    headline = compare_results(named("ensemble", *PRIORS))
-    vs_single = compare_results(named("single", "q0"))
-    efficiency = compare_results(named("ensemble", "q0"), [res[n][1] for n in REFERENCES])
-    base = _final(res["q0-8s"][1])
-    ablations = []
-    for name in ABLATIONS:
-        f = _final(res[name][1])
-        ablations.append({"spec": name, "final": f, "vs_q0_8s": _differs(f["mean"] - base["mean"], f["sd"], base["sd"])})
+    missing = sorted(name for name, r in res.items() if r is None)
+    if res["ensemble"] is None or res["q0"] is None:
+        raise SystemExit(f"error: the headline specs are not trained yet ({', '.join(missing)}); run bench/repro.sh")
+    have = lambda *names: [res[n] for n in names if res[n] is not None]  # noqa: E731
+    headline = compare_results(have("ensemble", *PRIORS))
+    vs_single = compare_results(have("single", "q0"))["comparisons"] if res["single"] else None
+    refs = [res[n][1] for n in REFERENCES if res[n] is not None]
+    efficiency = compare_results(have("ensemble", "q0"), refs)["data_efficiency"] if len(refs) == len(REFERENCES) else None
+    ablations, base = [], None
+    if res["q0-8s"] is not None:
+        base = _final(res["q0-8s"][1])
+        for name in ABLATIONS:
+            if res[name] is None:
+                continue
+            f = _final(res[name][1])
+            ablations.append({"spec": name, "final": f,
+                              "vs_q0_8s": _differs(f["mean"] - base["mean"], f["sd"], base["sd"])})
     q0_final = _final(res["q0"][1])
     priors = []
     for name in PRIORS:
+        if res[name] is None:
+            continue
         f = _final(res[name][1])
         priors.append({"spec": name, "final": f, "vs_q0": _differs(f["mean"] - q0_final["mean"], f["sd"], q0_final["sd"]),
                        "fits": _prior_fits(res[name][1])})
@@ -103,8 +119,9 @@ def summarise(store: str, timing: str | None, out: Path, plots: bool = True) -> 
         "k_rule": headline["k_rule"],
         "comparisons": headline["comparisons"],
         "finals": headline["finals"],
-        "vs_single": vs_single["comparisons"],
-        "data_efficiency": efficiency["data_efficiency"],
+        "not_measured": missing,
+        "vs_single": vs_single,
+        "data_efficiency": efficiency,
         "ablations_at_8S": {"q0-8s": base, "rows": ablations},
         "priors": priors,
         "baseline_spread": spread,
@@ -115,8 +132,9 @@ def summarise(store: str, timing: str | None, out: Path, plots: bool = True) -> 
         from hepc.report.plots import plot_curves
 
         plot_curves(headline["curves"], out / "results" / "main.png", "val loss vs budget (K = all, weights from held-out)")
-        abl = compare_results(named("q0-8s", *ABLATIONS))
-        plot_curves(abl["curves"], out / "results" / "ablations.png", "ablations at 8·S (K = all, mean over seeds)")
+        if base is not None and ablations:
+            abl = compare_results(have("q0-8s", *ABLATIONS))
+            plot_curves(abl["curves"], out / "results" / "ablations.png", "ablations at 8·S (K = all, mean over seeds)")
     _render(summary, out / "results.md")
     return summary
 
