@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prob_helpers import adversarial_probs
 
 from hepc.ensemble import (
     FLOOR,
@@ -136,29 +137,11 @@ def test_fit_bookkeeping():
     assert fit0.steps == 0 and len(fit0.history) == 1
 
 
-def _adversarial_cases():
-    rng = np.random.default_rng(7)
-    cases = []
-    for _ in range(12):
-        M, N = int(rng.integers(1, 9)), int(rng.integers(1, 200))
-        cases.append(rng.beta(0.3, 0.3, size=(M, N)).astype(np.float32))
-    cases.append(np.tile(rng.random(64), (5, 1)).astype(np.float32))  # identical rows
-    tiny = rng.random((4, 64)).astype(np.float32)
-    tiny[2] = 1e-30  # one member predicts (almost) nothing: floored
-    cases.append(tiny)
-    cases.append(rng.random((1, 50)).astype(np.float32))  # M = 1
-    cases.append(np.zeros((3, 10), dtype=np.float32))  # every token floored
-    zero_col = rng.random((4, 30)).astype(np.float32)
-    zero_col[:, :5] = 0.0  # tokens nobody predicts
-    cases.append(zero_col)
-    cases.append(np.ones((3, 8), dtype=np.float32))  # everyone certain
-    cases.append(rng.random((3, 1)).astype(np.float32))  # N = 1
-    return cases
 
 
 @pytest.mark.parametrize("solver", ["adamw", "em"])
 def test_never_worse_than_uniform_on_fit_data(solver):
-    for P in _adversarial_cases():
+    for P in adversarial_probs():
         fit = fit_prior(P, steps=60) if solver == "adamw" else fit_prior_em(P, iters=60)
         M = P.shape[0]
         assert fit.weights.shape == (M,)

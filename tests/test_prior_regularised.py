@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from cli_helpers import TINY, hepc
+from prob_helpers import adversarial_probs
 
 from hepc.compile import compile_spec
 from hepc.ensemble import (
@@ -121,28 +122,10 @@ def test_one_se_rule_against_min_rule():
         fit_prior_shrinkage(P, docs, rule="best")
 
 
-def _adversarial_cases():
-    rng = np.random.default_rng(7)
-    cases = []
-    for _ in range(8):
-        M, N = int(rng.integers(1, 9)), int(rng.integers(1, 300))
-        cases.append(rng.beta(0.3, 0.3, size=(M, N)).astype(np.float32))
-    cases.append(np.tile(rng.random(64), (5, 1)).astype(np.float32))  # identical rows
-    tiny = rng.random((4, 64)).astype(np.float32)
-    tiny[2] = 1e-30  # one member predicts (almost) nothing: floored
-    cases.append(tiny)
-    cases.append(rng.random((1, 50)).astype(np.float32))  # M = 1
-    cases.append(np.zeros((3, 10), dtype=np.float32))  # every token floored
-    zero_col = rng.random((4, 30)).astype(np.float32)
-    zero_col[:, :5] = 0.0  # tokens nobody predicts
-    cases.append(zero_col)
-    cases.append(np.ones((3, 8), dtype=np.float32))  # everyone certain
-    cases.append(rng.random((3, 1)).astype(np.float32))  # N = 1: no CV possible
-    return cases
 
 
 def test_never_worse_than_uniform_on_fit_data():
-    for P in _adversarial_cases():
+    for P in adversarial_probs(8, 300):
         M, N = P.shape
         for docs in (None, _doc_starts(N, 7)):
             fit = fit_prior_shrinkage(P, docs, iters=20)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import TINY, hepc
-from corpus_helpers import counting_corpus
+from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
 from hepc.ckpt_digest import SIDECAR, check_digest, write_digest
-from hepc.train.checkpoint import load_state, load_weights
+from hepc.train.checkpoint import load_state
 from hepc.train.loop import CycleInterrupted, train_cycle
 
 # ------------------------------------------------------------------------------------------------ digest
@@ -147,28 +147,6 @@ def setup(corpus, tmp_path_factory):
         # another cycle of the same trajectory: other step position
         "other_cycle": interrupted(corpus, root / "w-c1-interrupted", cycle_index=1),
     }
-
-
-def read_metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_same_outputs(a, b):
-    wa, wb = load_weights(a / "model.safetensors"), load_weights(b / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = load_state(a / "state.pt"), load_state(b / "state.pt")
-    assert sa["global_step"] == sb["global_step"]
-    assert sa["optimizer"]["state"].keys() == sb["optimizer"]["state"].keys()
-    for p in sa["optimizer"]["state"]:
-        for k, v in sa["optimizer"]["state"][p].items():
-            assert torch.equal(v, sb["optimizer"]["state"][p][k])
-
-    def exact(records):  # timing fields legitimately differ between runs
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
-
-    assert exact(read_metrics(a)) == exact(read_metrics(b))
-    sum_a, sum_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    assert {k: v for k, v in sum_a.items() if k != "wall_s"} == {k: v for k, v in sum_b.items() if k != "wall_s"}
 
 
 def resume(corpus, setup, tmp_path, work: Path) -> tuple[list[str], list[dict], Path]:

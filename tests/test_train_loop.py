@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from corpus_helpers import counting_corpus
+from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
 from hepc.train.checkpoint import load_state, load_weights
 from hepc.train.loop import CycleInterrupted, perturb_weights, train_cycle
@@ -63,27 +63,6 @@ def run(corpus, out, *, cycle_index=1, prev=None, distill=None, perturb=0.0, see
 def cycle1(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("c1") / "out"
     return out, run(corpus, out)
-
-
-def read_metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_same_outputs(a, b):
-    wa, wb = load_weights(a / "model.safetensors"), load_weights(b / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = load_state(a / "state.pt"), load_state(b / "state.pt")
-    assert sa["global_step"] == sb["global_step"]
-    for p in sa["optimizer"]["state"]:
-        for k, v in sa["optimizer"]["state"][p].items():
-            assert torch.equal(v, sb["optimizer"]["state"][p][k])
-
-    def exact(records):  # timing fields legitimately differ between runs
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
-
-    assert exact(read_metrics(a)) == exact(read_metrics(b))
-    sum_a, sum_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    assert {k: v for k, v in sum_a.items() if k != "wall_s"} == {k: v for k, v in sum_b.items() if k != "wall_s"}
 
 
 def test_first_cycle_outputs_and_learning(cycle1):
