@@ -81,7 +81,7 @@ def summarise(store: str, timing: str | None, out: Path, plots: bool = True) -> 
     missing = sorted(name for name, r in res.items() if r is None)
     if res["ensemble"] is None or res["q0"] is None:
         raise SystemExit(f"error: the headline specs are not trained yet ({', '.join(missing)}); run bench/repro.sh")
-    have = lambda *names: [res[n] for n in names if res[n] is not None]  # noqa: E731
+    have = lambda *names: [res[n] for n in names if res[n] is not None]
     headline = compare_results(have("ensemble", *PRIORS))
     vs_single = compare_results(have("single", "q0"))["comparisons"] if res["single"] else None
     refs = [res[n][1] for n in REFERENCES if res[n] is not None]
