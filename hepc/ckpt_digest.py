@@ -6,51 +6,31 @@ checkpoint that was truncated, overwritten or altered since it was written.
 
 The sidecar is written atomically once the checkpoint is in place; a crash between the two leaves a
 checkpoint whose digest does not match, which the resume discards (it restarts the cycle from its
-start: slower, never wrong). Stdlib and xxhash only: `hepc plan` and friends may import it without
+start: slower, never wrong). Stdlib, xxhash and hepc.safe_io only: `hepc plan` and friends may import it without
 torch.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import xxhash
+
+from hepc.safe_io import NotRegularFile, TooLarge, open_regular, read_small
 
 SIDECAR = "ckpt.digest.json"
 SIDECAR_LIMIT = 64 << 10  # a sidecar is ~100 bytes; anything larger is not one
 _CHUNK = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
-class _NotRegular(OSError):
-    pass
-
-
-def _open_regular(path: Path) -> tuple[int, os.stat_result]:
-    """Open `path` for reading without ever blocking (a FIFO would wait for a writer); regular files only."""
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _NotRegular(errno.EINVAL, "not a regular file", str(path))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def _digest_fd(fd: int) -> tuple[int, str]:
-    """(bytes read, xxh3_128 hex) of what `fd` holds from its current position, in 1 MiB chunks."""
+def _digest(f: BinaryIO) -> tuple[int, str]:
+    """(bytes read, xxh3_128 hex) of what the open file `f` holds, in 1 MiB chunks."""
     h = xxhash.xxh3_128()
     size = 0
-    while True:
-        chunk = os.read(fd, _CHUNK)
-        if not chunk:
-            break
+    while chunk := f.read(_CHUNK):
         h.update(chunk)
         size += len(chunk)
     return size, h.hexdigest()
@@ -58,15 +38,12 @@ def _digest_fd(fd: int) -> tuple[int, str]:
 
 def file_digest(path: Path) -> tuple[int, str]:
     """(size, xxh3_128 hex) of the regular file `path` (OSError for anything else)."""
-    fd, _ = _open_regular(Path(path))
-    try:
-        return _digest_fd(fd)
-    finally:
-        os.close(fd)
+    with open_regular(path) as f:
+        return _digest(f)
 
 
 def _reason(e: OSError) -> str:
-    return e.strerror or type(e).__name__
+    return "not a regular file" if isinstance(e, NotRegularFile) else (e.strerror or type(e).__name__)
 
 
 def write_digest(ckpt: Path) -> None:
@@ -105,23 +82,12 @@ def write_digest(ckpt: Path) -> None:
 
 def _read_sidecar(path: Path) -> dict:
     """The sidecar's record; OSError / ValueError with a short reason when it is not a valid one."""
-    fd, st = _open_regular(path)
     try:
-        if st.st_size > SIDECAR_LIMIT:
-            raise ValueError(f"digest record is larger than {SIDECAR_LIMIT} bytes")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, SIDECAR_LIMIT + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > SIDECAR_LIMIT:
-                raise ValueError(f"digest record is larger than {SIDECAR_LIMIT} bytes")
-    finally:
-        os.close(fd)
+        data = read_small(path, SIDECAR_LIMIT)
+    except TooLarge:
+        raise ValueError(f"digest record is larger than {SIDECAR_LIMIT} bytes") from None
     try:
-        record = json.loads(b"".join(chunks).decode("utf-8"))
+        record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ValueError("digest record is not valid JSON") from None
     if (
@@ -142,7 +108,7 @@ def check_digest(ckpt: Path) -> str | None:
         record = _read_sidecar(ckpt.parent / SIDECAR)
     except FileNotFoundError:
         return "no digest recorded"
-    except _NotRegular:
+    except NotRegularFile:
         return f"no digest recorded ({SIDECAR} is not a regular file)"
     except OSError as e:
         return f"digest record unreadable ({_reason(e)})"
@@ -151,21 +117,17 @@ def check_digest(ckpt: Path) -> str | None:
     if record["file"] != ckpt.name:
         return f"digest record is for {record['file']!r}, not {ckpt.name!r}"
     try:
-        fd, st = _open_regular(ckpt)
+        with open_regular(ckpt) as f:
+            current = os.fstat(f.fileno()).st_size
+            expected = record["size"]
+            if current != expected:
+                kind = "truncated" if current < expected else "altered"
+                return f"size {current}, expected {expected} ({kind})"
+            size, digest = _digest(f)
     except FileNotFoundError:
         return "missing"
     except OSError as e:
         return f"unreadable ({_reason(e)})"
-    try:
-        expected = record["size"]
-        if st.st_size != expected:
-            kind = "truncated" if st.st_size < expected else "altered"
-            return f"size {st.st_size}, expected {expected} ({kind})"
-        size, digest = _digest_fd(fd)
-    except OSError as e:
-        return f"unreadable ({_reason(e)})"
-    finally:
-        os.close(fd)
     if size != expected:  # changed while being read
         kind = "truncated" if size < expected else "altered"
         return f"size {size}, expected {expected} ({kind})"

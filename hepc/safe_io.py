@@ -79,6 +79,17 @@ def read_json(path: str | os.PathLike, limit: int = 16 << 20):
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def os_error_behind(e: BaseException | None) -> OSError | None:
+    """The first OSError in `e`'s chain of causes (itself included), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def os_error_message(e: OSError, store_root: Path | None = None) -> str:
     """One readable line for an OSError the user can act on (the path first, then what is wrong)."""
     where = e.filename if e.filename is not None else (str(store_root) if store_root else "?")

@@ -29,3 +29,9 @@ def executed(store: Path, spec_name: str = "tiny") -> list[list[str]]:
         events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
         runs.append([f"{e['kind']}:{e['name']}" for e in events if e["event"] == "done"])
     return runs
+
+
+def tiny_store(folder: Path) -> tuple[Path, dict]:
+    """A store at `folder/store` holding the tiny fixture's run, and that run's `--json` results."""
+    store = folder / "store"
+    return store, json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)

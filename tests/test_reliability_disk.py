@@ -18,14 +18,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, hepc
+from cli_helpers import ROOT, TINY, hepc, tiny_store
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    store = tmp_path_factory.mktemp("pristine") / "store"
-    results = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
-    return store, results
+    return tiny_store(tmp_path_factory.mktemp("pristine"))
 
 
 @contextlib.contextmanager

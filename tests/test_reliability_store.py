@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, hepc
+from cli_helpers import ROOT, TINY, hepc, tiny_store
 
 from hepc import gc as gc_mod
 from hepc.store import MARKER, Store
@@ -24,9 +24,7 @@ STORE_DIRS = ("work", "tmp", "quarantine", "verified", "trash", "leases")
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    store = tmp_path_factory.mktemp("pristine") / "store"
-    results = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
-    return store, results
+    return tiny_store(tmp_path_factory.mktemp("pristine"))
 
 
 @pytest.fixture

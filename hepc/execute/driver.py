@@ -340,18 +340,13 @@ class _Runner:
 
 
 def _disk_error(e: BaseException) -> OSError | None:
-    """The OSError behind `e` if the disk is full or read-only (also when torch's writer wraps it)."""
+    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it)."""
     import errno
 
-    from hepc.safe_io import DISK_FULL
+    from hepc.safe_io import DISK_FULL, os_error_behind
 
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and (e.errno in DISK_FULL or e.errno == errno.EROFS):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
+    found = os_error_behind(e)
+    return found if found is not None and (found.errno in DISK_FULL or found.errno == errno.EROFS) else None
 
 
 def _any_missing(inputs: dict) -> bool:

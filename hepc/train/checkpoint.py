@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from hepc.safe_io import os_error_behind
+
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -39,11 +41,9 @@ def _discard(tmp: Path) -> None:
 
 def _os_error(e: BaseException, path: Path) -> OSError | None:
     """The OSError behind a writer's failure: chained (torch via a file object) or in the text."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
+    chained = os_error_behind(e)
+    if chained is not None:
+        return chained
     found = re.search(r"os error (\d+)", str(e))  # safetensors: "I/O error: No space left on device (os error 28)"
     if found:
         code = int(found.group(1))
