@@ -140,20 +140,29 @@ def test_a_file_where_the_records_folder_of_a_spec_belongs(store):
     assert out.returncode == 2 and "records/tiny" in out.stderr and "not a folder" in out.stderr
 
 
-def test_a_huge_recorded_plan_does_not_blow_up_gc_memory(store):
-    run = next((store / "records" / "tiny").iterdir())
-    with open(run / "plan.json", "r+b") as f:
-        f.truncate(2 << 30)  # 2 GB, sparse: costs no disk
+def _gc_peak_rss_kb(store: Path) -> tuple[int, subprocess.CompletedProcess]:
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from hepc.cli import app\n"
         f"try:\n    app(['gc', '--json', '--store', {str(store)!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        # VmHWM is this process's own peak; ru_maxrss can carry the forking parent's peak over exec
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print('MAXRSS', hwm, file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "Traceback" not in out.stderr, out.stderr
-    maxrss_kb = int(out.stderr.split("MAXRSS")[1].split()[0])
-    assert maxrss_kb < 600_000, f"gc used {maxrss_kb / 1024:.0f} MB"
+    return int(out.stderr.split("MAXRSS")[1].split()[0]), out
+
+
+def test_a_huge_recorded_plan_does_not_blow_up_gc_memory(store):
+    # The bound is relative to the same gc on the same store with a normal plan, so it measures
+    # what the 2 GB plan adds (reading it whole would add >= 2 GB), not the import footprint.
+    baseline_kb, _ = _gc_peak_rss_kb(store)
+    run = next((store / "records" / "tiny").iterdir())
+    with open(run / "plan.json", "r+b") as f:
+        f.truncate(2 << 30)  # 2 GB, sparse: costs no disk
+    maxrss_kb, out = _gc_peak_rss_kb(store)
+    assert maxrss_kb - baseline_kb < 200_000, f"gc used {(maxrss_kb - baseline_kb) / 1024:.0f} MB more with a 2 GB plan"
     assert "no readable plan; recompiled" in out.stderr  # the record still protects its objects
     assert json.loads(out.stdout[: out.stdout.rindex("}") + 1])["items"] == []
 
