@@ -49,7 +49,9 @@ def test_golden_keys():
 @pytest.mark.parametrize(
     "override",
     ["runtime.threads=2", "runtime.device=cuda", "runtime.checkpoint_every_steps=7", "runtime.store=elsewhere",
-     "runtime.log_every_steps=1", "runtime.compile=true", "runtime.dtype=bfloat16", "name=other"],
+     "runtime.log_every_steps=1", "runtime.compile=true", "runtime.dtype=bfloat16", "name=other",
+     "runtime.jobs=4", "runtime.backend=ray", "runtime.ray_address=auto", "runtime.gpus_per_step=4",
+     "runtime.cpus_per_step=2"],
 )
 def test_runtime_and_cosmetic_fields_change_no_key(override):
     assert changed(override) == set()

@@ -281,6 +281,16 @@ class Runtime(Strict):
     """Metrics cadence in optimizer steps."""
     store: str | None = None
     """Store folder (default: $HEPC_STORE or runs/); --store overrides it."""
+    jobs: Annotated[int, Field(ge=1)] | None = None
+    """Steps run at once, each in its own worker process; null = one per visible GPU, else 1 (--jobs overrides)."""
+    backend: Literal["local", "ray"] = "local"
+    """local: worker processes on this machine; ray: Ray tasks on a cluster (extra hepc[ray]; --backend overrides)."""
+    ray_address: str | None = None
+    """Ray cluster to join (`auto`, `HOST:PORT` or `ray://HOST:PORT`); null: $RAY_ADDRESS or a local Ray (--address)."""
+    gpus_per_step: Annotated[int, Field(ge=1)] = 1
+    """Data-parallel processes per training cycle (GPUs on CUDA, gloo ranks on CPU); the global batch is unchanged."""
+    cpus_per_step: Annotated[int, Field(ge=1)] | None = None
+    """CPU cores a step asks for (Ray's resource request, local workers' thread share); null: cores / jobs."""
 
 
 # --------------------------------------------------------------------------- the spec
