@@ -143,8 +143,11 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
     _warn(compiled)
     the_store = _store(store, loaded)
     the_plan = make_plan(compiled, the_store)
+    from hepc.throughput import plan_estimate, plan_line
+
+    estimate = plan_estimate(the_plan, the_store.root, loaded.spec.runtime)  # None: nothing measured
     if json_out:
-        print(json.dumps(the_plan.to_json(), indent=1))
+        print(json.dumps({**the_plan.to_json(), "estimate": estimate}, indent=1))
         return
     lines = []
     width = max((len(s.step.name) for s in the_plan.steps), default=0)
@@ -154,6 +157,8 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
         lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
     print("\n".join(lines + split_lines(the_plan, the_store)))
     print(the_plan.summary_line())
+    if estimate is not None:
+        print(plan_line(estimate))
 
 
 @app.command()
@@ -164,6 +169,16 @@ def run(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    jobs: Annotated[
+        Optional[int],
+        typer.Option("--jobs", "-j", min=1, help="Steps at once, each in a worker process (default: one per GPU, else 1)."),
+    ] = None,
+    backend: Annotated[
+        Optional[str], typer.Option("--backend", help="local (this machine) or ray (a Ray cluster; needs the ray extra).")
+    ] = None,
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default $RAY_ADDRESS.")
+    ] = None,
 ) -> None:
     """Run every step that is not in the store yet, then print the results."""
     from hepc.execute.driver import check_committed, execute
@@ -179,6 +194,7 @@ def run(
     if not quiet:
         _err(the_plan.summary_line())
     runtime = loaded.spec.runtime.model_dump()
+    runtime.update(_run_flags(jobs, backend, address))
     execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged)
     results = collect(compiled, the_store)
     if json_out:
@@ -187,6 +203,23 @@ def run(
         render(results, _stdout())
     if not quiet:
         _err(f"done in {time.time() - t0:.1f}s (store: {the_store.root})")
+
+
+def _run_flags(jobs: Optional[int], backend: Optional[str], address: Optional[str]) -> dict:
+    """`hepc run` flags that override the spec's runtime section (never part of a key)."""
+    from hepc.errors import SpecError
+
+    out: dict = {}
+    if jobs is not None:
+        out["jobs"] = jobs
+    if backend is not None:
+        if backend not in ("local", "ray"):
+            raise SpecError(f"--backend: {backend!r} is not a backend (local or ray)")
+        out["backend"] = backend
+    if address is not None:
+        out["ray_address"] = address
+        out.setdefault("backend", "ray")
+    return out
 
 
 @app.command()
@@ -351,6 +384,9 @@ def schema() -> None:
 from hepc.cli_store import register  # noqa: E402  (verify, gc)
 
 register(app)
+from hepc import cli_status  # noqa: E402  (status)
+
+cli_status.register(app)
 
 
 def main() -> None:

@@ -78,13 +78,13 @@ def test_a_process_that_loses_its_lease_stops_without_committing(tmp_path, monke
     stolen = []
     real_update = StepProgress.update
 
-    def update(self, info):
-        if not stolen and self.label.endswith("cycle t1-c001"):
+    def update(self, info, slot=None):
+        if not stolen and self.running[slot]["label"].endswith("cycle t1-c001"):
             lease = next(p for p in store.root.joinpath("leases").iterdir() if not p.name.startswith("."))
             lease.write_text(json.dumps({"pid": 1, "host": "elsewhere", "token": "thief"}))
             stolen.append(lease.name)
             time.sleep(0.6)  # let the heartbeat notice
-        return real_update(self, info)
+        return real_update(self, info, slot)
 
     monkeypatch.setattr(StepProgress, "update", update)
     loaded = load_spec(TINY, ["runtime.log_every_steps=1"])

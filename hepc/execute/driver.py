@@ -1,9 +1,16 @@
 """The driver: runs the steps of a graph until every one is committed, one lease per step, atomic
-commits, one run record per invocation. Step bodies run in this process (the local backend).
+commits, one run record per invocation (the driver is its only writer).
 
-Scheduling: steps are taken in topological order (trajectory-major), but a step whose lease is held
-by another live process is skipped in favour of any other ready step; the driver waits only when
-nothing else is ready. So two `hepc run` processes on one store split the work between them.
+Where step bodies run (hepc.execute.backends): in this process (`--jobs 1`), in N local worker
+processes (`--jobs N`, hepc.execute.pool), or as Ray tasks (`--backend ray`). Each attempt at a step
+(hepc.execute.attempt) takes the step's lease, so whatever runs it, a step runs once at a time.
+
+Scheduling: a step is ready once all its inputs are committed. With one worker, ready steps are
+taken in topological order (trajectory-major); with several, the step with the longest chain of
+training behind it goes first (a trajectory's next cycle starts as soon as its predecessor commits,
+scoring fills the gaps). A step whose lease is held by another live process is skipped in favour of
+any other ready step and retried a moment later; the driver waits only when nothing else is ready.
+So two `hepc run` processes on one store split the work between them.
 
 Integrity: before a run, every committed object of the graph is checked (stat signatures, hashing
 only what changed, see hepc.verify), and every input is checked again right before a step uses
@@ -14,8 +21,6 @@ vanished (a concurrent `hepc gc`) is recomputed too. Nothing damaged is ever use
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 import signal
 import socket
 import sys
@@ -24,30 +29,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from hepc import __version__
-from hepc.errors import HepcError, StepFailed, StoreError
+from hepc.errors import HepcError, StoreError
+from hepc.execute.attempt import Attempt, Outcome, damaged
 from hepc.execute.progress import StepProgress
 from hepc.graph import StepSpec
 from hepc.plan import Plan, make_plan
-from hepc.safe_io import os_error_message
-from hepc.steps import RunContext, body
-from hepc.store import LeaseBusy, LeaseLost, Store
-from hepc.store_lease import describe
+from hepc.store import Store
 
 LEASE_POLL_S = 1.0
-
-
-def _provenance(t0: float) -> dict:
-    torch = sys.modules.get("torch")
-    return {
-        "hepc": __version__,
-        "python": platform.python_version(),
-        "torch": getattr(torch, "__version__", None),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": t0,
-        "wall_s": round(time.time() - t0, 3),
-    }
+POLL_S = 0.2  # how often the driver looks at its workers when nothing arrives
 
 
 def check_committed(graph, store: Store, note=None) -> list[str]:
@@ -69,14 +59,7 @@ def check_committed(graph, store: Store, note=None) -> list[str]:
 
 
 def _damaged(step: StepSpec, path: Path, store: Store, note) -> bool:
-    problems = store.check(path)
-    if not problems:
-        return False
-    moved = store.quarantine(path)
-    where = f"moved to {moved}" if moved is not None else "already moved aside"
-    message = f"damaged object {step.kind}/{path.name}: {'; '.join(problems)}; {where}; recomputing it"
-    (note or _stderr)(message)
-    return True
+    return damaged(step, path, store, note or _stderr)
 
 
 def _stderr(text: str) -> None:
@@ -84,11 +67,19 @@ def _stderr(text: str) -> None:
 
 
 def execute(
-    compiled, store: Store, runtime: dict, resolved_spec: dict, *, quiet: bool = False, damaged: list[str] | None = None
+    compiled,
+    store: Store,
+    runtime: dict,
+    resolved_spec: dict,
+    *,
+    quiet: bool = False,
+    damaged: list[str] | None = None,
+    backend=None,
 ) -> Plan:
     """Run every step of the graph that is not committed. Returns the plan it started from.
 
-    `damaged`: what the caller's own `check_committed` found (None: check here)."""
+    `damaged`: what the caller's own `check_committed` found (None: check here). `backend`: where
+    step bodies run (hepc.execute.backends; None: chosen from `runtime`)."""
     store.open_for_writing()
     if damaged is None:
         damaged = check_committed(compiled.graph, store)
@@ -105,10 +96,16 @@ def execute(
     record.event("start", to_run=len(todo), steps=len(plan.steps), pid=os.getpid(), host=socket.gethostname())
     for label in damaged:
         record.event("damaged", object=label)
+    if backend is None:
+        from hepc.execute.backends import InlineBackend, make_backend
+
+        backend = make_backend(runtime, store, note=_stderr) if todo else InlineBackend(store, runtime)
     progress = StepProgress(len(todo), quiet=quiet or not todo)
-    runner = _Runner(compiled.graph, store, runtime, record, progress)
+    runner = _Runner(compiled.graph, store, runtime, record, progress, backend)
     try:
         with _sigterm_interrupts():
+            if todo:
+                record.event("backend", **backend.describe())
             runner.run_all()
     except KeyboardInterrupt:
         record.try_event("interrupted")
@@ -117,7 +114,11 @@ def execute(
         record.try_event("error", error=str(e))
         raise
     finally:
-        progress.close()
+        try:
+            backend.close()
+        finally:
+            progress.close()
+    store.refresh()  # workers committed into the store behind this process's index
     store.clear_stale_leases(set(runner.done))
     record.event("finish", ran=runner.ran)
     return plan
@@ -142,13 +143,22 @@ def _sigterm_interrupts():
 
 
 class _Runner:
-    def __init__(self, graph, store: Store, runtime: dict, record, progress: StepProgress):
+    """The scheduling loop: hands ready steps to the backend, turns what comes back into the run
+    record, the display and the set of committed steps."""
+
+    def __init__(self, graph, store: Store, runtime: dict, record, progress: StepProgress, backend):
         self.graph, self.store, self.runtime, self.record, self.progress = graph, store, runtime, record, progress
+        self.backend = backend
         self.order: list[StepSpec] = graph.order()
+        self.rank = _priorities(self.order, graph) if backend.slots > 1 else None
         self.done: dict[str, Path] = {}  # key → committed folder, as last seen
+        self.in_flight: dict[str, object] = {}  # key → the slot running it
+        self.retry_at: dict[str, float] = {}  # busy elsewhere: not before then
         self.waiting: dict[str, object] = {}  # key → holder we told the user about
         self.suspect: dict[str, str] = {}  # key → why its lease is suspect (see store_lease)
         self.ran = 0
+        self.here = Attempt(store, runtime, self._emit_for(None))  # the driver's own checks
+        backend.bind(self._emit_for)
 
     # ------------------------------------------------------------------ the loop
     def run_all(self) -> None:
@@ -157,27 +167,179 @@ class _Runner:
             found = store.find(step)
             if found is not None:
                 self.done[step.key] = found
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self._stop_workers("interrupted")
+            raise
+        except BaseException:
+            self._stop_workers("stopped")
+            raise
+
+    def _loop(self) -> None:
+        store = self.store
         while True:
             pending = [s for s in self.order if s.key not in self.done]
-            if not pending:
+            if not pending and not self.in_flight:
                 return
-            progressed = False
-            for step in pending:
+            now = time.time()
+            ready = [
+                s for s in pending
+                if s.key not in self.in_flight and self.retry_at.get(s.key, 0.0) <= now
+                and all(u in self.done for u in s.upstream())
+            ]  # fmt: skip
+            if self.rank is not None:
+                ready.sort(key=lambda s: self.rank[s.key])
+            started = False
+            for step in ready:
+                if not self.backend.free():
+                    break
                 found = store.find(step)
                 if found is not None:
-                    self._committed_elsewhere(step, found)
-                    progressed = True
+                    self.waiting.pop(step.key, None)
+                    self._outcome(self.here.committed_elsewhere(step, found), None)
+                    started = True
                     continue
-                if not all(u in self.done for u in step.upstream()):
-                    continue
-                outcome = self._attempt(step)
-                if outcome != "busy":
-                    progressed = True
-                    break  # rescan from the start: keeps the topological preference
-            if not progressed:
+                slot = self.backend.submit(step, self._upstream(step))
+                self.in_flight[step.key] = slot
+                started = True
+                if self.backend.inline:
+                    break  # it ran already: look at the graph again (keeps the topological preference)
+            if not self.in_flight and not started:
                 self._give_up_on_suspects(pending)
                 time.sleep(LEASE_POLL_S)
                 store.refresh()
+                continue
+            for slot, message in self.backend.poll(0.0 if started and self.backend.inline else POLL_S):
+                self._message(slot, message)
+
+    def _upstream(self, step: StepSpec) -> dict[str, StepSpec]:
+        return {k: self.graph[k] for k in step.upstream()}
+
+    def _stop_workers(self, why: str) -> None:
+        """Stop every step in flight cleanly (checkpoints), keep what they report, then close."""
+        if not self.in_flight:
+            return
+        if self.backend.slots > 1:
+            self.progress.note(f"{why}: stopping {len(self.in_flight)} running step(s) at a checkpoint")
+        try:
+            for slot, message in self.backend.stop(timeout=120.0):
+                self._message(slot, message, stopping=True)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once (mid-cycle checkpoints still resume)
+            self.backend.kill()
+
+    # ------------------------------------------------------------------ what the workers say
+    def _emit_for(self, slot):
+        def emit(kind: str, /, **fields) -> None:
+            self._emitted(slot, kind, fields)
+
+        return emit
+
+    def _emitted(self, slot, kind: str, fields: dict) -> None:
+        progress = self.progress
+        if kind == "event":
+            name, data = fields["name"], fields["fields"]
+            if name in ("interrupted", "lost", "error", "note"):
+                self.record.try_event(name, **data)
+            else:
+                self.record.event(name, **data)
+        elif kind == "start":
+            progress.start(fields["kind"], fields["name"], slot=self._slot_label(slot))
+        elif kind == "update":
+            progress.update(fields["info"], slot=self._slot_label(slot))
+        elif kind == "finish":
+            progress.finish(fields["summary"], fields.get("status", "done"), slot=self._slot_label(slot))
+        elif kind == "note":
+            progress.note(fields["text"])
+
+    def _slot_label(self, slot):
+        if slot is None or self.backend.slots <= 1:
+            return None
+        return self.backend.label(slot)
+
+    def _message(self, slot, message: tuple, *, stopping: bool = False) -> None:
+        kind = message[0]
+        if kind == "emit":
+            self._emitted(slot, message[1], message[2])
+            return
+        key = self.backend.finished(slot)
+        if kind == "result":
+            self.in_flight.pop(key, None)
+            self._outcome(Outcome(**message[1]), slot)
+        elif kind == "interrupted":
+            self.in_flight.pop(key, None)
+            if not stopping:  # a worker interrupted on its own (its parent watch, a signal sent to it)
+                raise KeyboardInterrupt(f"worker {self.backend.label(slot)} was interrupted")
+        elif kind == "error":
+            self.in_flight.pop(key, None)
+            from hepc import errors
+            from hepc.errors import Problem
+
+            cls = getattr(errors, message[1], HepcError)
+            cls = cls if isinstance(cls, type) and issubclass(cls, HepcError) else HepcError
+            error = cls([Problem("", "", p) for p in message[2]])
+            if stopping:
+                self.progress.note(str(error))
+                return
+            raise error
+        elif kind == "crash":
+            self.in_flight.pop(key, None)
+            self.record.try_event(
+                "crash", key=key, worker=self.backend.label(slot), error=message[1], traceback=message[2]
+            )
+            error = HepcError(
+                f"worker {self.backend.label(slot)} failed unexpectedly: {message[1]} (traceback in the run record)"
+            )
+            if stopping:
+                self.progress.note(str(error))
+                return
+            raise error
+        elif kind == "died":
+            if key is None:
+                return
+            self.in_flight.pop(key, None)
+            step = self.graph[key]
+            code = message[1]
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            self.record.try_event("worker-died", key=key, kind=step.kind, name=step.name,
+                                  worker=self.backend.label(slot), exitcode=code)  # fmt: skip
+            self.progress.finish(None, f"worker died ({how})", slot=self._slot_label(slot))
+            if not stopping:
+                self.progress.note(
+                    f"worker {self.backend.label(slot)} died during {step.kind} {step.name} ({how}); "
+                    "the step runs again and resumes from its last checkpoint"
+                )
+
+    def _outcome(self, outcome: Outcome, slot) -> None:
+        key = outcome.key
+        step = self.graph[key]
+        status = outcome.status
+        if status in ("done", "committed"):
+            self.done[key] = Path(outcome.dest)
+            self.waiting.pop(key, None)
+            self.suspect.pop(key, None)
+            if status == "done":
+                self.ran += 1
+        elif status == "busy":
+            holder = outcome.holder or {}
+            if outcome.suspect is not None:
+                self.suspect[key] = outcome.suspect
+            else:
+                self.suspect.pop(key, None)
+            self.retry_at[key] = time.time() + LEASE_POLL_S
+            if self.waiting.get(key) != holder:
+                self.waiting[key] = holder
+                self.record.event("wait", key=key, kind=step.kind, name=step.name, holder=holder)
+                self.progress.note(
+                    f"{step.kind} {step.name} is running in pid {holder.get('pid')} on {holder.get('host')}; "
+                    "doing other work meanwhile"
+                )
+        elif status == "input":
+            for up in outcome.forget:
+                if self.done.pop(up, None) is not None:
+                    self.progress.add(1)
+            self.store.refresh()
+        # lost / damaged: not done; the loop looks at the step again
 
     def _give_up_on_suspects(self, pending: list[StepSpec]) -> None:
         """Nothing can progress: if what blocks the run is suspect leases only, say so and stop
@@ -187,171 +349,25 @@ class _Runner:
             return
         root = self.store.root
         keys = " ".join(k[:12] for k in sorted(blocked))
-        lines = [f"{self.graph[k].kind} {self.graph[k].name}: lease {k[:12]} is suspect ({self.suspect[k]})"
-                 for k in sorted(blocked)]
+        lines = [
+            f"{self.graph[k].kind} {self.graph[k].name}: lease {k[:12]} is suspect ({self.suspect[k]})"
+            for k in sorted(blocked)
+        ]
         raise StoreError(
             "; ".join(lines) + f"; if no hepc process holds it, clear it with `hepc unlock {keys} --store {root}` "
             "and run again (finished steps are committed)"
         )
 
-    def _lost(self, step: StepSpec, staged: Path, why: str) -> str:
-        """This process no longer holds the step's lease: drop its staging, write nothing else."""
-        shutil.rmtree(staged, ignore_errors=True)
-        self.record.try_event("lost", key=step.key, kind=step.kind, name=step.name, error=why)
-        self.progress.finish(None, "stopped: lease taken over by another process")
-        return "lost"
 
-    def _committed_elsewhere(self, step: StepSpec, path: Path) -> None:
-        """Another process committed `step` while this one was busy: check it, use it, say so."""
-        self.waiting.pop(step.key, None)
-        if _damaged(step, path, self.store, self.progress.note):
-            self.record.event("damaged", object=f"{step.kind}/{path.name}")
-            return
-        self.done[step.key] = path
-        self.record.event("skip", key=step.key, kind=step.kind, name=step.name, reason="committed elsewhere")
-        self.progress.start(step.kind, step.name)
-        self.progress.finish(None, "committed by another process")
-
-    # ------------------------------------------------------------------ one step
-    def _attempt(self, step: StepSpec) -> str:
-        """Try to run `step`: 'done', 'committed' (elsewhere), 'busy' (leased), 'lost', 'input'."""
-        store = self.store
-        try:
-            lease = store.lease(step)
-        except LeaseBusy as busy:
-            holder = {k: v for k, v in busy.holder.items() if not k.startswith("_")}
-            if busy.suspect:
-                self.suspect[step.key] = describe(busy.holder)
-            else:
-                self.suspect.pop(step.key, None)
-            if self.waiting.get(step.key) != holder:
-                self.waiting[step.key] = holder
-                self.record.event("wait", key=step.key, kind=step.kind, name=step.name, holder=holder)
-                self.progress.note(
-                    f"{step.kind} {step.name} is running in pid {holder.get('pid')} on {holder.get('host')}; "
-                    "doing other work meanwhile"
-                )
-            return "busy"
-        with lease:
-            found = store.find(step, fresh=True)
-            if found is not None:
-                store.finish_work(step)  # leftovers of an attempt killed after its commit
-                self._committed_elsewhere(step, found)
-                return "committed"
-            inputs = self._inputs(step)
-            if inputs is None:
-                return "input"
-            return self._run_leased(step, inputs, lease)
-
-    def _inputs(self, step: StepSpec) -> dict | None:
-        """The committed, intact folders of the step's inputs; None (and forgotten) if one is not."""
-        paths: dict[str, Path] = {}
-        bad = False
-        for key in step.upstream():
-            up = self.graph[key]
-            path = self.store.find(up, fresh=True)
-            if path is None:
-                self.progress.note(f"input {up.kind}/{up.dirname} of {step.kind} {step.name} is gone; recomputing it")
-                self.record.event("missing", key=up.key, kind=up.kind, name=up.name)
-                bad = True
-            elif _damaged(up, path, self.store, self.progress.note):
-                self.record.event("damaged", object=f"{up.kind}/{path.name}")
-                bad = True
-            else:
-                paths[key] = path
-                continue
-            self.done.pop(key, None)
-            self.progress.add(1)
-        if bad:
-            return None
-
-        def pick(v):
-            return [paths[k] for k in v] if isinstance(v, list) else paths[v]
-
-        return {role: pick(v) for role, v in step.inputs.items()}
-
-    def _run_leased(self, step: StepSpec, inputs: dict, lease) -> str:
-        store, record, progress = self.store, self.record, self.progress
-        record.event("begin", key=step.key, kind=step.kind, name=step.name)
-        try:
-            work = store.prepare_work(step)
-            staged = store.stage(step)
-        except OSError as e:
-            raise StoreError(f"{step.kind} {step.name}: {os_error_message(e, store.root)}") from None
-        progress.start(step.kind, step.name)
-        t0 = time.time()
-
-        def report(info: dict) -> None:
-            lease.check()  # a process that lost its lease stops its step here
-            progress.update(info)
-
-        def guard() -> None:
-            """Called before a step writes into work/ or commits: only the lease holder may."""
-            if not lease.still_mine():
-                raise LeaseLost("lease lost")
-
-        def note(text: str) -> None:
-            progress.note(text)
-            record.try_event("note", key=step.key, kind=step.kind, name=step.name, text=text)
-
-        ctx = RunContext(runtime=self.runtime, progress=report, note=note, guard=guard)
-        try:
-            summary = body(step.kind)(step, inputs, staged, work, ctx)
-            guard()
-        except LeaseLost as e:
-            return self._lost(step, staged, str(e))
-        except KeyboardInterrupt:
-            shutil.rmtree(staged, ignore_errors=True)
-            record.try_event("interrupted", key=step.key, kind=step.kind, name=step.name)
-            raise
-        except HepcError:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        except Exception as e:  # a step body failed: keep finished work, say which step and why
-            shutil.rmtree(staged, ignore_errors=True)
-            if not lease.still_mine():  # stopped, taken over, maybe committed elsewhere: not a failure
-                return self._lost(step, staged, f"{type(e).__name__} after the lease was lost")
-            if _any_missing(inputs):  # a concurrent gc took an input away: recompute it, not a failure
-                record.event("missing", key=step.key, kind=step.kind, name=step.name, error=f"{type(e).__name__}")
-                progress.finish(None, "input vanished; recomputing it")
-                self.store.refresh()
-                for key in step.upstream():
-                    self.done.pop(key, None)
-                return "input"
-            disk = _disk_error(e)
-            if disk is not None:  # the disk, not the step: no failed.json, the step resumes later
-                record.try_event("error", key=step.key, kind=step.kind, name=step.name, error=str(disk))
-                raise StoreError(f"{step.kind} {step.name}: {os_error_message(disk, store.root)}") from None
-            message = f"{type(e).__name__}: {e}"
-            store.mark_failed(step, message)
-            record.event("failed", key=step.key, kind=step.kind, name=step.name, error=message)
-            raise StepFailed(f"step {step.kind} {step.name} ({step.key12}) failed: {message}") from e
-        try:
-            dest = store.commit(step, staged, summary, _provenance(t0))
-        except OSError as e:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise StoreError(f"{step.kind} {step.name} not committed: {os_error_message(e, store.root)}") from None
-        store.finish_work(step)
-        record.event("done", key=step.key, kind=step.kind, name=step.name, wall_s=round(time.time() - t0, 3))
-        progress.finish(summary)
-        self.done[step.key] = dest
-        self.ran += 1
-        return "done"
-
-
-def _disk_error(e: BaseException) -> OSError | None:
-    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it)."""
-    import errno
-
-    from hepc.safe_io import DISK_FULL, os_error_behind
-
-    found = os_error_behind(e)
-    return found if found is not None and (found.errno in DISK_FULL or found.errno == errno.EROFS) else None
-
-
-def _any_missing(inputs: dict) -> bool:
-    for v in inputs.values():
-        for p in v if isinstance(v, list) else [v]:
-            if not (Path(p) / "manifest.json").is_file():
-                return True
-    return False
+def _priorities(order: list[StepSpec], graph) -> dict[str, tuple]:
+    """Sort key per step: the longest chain of training (in epochs) that waits on it first, then the
+    topological order. Cycles of a trajectory form the critical path; scoring fills the gaps."""
+    children: dict[str, list[str]] = {s.key: [] for s in order}
+    for s in order:
+        for u in s.upstream():
+            children.setdefault(u, []).append(s.key)
+    chain: dict[str, float] = {}
+    for s in reversed(order):
+        own = float(s.context.get("epochs", 0.0)) if s.kind == "cycle" else 0.0
+        chain[s.key] = own + max((chain[c] for c in children.get(s.key, [])), default=0.0)
+    return {s.key: (-chain[s.key], i) for i, s in enumerate(order)}

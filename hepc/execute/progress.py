@@ -1,5 +1,6 @@
-"""Progress on stderr: rich bars on a terminal (steps done, current step's tokens/s and loss, ETA),
-plain lines otherwise. Results never go here; they go to stdout."""
+"""Progress on stderr: rich bars on a terminal (the overall bar of steps, then one line per busy
+worker with its step's tokens/s, loss and ETA), plain lines otherwise. Results never go here; they
+go to stdout. `slot` names the worker (None: the driver's own process, one step at a time)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class StepProgress:
         self.live = self.console.is_terminal and not quiet
         self.total = total_steps
         self.done = 0
-        self._last_plain = 0.0
+        self.started = 0
+        self.running: dict[str | None, dict] = {}  # slot → its step's label, start time, bar
         if self.live:
             self.bars = Progress(
                 TextColumn("{task.description}"),
@@ -30,16 +32,19 @@ class StepProgress:
                 transient=False,
             )
             self.overall = self.bars.add_task("steps", total=total_steps, info="")
-            self.current = None
             self.bars.start()
 
-    def start(self, kind: str, name: str) -> None:
-        self.label = f"[{self.done + 1}/{self.total}] {kind} {name}"
-        self.t0 = time.time()
+    def start(self, kind: str, name: str, slot: str | None = None) -> None:
+        self.started += 1
+        label = f"[{self.started}/{self.total}] {kind} {name}"
+        if slot is not None:
+            label = f"{slot}: {label}"
+        task = None
         if self.live:
-            self.current = self.bars.add_task(self.label, total=None, info="")
+            task = self.bars.add_task(label, total=None, info="")
         elif not self.quiet:
-            print(f"{self.label} ...", file=sys.stderr, flush=True)
+            print(f"{label} ...", file=sys.stderr, flush=True)
+        self.running[slot] = {"label": label, "t0": time.time(), "task": task, "last_plain": 0.0}
 
     def add(self, steps: int) -> None:
         """More steps to run than planned (a damaged or vanished input is recomputed)."""
@@ -56,30 +61,34 @@ class StepProgress:
         else:
             print(f"warning: {text}", file=sys.stderr, flush=True)
 
-    def update(self, info: dict) -> None:
+    def update(self, info: dict, slot: str | None = None) -> None:
+        run = self.running.get(slot)
+        if run is None:
+            return
         text = []
         if "loss" in info:
             text.append(f"loss {info['loss']:.4f}")
         if "tokens_per_s" in info:
             text.append(f"{info['tokens_per_s']:,.0f} tok/s")
-        if self.live and self.current is not None:
-            self.bars.update(self.current, total=info.get("steps"), completed=info.get("step", 0), info=", ".join(text))
-        elif not self.quiet and time.time() - self._last_plain > 10:
-            self._last_plain = time.time()
+        if self.live and run["task"] is not None:
+            self.bars.update(run["task"], total=info.get("steps"), completed=info.get("step", 0), info=", ".join(text))
+        elif not self.quiet and time.time() - run["last_plain"] > 10:
+            run["last_plain"] = time.time()
             where = f"step {info.get('step')}/{info.get('steps')}" if "step" in info else ""
-            print(f"  {self.label}: {where} {', '.join(text)}", file=sys.stderr, flush=True)
+            print(f"  {run['label']}: {where} {', '.join(text)}", file=sys.stderr, flush=True)
 
-    def finish(self, summary: dict | None, status: str = "done") -> None:
+    def finish(self, summary: dict | None, status: str = "done", slot: str | None = None) -> None:
         self.done += 1
-        took = time.time() - self.t0
+        run = self.running.pop(slot, None) or {"label": f"[{self.done}/{self.total}]", "t0": time.time(), "task": None}
+        took = time.time() - run["t0"]
+        line = f"{run['label']} {status} in {took:.1f}s{_brief(summary)}"
         if self.live:
-            if self.current is not None:
-                self.bars.remove_task(self.current)
-                self.current = None
+            if run["task"] is not None:
+                self.bars.remove_task(run["task"])
             self.bars.update(self.overall, completed=self.done)
-            self.bars.console.print(f"{self.label} {status} in {took:.1f}s{_brief(summary)}")
+            self.bars.console.print(line, markup=False, highlight=False)
         elif not self.quiet:
-            print(f"{self.label} {status} in {took:.1f}s{_brief(summary)}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live:

@@ -25,6 +25,7 @@ import xxhash
 from torch import nn
 
 from hepc.ckpt_digest import SIDECAR, check_digest, file_digest, write_digest
+from hepc.train import ddp
 from hepc.train.batches import BatchSource
 from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
 from hepc.train.distill import distill_loss
@@ -188,6 +189,13 @@ def _say(note: Callable[[str], None] | None, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
+def _batch_seqs(optimizer: dict, seq_len: int) -> int:
+    batch_seqs = optimizer["batch_tokens"] // seq_len
+    if batch_seqs < 1:
+        raise ValueError(f"batch_tokens {optimizer['batch_tokens']} is smaller than one sequence of {seq_len}")
+    return batch_seqs
+
+
 def train_cycle(
     *,
     model: dict,
@@ -214,16 +222,73 @@ def train_cycle(
     this very cycle; any other one is discarded (said through `note`, default stderr) and the cycle
     restarts from its start. `guard()` is called before anything is written to work_dir or out_dir
     (the driver's raises once this process no longer holds the step's lease).
+
+    Data parallel, `runtime["gpus_per_step"]` = N > 1 (hepc.train.ddp): this process is rank 0 and
+    starts ranks 1..N-1 (gloo ranks on the CPU, NCCL on cuda:0..N-1). Every rank reads the same global
+    batch and trains on its own 1/N of the rows; DDP averages the gradients, so each update equals the
+    single-process full-batch update up to fp32 reduction order, and the losses reported are the
+    global-batch means (with dropout 0, equal to the single-process ones to fp32 tolerance). Only rank 0
+    writes, reports and calls progress/note/guard; a Ctrl-C stops all ranks after the same step. With
+    dropout > 0 every rank draws its own masks (rank 0 the single-process stream, rank r one seeded from
+    the cycle seed and r): statistically equivalent to one process, not bit-equal. Checkpoints are the
+    single-process ones plus every rank's RNG state (ignored by another N), so a cycle can resume with
+    any N; with the same N the resume is exact.
     """
-    t_start = time.perf_counter()
     corpus_dir, out_dir, work_dir = Path(corpus_dir), Path(out_dir), Path(work_dir)
     prev_dir = Path(prev_dir) if prev_dir is not None else None
     if prev_dir is None and (distill is not None or perturb_scale > 0):
         raise ValueError("distillation and perturbation need the previous cycle (prev_dir)")
     if optimizer.get("kind", "adamw") != "adamw":
         raise ValueError(f"unknown optimizer kind {optimizer.get('kind')!r} (expected adamw)")
-
+    cycle = {  # what every rank needs (picklable, for the spawned ones)
+        "model": model, "optimizer": optimizer, "schedule": schedule, "distill": distill,
+        "perturb_scale": perturb_scale, "cycle_index": cycle_index, "trajectory_seed": trajectory_seed,
+        "epochs_per_cycle": epochs_per_cycle, "seq_len": seq_len, "corpus_dir": corpus_dir, "prev_dir": prev_dir,
+        "out_dir": out_dir, "work_dir": work_dir, "runtime": runtime,
+    }  # fmt: skip
+    world = int(runtime.get("gpus_per_step") or 1)
+    if world == 1:
+        return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=None)
+    ddp.rows_per_rank(_batch_seqs(optimizer, seq_len), world)  # before any process starts
     device = resolve_device(runtime.get("device", "auto"))
+    ddp.check_devices(device, world)
+    with ddp.launch(world, device.type, _rank_main, cycle) as rank:
+        return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=rank)
+
+
+def _rank_main(rank: ddp.Rank, cycle: dict) -> None:
+    """Ranks 1..N-1 (child processes): the same loop on their slice; nothing written, nothing reported."""
+    try:
+        _run_cycle(**cycle, progress=None, note=None, guard=None, dp=rank)
+    except (CycleInterrupted, KeyboardInterrupt):
+        pass  # rank 0 stopped after the same step, wrote the checkpoint and reports it
+
+
+def _run_cycle(
+    *,
+    model: dict,
+    optimizer: dict,
+    schedule: dict,
+    distill: dict | None,
+    perturb_scale: float,
+    cycle_index: int,
+    trajectory_seed: int,
+    epochs_per_cycle: float,
+    seq_len: int,
+    corpus_dir: Path,
+    prev_dir: Path | None,
+    out_dir: Path,
+    work_dir: Path,
+    runtime: dict,
+    progress: Callable[[dict], None] | None,
+    note: Callable[[str], None] | None,
+    guard: Callable[[], None] | None,
+    dp: ddp.Rank | None,
+) -> dict | None:
+    """train_cycle's body, in one rank (`dp`; None: the single process). Returns the summary in rank 0."""
+    t_start = time.perf_counter()
+    lead = dp is None or dp.lead  # the one process that writes and reports
+    device = dp.device if dp is not None else resolve_device(runtime.get("device", "auto"))
     autocast = precision_context(device, runtime.get("dtype", "float32"))
     if runtime.get("threads"):
         torch.set_num_threads(int(runtime["threads"]))
@@ -234,9 +299,7 @@ def train_cycle(
     meta = json.loads((corpus_dir / "meta.json").read_text())
     train = np.load(corpus_dir / "train.npy", mmap_mode="r")
     doc_starts = np.load(corpus_dir / "train_docs.npy")
-    batch_seqs = optimizer["batch_tokens"] // seq_len
-    if batch_seqs < 1:
-        raise ValueError(f"batch_tokens {optimizer['batch_tokens']} is smaller than one sequence of {seq_len}")
+    batch_seqs = _batch_seqs(optimizer, seq_len)
     tokens_per_step = batch_seqs * seq_len  # == batch_tokens when it is a multiple of seq_len
     batches = BatchSource(train, doc_starts, seq_len=seq_len, batch_seqs=batch_seqs, seed=trajectory_seed)
     steps = steps_per_cycle(epochs_per_cycle, len(train), tokens_per_step)
@@ -304,48 +367,65 @@ def train_cycle(
             note, f"checkpoint {_label(ckpt_path)} {problem}; discarded; restarting cycle {cycle_index} from its start"
         )
 
+    def restore(ckpt: dict) -> None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        _check_optimizer_state(net, opt)
+        step_losses.copy_(ckpt["step_losses"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+
+    dropout_seed = cycle_seed(trajectory_seed, cycle_index, _DROPOUT_SALT)
     ckpt = None
-    if ckpt_path.exists() or ckpt_path.is_symlink():
+    if lead and (ckpt_path.exists() or ckpt_path.is_symlink()):
         ckpt = _load_checkpoint(ckpt_path, steps=steps, global_step_start=global_step_start, fingerprint=fingerprint)
         if isinstance(ckpt, str):
             discard(ckpt)
             ckpt = None
-    elif (work_dir / SIDECAR).exists() or (work_dir / "progress.json").exists():
+    elif lead and ((work_dir / SIDECAR).exists() or (work_dir / "progress.json").exists()):
         if guard is not None:
             guard()
         for name in (SIDECAR, "progress.json"):  # leftovers of a checkpoint that is gone
             _remove(work_dir / name)
     if ckpt is not None:
         try:
-            net.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            _check_optimizer_state(net, opt)
-            step_losses.copy_(ckpt["step_losses"])
-            torch.set_rng_state(ckpt["rng_cpu"])
-            if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+            restore(ckpt)
         except Exception as e:  # noqa: BLE001  (any misfit: start over, from pristine objects)
             discard(f"does not fit this cycle ({_brief_error(e)})")
             ckpt = None
             net, opt = build(load_state(prev_dir / "state.pt") if prev_dir is not None else None)
             step_losses.zero_()
+    if dp is not None:
+        # Rank 0 alone judges the work folder; the others follow: resume from the checkpoint it checked
+        # (safe to read here: rank 0 writes the next one only after a step that every rank takes part in)
+        # or start fresh.
+        resumed_at = dp.broadcast_int(int(ckpt["step"]) if ckpt is not None else -1)
+        if resumed_at >= 0 and not dp.lead:
+            ckpt = load_state(ckpt_path)
+            restore(ckpt)
+            dp.restore_rng(ckpt.get("rng_ranks"), dropout_seed, resumed_at)  # this rank's own dropout stream
     if ckpt is not None:
         records = list(ckpt["records"])
         wall_before = float(ckpt["wall_s"])
         first_step = int(ckpt["step"])
     else:
-        if perturb_scale > 0:
+        if perturb_scale > 0:  # the same seeded noise on every rank
             perturb_weights(net, perturb_scale, cycle_seed(trajectory_seed, cycle_index, _PERTURB_SALT))
-        torch.manual_seed(cycle_seed(trajectory_seed, cycle_index, _DROPOUT_SALT))  # dropout stream
+        torch.manual_seed(dropout_seed if dp is None else ddp.rank_seed(dropout_seed, dp.rank))  # dropout stream
     del ckpt
 
-    train_net = torch.compile(net) if runtime.get("compile") else net  # save from `net`, never the wrapper
+    # Data parallel: DDP averages the gradients over the ranks in backward (and, being built here, starts
+    # every rank from rank 0's weights). Checkpoints and outputs are saved from `net`, never a wrapper.
+    ranked_net = dp.wrap(net) if dp is not None else net
+    train_net = torch.compile(ranked_net) if runtime.get("compile") else ranked_net
     teacher_fwd = torch.compile(teacher) if teacher is not None and runtime.get("compile") else teacher
 
-    def save_checkpoint(done: int) -> None:
+    def save_checkpoint(done: int, rank_rng: list | None = None) -> None:
         if guard is not None:
             guard()  # a process that lost its lease never writes into the shared work folder
         work_dir.mkdir(parents=True, exist_ok=True)
+        extra = {"rng_ranks": rank_rng} if rank_rng is not None else {}  # data parallel: every rank's RNG
         save_state(
             {
                 "model": net.state_dict(),
@@ -359,6 +439,7 @@ def train_cycle(
                 "records": records,
                 "wall_s": wall_before + time.perf_counter() - t_start,
                 "fingerprint": fingerprint,
+                **extra,
             },
             ckpt_path,
         )
@@ -380,6 +461,8 @@ def train_cycle(
             set_lr_wd(opt, lr, wd)
 
             x, y = batches.batch(global_step_start + s)  # (B, T) each
+            if dp is not None:
+                x, y = dp.rows(x), dp.rows(y)  # this rank's share of the global batch: (B/N, T) each
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             with autocast:
                 logits = train_net(x)  # (B, T, V)
@@ -396,11 +479,15 @@ def train_cycle(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if dp is not None:  # report the global-batch means: the mean of the ranks' means of equal shares
+                loss, ce, kd = dp.mean(loss, ce, kd) if kd is not None else (*dp.mean(loss, ce), None)
             step_losses[s] = loss.detach()
             tokens_since_log += tokens_per_step
 
             done = s + 1
-            if (log_every and done % log_every == 0) or done == steps:
+            logged = (log_every and done % log_every == 0) or done == steps
+            checkpoint_due = done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after)
+            if logged:
                 loss_value = loss.item()  # the one host sync per logged step
                 now = time.perf_counter()
                 tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
@@ -421,20 +508,28 @@ def train_cycle(
                     raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
                 if progress is not None:
                     progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
-            if interrupted():  # Ctrl-C: stop at this boundary with a checkpoint (also after the last step)
+            # Ctrl-C: stop at this boundary with a checkpoint (also after the last step). Data parallel:
+            # rank 0's request is shared, so that every rank stops after this same step.
+            stop = interrupted() if dp is None else dp.agree_stop(interrupted(), due=bool(logged or checkpoint_due))
+            rank_rng = dp.gather_rng() if dp is not None and (stop or checkpoint_due) else None
+            if stop:
                 try:
-                    save_checkpoint(done)
+                    if lead:
+                        save_checkpoint(done, rank_rng)
                 except Exception as e:  # e.g. the lease is gone: still stop, as asked
                     raise KeyboardInterrupt(
                         f"interrupted after step {done} of {steps} (no checkpoint: {_brief_error(e)})"
                     ) from e
                 raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
-            if done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after):
-                save_checkpoint(done)
+            if checkpoint_due:
+                if lead:
+                    save_checkpoint(done, rank_rng)
                 if done == stop_after:
                     raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
 
     # ---- outputs -----------------------------------------------------------------------------------------
+    if not lead:
+        return None  # rank 0 writes them
     if guard is not None:
         guard()
     out_dir.mkdir(parents=True, exist_ok=True)

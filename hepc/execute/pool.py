@@ -1,0 +1,214 @@
+"""Local worker processes for `hepc run --jobs N`: each worker is a `spawn`ed process that runs one
+step at a time (hepc.execute.attempt) and talks to the driver over its own pipe.
+
+One pipe per worker, not a shared queue: a worker killed with SIGKILL can never leave a lock held
+that other workers then wait on; its end of the pipe just closes, and its process sentinel tells
+the driver it died. Its step's lease names a dead pid, so the next attempt takes the lease over
+and resumes the step from its mid-cycle checkpoint.
+
+Signals: a worker ignores SIGINT (a Ctrl-C in the terminal reaches the whole process group; the
+driver decides) and turns SIGTERM into an interrupt, which a training cycle honours at its next
+step boundary with a checkpoint. The driver sends SIGTERM once to stop a worker cleanly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from multiprocessing.connection import wait as wait_any
+from pathlib import Path
+
+from hepc.graph import StepSpec
+
+
+class Worker:
+    """The driver's handle on one worker process (started on first use, restarted after a death)."""
+
+    def __init__(self, slot: int, label: str, env: dict[str, str], runtime: dict, root: Path):
+        self.slot, self.label, self.env, self.runtime, self.root = slot, label, env, runtime, root
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.conn = None
+        self.step: StepSpec | None = None  # in flight
+        self.stopping = False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=worker_main,
+            args=(there, str(self.root), self.runtime, self.env, self.label),
+            name=f"hepc-{self.label}",
+            daemon=False,  # a worker may start data-parallel ranks of its own
+        )
+        self.proc.start()
+        there.close()
+        self.conn = here
+        self.stopping = False
+
+    def submit(self, step: StepSpec, upstream: dict[str, StepSpec]) -> None:
+        if not self.alive():
+            self.start()
+        self.step = step
+        self.conn.send((step, upstream))
+
+    def interrupt(self) -> None:
+        """Stop the step in flight cleanly (a checkpoint at the next step boundary), then exit."""
+        if self.alive() and not self.stopping:
+            self.stopping = True
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        if self.alive() and self.step is None:
+            try:
+                self.conn.send(None)  # idle: exit now
+            except (OSError, ValueError):
+                pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(2)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        self.proc = None
+
+
+class LocalPool:
+    """N workers; `poll` returns what they said (and which died) since the last call."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers if w.step is None]
+
+    def busy(self) -> list[Worker]:
+        return [w for w in self.workers if w.step is not None]
+
+    def poll(self, timeout: float) -> list[tuple[Worker, tuple]]:
+        """Messages as (worker, message); a worker that died gives (worker, ("died", exitcode))."""
+        live = [w for w in self.workers if w.proc is not None]
+        if not live:
+            time.sleep(timeout)
+            return []
+        handles = {}
+        for w in live:
+            handles[w.conn] = w
+            handles[w.proc.sentinel] = w
+        ready = wait_any(list(handles), timeout)
+        out: list[tuple[Worker, tuple]] = []
+        dead: list[Worker] = []
+        for h in ready:
+            w = handles[h]
+            if h is w.conn:
+                try:
+                    while w.conn.poll():
+                        out.append((w, w.conn.recv()))
+                except (EOFError, OSError):
+                    if w not in dead:
+                        dead.append(w)
+            elif w not in dead:
+                dead.append(w)
+        for w in dead:
+            if w.proc is None:
+                continue
+            try:  # what it said before it went
+                while w.conn.poll():
+                    out.append((w, w.conn.recv()))
+            except (EOFError, OSError):
+                pass
+            w.proc.join(5)
+            code = w.proc.exitcode
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+            w.proc = None
+            out.append((w, ("died", code)))
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+# --------------------------------------------------------------------------- the worker process
+
+
+def worker_main(conn, root: str, runtime: dict, env: dict[str, str], label: str) -> None:
+    """Run steps sent by the driver until it sends None, goes away, or interrupts this worker."""
+    os.environ.update(env)  # before anything imports torch: CUDA_VISIBLE_DEVICES, thread counts
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    _watch_parent(os.getppid())
+    if runtime.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(runtime["threads"]))
+
+    from hepc.errors import HepcError
+    from hepc.execute.attempt import Attempt
+    from hepc.store import Store
+
+    lock = threading.Lock()
+
+    def emit(kind: str, /, **fields) -> None:
+        with lock:
+            conn.send(("emit", kind, fields))
+
+    attempt = Attempt(Store(root), runtime, emit, worker=label)
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            step, upstream = task
+            try:
+                outcome = attempt.run(step, upstream)
+            except HepcError as e:
+                conn.send(("error", type(e).__name__, [str(p) for p in e.problems]))
+                continue
+            except KeyboardInterrupt:
+                conn.send(("interrupted", step.key))
+                return
+            except Exception as e:  # noqa: BLE001  (a bug: the driver names it and stops the run)
+                conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
+                continue
+            conn.send(("result", asdict(outcome)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
+        return  # interrupted while idle, or the driver is gone
+
+
+def _interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must finish
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _watch_parent(parent: int) -> None:
+    """If the driver dies (kill -9), stop this worker's step cleanly instead of running on alone."""
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, daemon=True, name="hepc-parent-watch").start()
