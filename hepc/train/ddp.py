@@ -4,7 +4,7 @@ The process that calls `train_cycle` is rank 0: it keeps the step's lease, repor
 the only one that writes. `launch` starts ranks 1..N-1 as `spawn`ed child processes that run the
 same loop on their slice of every global batch, joins them in one process group (NCCL on CUDA, rank
 r on cuda:r of the visible devices; gloo on the CPU) and always tears everything down again: the
-group is destroyed and every child is joined, or terminated, whatever happens.
+group is destroyed and every child is joined, or killed, whatever happens.
 
 Failure model: a child that raises writes its error into the rendezvous store and exits non-zero;
 one that is killed just exits. Either way rank 0's next collective fails (gloo sees the TCP
@@ -36,7 +36,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 TIMEOUT_S = 600.0  # a collective that waits this long for a peer fails (a rank that hangs, not one that died)
-_GRACE_S = 10.0  # after a clean end or stop the children exit on their own; longer than this: terminated
+_GRACE_S = 10.0  # after a clean end the children exit on their own; longer than this: killed
+_ERROR_GRACE_S = 2.0  # the same after an exception (a clean stop: they are gone already; else they are stuck)
 _FAILURE_WAIT_S = 3.0  # after a failed collective: how long to wait for the child that caused it to exit
 _KEY = "hepc/"  # our keys in the rendezvous store (torch's own are prefixed by the process group)
 # Newer torch renamed DDP's per-forward buffer broadcast (and warns about the old name).
@@ -136,9 +137,13 @@ class Rank:
 
 
 def check_devices(device: torch.device, world: int) -> None:
-    """N ranks need torch.distributed, and N visible GPUs on CUDA."""
+    """N ranks need torch.distributed, a process free to start them, and N visible GPUs on CUDA."""
     if not dist.is_available():
         raise RuntimeError(f"runtime.gpus_per_step is {world} but this torch build has no torch.distributed")
+    if dist.is_initialized():
+        raise RuntimeError(f"runtime.gpus_per_step is {world} but this process is already in a process group")
+    if multiprocessing.current_process().daemon:
+        raise RuntimeError(f"runtime.gpus_per_step is {world} but a daemonic process cannot start ranks")
     if device.type == "cuda" and torch.cuda.device_count() < world:
         raise RuntimeError(
             f"runtime.gpus_per_step is {world} but {torch.cuda.device_count()} CUDA device(s) are visible "
@@ -158,7 +163,7 @@ def launch(
     """In rank 0: start ranks 1..world-1 running `target(rank, payload)` (a module-level function, so
     that `spawn` can import it), join the process group with them and yield rank 0's `Rank`.
 
-    On leaving, whatever the reason: the group is destroyed and every child joined (terminated if it
+    On leaving, whatever the reason: the group is destroyed and every child joined (killed if it
     does not end on its own). A collective that failed because a child died is raised as a
     RuntimeError naming that child, chained to the backend's error.
     """
@@ -168,7 +173,7 @@ def launch(
     spawn = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
     children: list[multiprocessing.process.BaseProcess] = []
     finished = threading.Event()
-    in_body = False
+    in_body = ended = False
     try:
         for r in range(1, world):
             child = spawn.Process(
@@ -185,6 +190,7 @@ def launch(
             _abort_when_a_child_fails(children, finished)
         in_body = True
         yield rank
+        ended = True
     except RuntimeError as e:
         failure = _child_failure(store, children, world) if in_body else None
         if failure is not None:
@@ -192,9 +198,11 @@ def launch(
         raise
     finally:
         finished.set()
+        # Children first: rank 0's group may be kept alive (and a stuck child with it) by the frames of a
+        # traceback that still reference the DDP module.
+        _reap(children, _GRACE_S if ended else _ERROR_GRACE_S)
         if dist.is_initialized():
-            dist.destroy_process_group()  # gloo: children still blocked in a collective fail at once
-        _reap(children, _GRACE_S)
+            dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- inside every rank
@@ -222,8 +230,11 @@ def _child_main(
     payload: dict,
 ) -> None:
     """A child rank's process: join the group, run `target`, report an error through the store."""
-    # Ctrl-C in a terminal reaches the whole process group; rank 0 alone decides when to stop.
+    # Ctrl-C in a terminal reaches the whole process group, a scheduler's SIGTERM often every process of
+    # the job: rank 0 alone decides when to stop (at a step boundary, with a checkpoint) and tells the others.
+    # To end a rank for good, rank 0 (or a user) sends SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with(parent)
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timeout)
@@ -236,8 +247,9 @@ def _child_main(
         with suppress(Exception):  # rank 0 may be gone: nobody to tell
             store.set(f"{_KEY}error/{rank}", _describe_error(e))
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        with suppress(Exception):
+            if dist.is_initialized():
+                dist.destroy_process_group()
     # Nothing to clean up beyond this (a rank writes no files); skipping the interpreter's own shutdown
     # (torch's takes about a second) lets rank 0 join it at once.
     sys.stdout.flush()
@@ -344,14 +356,12 @@ def _abort_when_a_child_fails(children: list, finished: threading.Event) -> None
 
 
 def _reap(children: list, grace: float) -> None:
-    """Join every child, terminating (then killing) those that do not end within `grace` seconds."""
+    """Join every child, killing those that do not end within `grace` seconds (a rank ignores SIGTERM, and
+    has nothing to save)."""
     deadline = time.monotonic() + grace
     for child in children:
         child.join(max(0.0, deadline - time.monotonic()))
     for child in children:
-        if child.is_alive():
-            child.terminate()
-            child.join(5)
         if child.is_alive():
             child.kill()
             child.join()

@@ -252,8 +252,16 @@ def train_cycle(
     ddp.rows_per_rank(_batch_seqs(optimizer, seq_len), world)  # before any process starts
     device = resolve_device(runtime.get("device", "auto"))
     ddp.check_devices(device, world)
-    with ddp.launch(world, device.type, _rank_main, cycle) as rank:
-        return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=rank)
+    threads = torch.get_num_threads()
+    shared = device.type == "cpu" and not runtime.get("threads")
+    if shared:  # N CPU ranks share the cores (by default torch would give each of them all of them)
+        cycle["runtime"] = {**runtime, "threads": max(1, threads // world)}
+    try:
+        with ddp.launch(world, device.type, _rank_main, cycle) as rank:
+            return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=rank)
+    finally:
+        if shared:
+            torch.set_num_threads(threads)  # this process's own default again
 
 
 def _rank_main(rank: ddp.Rank, cycle: dict) -> None:
