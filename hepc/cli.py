@@ -195,7 +195,14 @@ def run(
         _err(the_plan.summary_line())
     runtime = loaded.spec.runtime.model_dump()
     runtime.update(_run_flags(jobs, backend, address))
-    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged)
+    chosen = None
+    if runtime["backend"] == "ray" and the_plan.to_run:  # joins the cluster and checks every node sees the store
+        from hepc.execute.backends import make_backend
+
+        chosen = make_backend(runtime, the_store, note=lambda text: _err(f"warning: {text}"))
+    execute(
+        compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged, backend=chosen
+    )
     results = collect(compiled, the_store)
     if json_out:
         print(json.dumps(results, indent=1))

@@ -6,6 +6,7 @@ are bit-identical for the same threads per step (docs/scale-out.md)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import ROOT, TINY, hepc
 
 TIMING = {"wall_s", "tokens_per_s"}  # measured, not computed: the only fields allowed to differ
@@ -94,7 +94,7 @@ def test_a_trajectory_never_runs_two_cycles_at_once(tmp_path):
     assert set(spans) == {"t1", "t2"} and all(len(v) == 3 for v in spans.values())
     for trajectory in spans.values():
         trajectory.sort()
-        for (_, end), (start, _) in zip(trajectory, trajectory[1:]):
+        for (_, end), (start, _) in itertools.pairwise(trajectory):
             assert start >= end  # cycle c+1 begins only after cycle c is committed
     # and the two trajectories did overlap: that is the point of two workers
     (a0, a1), (b0, b1) = spans["t1"][0], spans["t2"][0]
@@ -103,7 +103,9 @@ def test_a_trajectory_never_runs_two_cycles_at_once(tmp_path):
 
 # --------------------------------------------------------------------------- killed workers, Ctrl-C
 
-LONG = ["population.epochs_per_cycle=12", "runtime.checkpoint_every_steps=20", "runtime.log_every_steps=5"]
+# one long cycle per trajectory (252 optimizer steps), checkpointed every 20
+LONG = ["population.cycles=1", "population.epochs_per_cycle=12", "runtime.checkpoint_every_steps=20",
+        "runtime.log_every_steps=5"]  # fmt: skip
 
 
 def _start(store: Path, *extra: str) -> subprocess.Popen:
@@ -164,14 +166,18 @@ def test_a_killed_worker_is_replaced_and_its_step_resumes(long_reference, tmp_pa
     victim = _holder_pid(store, key)
     assert victim != proc.pid  # the step runs in a worker process, not in the driver
     os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "died during cycle" in err and "resumes from its last checkpoint" in err
     (run,) = events(store)
     died = [e for e in run if e["event"] == "worker-died"]
     assert [e["key"] for e in died] == [key] and died[0]["exitcode"] == -signal.SIGKILL
-    assert [e["event"] for e in run if e.get("key") == key and e["event"] in ("begin", "done")] == ["begin", "begin", "done"]
+    assert [e["event"] for e in run if e.get("key") == key and e["event"] in ("begin", "done")] == [
+        "begin",
+        "begin",
+        "done",
+    ]
     assert object_contents(store) == long_reference  # resumed exactly: same weights, losses, scores
 
 
@@ -183,7 +189,7 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint_and_exits_130(long_reference,
     workers = {_holder_pid(store, k) for k in keys}
     assert len(workers) == 2 and proc.pid not in workers
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert not any(_alive(pid) for pid in workers)  # no worker outlives the driver
