@@ -109,12 +109,12 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def stop_ray(temp_dir: str, env: dict, stop_all: bool = False, quiet: bool = False) -> int:
-    """Stop the cluster of `temp_dir` by pid: SIGTERM, then SIGKILL to what is left of it after 15 s.
+def stop_ray(temp_dir: str, env: dict, stop_all: bool = False, quiet: bool = False, grace_s: float = 5.0) -> int:
+    """Stop the cluster of `temp_dir` by pid: SIGTERM, then SIGKILL to what is left of it after `grace_s`.
     Returns how many of its processes are still alive (0: all gone)."""
     pids = ray_processes(temp_dir)
     _signal(pids, signal.SIGTERM)
-    deadline = time.time() + 15
+    deadline = time.time() + grace_s
     while ray_processes(temp_dir) and time.time() < deadline:
         time.sleep(0.5)
     _signal(ray_processes(temp_dir), signal.SIGKILL)  # listed again: only processes still of this cluster
