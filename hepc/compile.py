@@ -138,7 +138,7 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
     tokens_in_cycle = steps_in_cycle * opt.batch_tokens
     train_flops = train_flops_per_token(vocab, m.n_layer, m.d_model, d.seq_len)
     forward_flops = train_flops / 3
-    model, optimizer, schedule = key_fields(m), key_fields(opt), key_fields(pop.schedule)
+    model, optimizer, schedule = key_fields(m), opt.step_params(), key_fields(pop.schedule)
 
     members: list[Member] = []
     for p in range(1, pop.trajectories + 1):

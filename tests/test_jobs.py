@@ -103,8 +103,8 @@ def test_a_trajectory_never_runs_two_cycles_at_once(tmp_path):
 
 # --------------------------------------------------------------------------- killed workers, Ctrl-C
 
-# one long cycle per trajectory (252 optimizer steps), checkpointed every 20
-LONG = ["population.cycles=1", "population.epochs_per_cycle=12", "runtime.checkpoint_every_steps=20",
+# one long cycle per trajectory (~500 optimizer steps), checkpointed every 20
+LONG = ["population.cycles=1", "population.epochs_per_cycle=24", "runtime.checkpoint_every_steps=20",
         "runtime.log_every_steps=5"]  # fmt: skip
 
 
@@ -136,6 +136,22 @@ def _checkpointed_cycles(store: Path) -> list[str]:
     if not work.is_dir() or not leases.is_dir():
         return []
     return [p.name for p in work.iterdir() if (p / "progress.json").is_file() and (leases / p.name).is_file()]
+
+
+def _running_cycles(store: Path) -> list[str]:
+    """Keys of cycles inside their training loop now (a lease, and a live file with a step count)."""
+    leases = store / "leases"
+    if not leases.is_dir():
+        return []
+    out = []
+    for lease in leases.iterdir():
+        try:
+            live = json.loads((store / "work" / lease.name / "live.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if live.get("kind") == "cycle" and live.get("step"):
+            out.append(lease.name)
+    return sorted(out)
 
 
 def _holder_pid(store: Path, key: str) -> int:
@@ -184,9 +200,8 @@ def test_a_killed_worker_is_replaced_and_its_step_resumes(long_reference, tmp_pa
 def test_ctrl_c_stops_every_worker_at_a_checkpoint_and_exits_130(long_reference, tmp_path):
     store = tmp_path / "store"
     proc = _start(store)
-    _wait_for(lambda: len(_checkpointed_cycles(store)) >= 2, proc)  # both workers are mid-cycle
-    keys = _checkpointed_cycles(store)
-    workers = {_holder_pid(store, k) for k in keys}
+    keys = _wait_for(lambda: _running_cycles(store) if len(_running_cycles(store)) == 2 else None, proc)
+    workers = {_holder_pid(store, k) for k in keys}  # both workers are inside a cycle
     assert len(workers) == 2 and proc.pid not in workers
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -55,6 +55,11 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
              f"({(d.train_tokens - d.heldout_tokens) // (d.seq_len + 1)} × {d.seq_len} tokens)")
         )
 
+    if o.kind != "muon":  # a Muon setting given another value than its default, with kind adamw
+        for name, value in o.muon_settings().items():  # (a resolved spec repeats the defaults: fine)
+            if name in o.model_fields_set and value != type(o).model_fields[name].default:
+                out.append((("optimizer", name), f"only applies to optimizer.kind muon (kind is {o.kind!r})"))
+
     members = pop.trajectories * pop.cycles
     for i, k in enumerate(spec.prior.budgets):
         if k != "all" and k > members:

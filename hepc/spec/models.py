@@ -126,18 +126,21 @@ class Model(Strict):
 
 
 class Optimizer(Strict):
-    """AdamW with decoupled weight decay (applied to matrices only)."""
+    """`adamw`: AdamW with decoupled weight decay (applied to matrices only). `muon` (q0's optimizer):
+    Muon for the hidden matrices (the attention and MLP weights of the transformer blocks) and AdamW,
+    as above, for everything else (token embedding, output head, any vectors)."""
 
-    kind: Literal["adamw"] = "adamw"
-    """Optimizer family."""
+    kind: Literal["adamw", "muon"] = "adamw"
+    """Optimizer family: `adamw`, or `muon` (Muon for the hidden matrices + AdamW for the rest)."""
     lr: Annotated[float, Field(gt=0, le=10)]
-    """Peak learning rate."""
+    """Peak learning rate (of AdamW; with `muon`, of the parameters AdamW trains)."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    """Peak (base) weight decay; the schedule multiplies it."""
+    """Peak (base) weight decay; the schedule multiplies it. With `muon` it is Muon's too, decoupled
+    like AdamW's: W ← W·(1 − muon_lr·weight_decay) per step (both times the schedule's multipliers)."""
     batch_tokens: Annotated[int, Field(gt=0)]
     """Tokens per optimizer step (a multiple of data.seq_len)."""
     grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
-    """Gradient-norm clip; null disables it."""
+    """Gradient-norm clip (over all parameters); null disables it."""
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [
         0.9,
         0.95,
@@ -145,6 +148,30 @@ class Optimizer(Strict):
     """AdamW (beta1, beta2)."""
     eps: Annotated[float, Field(gt=0)] = 1e-8
     """AdamW epsilon."""
+    muon_lr: Annotated[float, Field(gt=0, le=10)] = 0.02
+    """`muon` only: peak learning rate of Muon's orthogonalised updates (the schedule's LR multiplier
+    applies to it as to `lr`); a rows × cols matrix steps by muon_lr·√max(1, rows/cols)."""
+    muon_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    """`muon` only: Muon's momentum (its buffer is an exponential average of the gradients)."""
+    nesterov: bool = True
+    """`muon` only: Nesterov momentum (the update looks one momentum step ahead)."""
+    ns_steps: Annotated[int, Field(ge=1, le=99)] = 5
+    """`muon` only: Newton–Schulz steps that orthogonalise the update (quintic, coefficients
+    3.4445, −4.7750, 2.0315, in bfloat16)."""
+
+    def muon_settings(self) -> dict:
+        """The `muon`-only fields and their values (set with kind adamw they are an error)."""
+        return {"muon_lr": self.muon_lr, "muon_momentum": self.muon_momentum, "nesterov": self.nesterov,
+                "ns_steps": self.ns_steps}  # fmt: skip
+
+    def step_params(self) -> dict:
+        """The hashed `optimizer` params of the cycle steps: every field for `muon`; for `adamw` exactly
+        the fields that existed before `muon` did, so every AdamW key (and stored result) stays valid."""
+        params = self.model_dump()
+        if self.kind != "muon":
+            for name in self.muon_settings():
+                del params[name]
+        return params
 
 
 # --------------------------------------------------------------------------- population

@@ -30,7 +30,7 @@ from hepc.train.batches import BatchSource
 from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
 from hepc.train.distill import distill_loss
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
-from hepc.train.optim import make_optimizer, set_lr_wd
+from hepc.train.optim import KINDS, optimizer_from_params, set_lr_wd
 from hepc.train.schedule import constant_multipliers, cyclic_multipliers, steps_per_cycle
 
 # Salts that give the perturbation noise and the dropout stream independent seeds.
@@ -238,8 +238,8 @@ def train_cycle(
     prev_dir = Path(prev_dir) if prev_dir is not None else None
     if prev_dir is None and (distill is not None or perturb_scale > 0):
         raise ValueError("distillation and perturbation need the previous cycle (prev_dir)")
-    if optimizer.get("kind", "adamw") != "adamw":
-        raise ValueError(f"unknown optimizer kind {optimizer.get('kind')!r} (expected adamw)")
+    if optimizer.get("kind", "adamw") not in KINDS:
+        raise ValueError(f"unknown optimizer kind {optimizer.get('kind')!r} (expected one of {', '.join(KINDS)})")
     cycle = {  # what every rank needs (picklable, for the spawned ones)
         "model": model, "optimizer": optimizer, "schedule": schedule, "distill": distill,
         "perturb_scale": perturb_scale, "cycle_index": cycle_index, "trajectory_seed": trajectory_seed,
@@ -332,10 +332,7 @@ def _run_cycle(
         if prev_dir is not None:
             net.load_state_dict(load_weights(prev_dir / "model.safetensors"))
         net.to(device)
-        opt = make_optimizer(
-            net, optimizer["lr"], optimizer["weight_decay"], optimizer.get("betas", (0.9, 0.95)),
-            optimizer.get("eps", 1e-8),
-        )  # fmt: skip
+        opt = optimizer_from_params(net, optimizer)  # AdamW, or Muon on the hidden matrices + AdamW
         if prev_state is not None:
             opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (method.md §3)
         return net, opt
@@ -466,7 +463,7 @@ def _run_cycle(
         for s in range(first_step, steps):
             lr_mult, wd_mult = multipliers(s)
             lr, wd = base_lr * lr_mult, base_wd * wd_mult
-            set_lr_wd(opt, lr, wd)
+            set_lr_wd(opt, lr, wd, lr_mult)  # Muon: muon_lr × lr_mult
 
             x, y = batches.batch(global_step_start + s)  # (B, T) each
             if dp is not None:
