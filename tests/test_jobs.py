@@ -103,8 +103,8 @@ def test_a_trajectory_never_runs_two_cycles_at_once(tmp_path):
 
 # --------------------------------------------------------------------------- killed workers, Ctrl-C
 
-# one long cycle per trajectory (~500 optimizer steps), checkpointed every 20
-LONG = ["population.cycles=1", "population.epochs_per_cycle=24", "runtime.checkpoint_every_steps=20",
+# one long cycle per trajectory (~1,000 optimizer steps, seconds on an idle machine), checkpointed every 20
+LONG = ["population.cycles=1", "population.epochs_per_cycle=48", "runtime.checkpoint_every_steps=20",
         "runtime.log_every_steps=5"]  # fmt: skip
 
 

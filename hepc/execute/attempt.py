@@ -248,7 +248,7 @@ class _Live:
     """work/<key>/live.json, rewritten whole at most every LIVE_EVERY_S: read by `hepc status`."""
 
     def __init__(self, path: Path, step: StepSpec, worker: str | None, started: float):
-        self.path, self.last = path, 0.0
+        self.path, self.last, self.stepped = path, 0.0, False
         self.base = {
             "key": step.key, "kind": step.kind, "name": step.name, "worker": worker, "host": socket.gethostname(),
             "pid": os.getpid(), "started": started,
@@ -257,8 +257,10 @@ class _Live:
 
     def update(self, info: dict) -> None:
         now = time.time()
-        if self.last and now - self.last < LIVE_EVERY_S:
+        first_step = info.get("step") is not None and not self.stepped  # the first progress is shown at once
+        if self.last and now - self.last < LIVE_EVERY_S and not first_step:
             return
+        self.stepped = self.stepped or info.get("step") is not None
         self.last = now
         value = {**self.base, "t": now, **{k: info.get(k) for k in ("step", "steps", "loss", "tokens_per_s")}}
         try:
