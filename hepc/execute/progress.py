@@ -75,6 +75,9 @@ class StepProgress:
         elif not self.quiet and time.time() - run["last_plain"] > 10:
             run["last_plain"] = time.time()
             where = f"step {info.get('step')}/{info.get('steps')}" if "step" in info else ""
+            eta = _eta(time.time() - run["t0"], info.get("step"), info.get("steps"))
+            if eta:
+                text.append(f"ETA {eta}")
             print(f"  {run['label']}: {where} {', '.join(text)}", file=sys.stderr, flush=True)
 
     def finish(self, summary: dict | None, status: str = "done", slot: str | None = None) -> None:
@@ -93,6 +96,16 @@ class StepProgress:
     def close(self) -> None:
         if self.live:
             self.bars.stop()
+
+
+def _eta(elapsed: float, step, steps) -> str:
+    """Time left for a step at the rate since it started ('' before there is a rate)."""
+    if not isinstance(step, int) or not isinstance(steps, int) or step <= 0 or steps < step:
+        return ""
+    left = elapsed / step * (steps - step)
+    minutes, seconds = divmod(round(left), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 def _brief(summary: dict | None) -> str:
