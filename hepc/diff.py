@@ -11,23 +11,20 @@ from hepc.spec.load import LoadedSpec
 _MISSING = "<absent>"
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
-        return out or {prefix: {}}
-    return {prefix: value}
+def changes(a: Any, b: Any, prefix: str = "") -> list[dict]:
+    """Fields that differ, A's value → B's. Sections present on both sides are compared field by
+    field; a section that one side has and the other sets to null (or lacks) is one change of the
+    whole section, in the direction A → B."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[dict] = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(changes(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else k))
+        return out
+    return [] if a == b else [{"field": prefix, "old": a, "new": b}]
 
 
 def diff(a: LoadedSpec, ca: Compiled, b: LoadedSpec, cb: Compiled) -> dict:
-    fa = flatten(a.spec.model_dump(mode="json"))
-    fb = flatten(b.spec.model_dump(mode="json"))
-    changed = [
-        {"field": k, "old": fa.get(k, _MISSING), "new": fb.get(k, _MISSING)}
-        for k in sorted(set(fa) | set(fb))
-        if fa.get(k, _MISSING) != fb.get(k, _MISSING)
-    ]
+    changed = changes(a.spec.model_dump(mode="json"), b.spec.model_dump(mode="json"))
     ka, kb = set(ca.graph.steps), set(cb.graph.steps)
     shared = [s for s in ca.graph if s.key in kb]
     only_a = [s for s in ca.graph if s.key not in kb]
