@@ -1,17 +1,17 @@
 """Ensemble mathematics: the learned prior, top-K selection and the loss-vs-budget curve.
 
-Everything here works on cached per-token probabilities of the correct token (method.md §6.2):
+Everything here works on cached per-token probabilities of the correct token (docs/method.md §6.1):
 row i of a matrix ``P`` (shape M×N) holds p_{i,n} = softmax(logits_{i,n})[y_n] of snapshot i on
-token n. Members are combined by **weighted probability averaging** (method.md §7):
+token n. Members are combined by **weighted probability averaging** (docs/method.md §6.2):
 
     loss(w) = −(1/N) Σ_n log( max( Σ_i w_i p_{i,n}, FLOOR ) ),    FLOOR = 1e-12,
 
-accumulated in float64. The prior (method.md §6.3) is the maximum-likelihood mixture weight vector
+accumulated in float64. The prior (docs/method.md §6.3) is the maximum-likelihood mixture weight vector
 on the held-out slice (``fit_prior``, AdamW as in the paper; ``fit_prior_em``); a budget of K members
-keeps the K largest weights, renormalised, without a refit (§6.4). On a small held-out slice that fit
+keeps the K largest weights, renormalised, without a refit (§6.5). On a small held-out slice that fit
 overfits its M weights, so ``fit_prior_shrinkage`` pulls it toward uniform with a strength chosen by
-cross-validation over held-out documents. ``loss_curve`` walks the snapshots in the order they become
-available (architecture.md, "The curve") and scores the top-K ensemble at each point.
+cross-validation over held-out documents (§6.4). ``loss_curve`` walks the snapshots in the order they
+become available (§4.5) and scores the top-K ensemble at each point (§8.1).
 
 numpy only: this module must stay cheap to import (no torch).
 """
@@ -214,7 +214,7 @@ def _finish(P64: np.ndarray, best_w: np.ndarray, best_step: int, history: list[f
 
 def fit_prior(P: np.ndarray, *, steps: int = 300, lr: float = 0.5, clip: float = 1.0,
               seed: int = 0) -> FitResult:
-    """Fit the learned prior on held-out probabilities P (M×N), method.md §6.3.
+    """Fit the learned prior on held-out probabilities P (M×N), docs/method.md §6.3.
 
         a ∈ R^M,  a_0 = 1e-4 · N(0, 1)   (np.random.default_rng(seed)),   w = softmax(a)
         minimise  J(a) = −(1/N) Σ_n log( max( Σ_i w_i p_{i,n}, 1e-12 ) )
@@ -621,7 +621,7 @@ def fit_prior_shrinkage(P: np.ndarray, doc_starts: np.ndarray | None = None, *,
 
 
 def top_k(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The K largest weights and their renormalisation (method.md §6.4, no refit).
+    """The K largest weights and their renormalisation (docs/method.md §6.5, no refit).
 
         S_K = indices of the K largest w_i,    w̃_i = w_i / Σ_{j∈S_K} w_j   for i ∈ S_K
 
@@ -678,7 +678,7 @@ def population_index(p: int, c: int, C: int) -> int:
 
 
 def availability_costs(P: int, C: int, E: float) -> list[tuple[int, int, float]]:
-    """When each snapshot becomes available under the round-robin order (architecture.md, "The curve").
+    """When each snapshot becomes available under the round-robin order (docs/method.md §4.5).
 
         cost(p, c) = ((c − 1)·P + p) · E   epochs,   p = 1..P trajectories, c = 1..C cycles
 
@@ -729,7 +729,7 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
                points: list[int] | None = None, doc_starts: np.ndarray | None = None,
                folds: int = SHRINKAGE_FOLDS, strengths: Sequence[float] = SHRINKAGE_STRENGTHS,
                em_iters: int = SHRINKAGE_EM_ITERS, fits: list[dict] | None = None) -> list[dict]:
-    """Loss-vs-budget curve of the top-K ensemble (architecture.md, "The curve").
+    """Loss-vs-budget curve of the top-K ensemble (docs/method.md §8.1).
 
     ``order[j]`` is the population row (of both P_fit and P_val) that becomes available j-th, at
     ``costs[j]`` epochs (nondecreasing). For each evaluated prefix length j (``points``, default

@@ -1,4 +1,4 @@
-"""Budget recipes: how to spend B epochs on a q0 population (method.md §9), rendered from a jinja2
+"""Budget recipes: how to spend B epochs on a q0 population (docs/method.md §10), rendered from a jinja2
 template in `templates/recipes/` inside a sandboxed environment.
 
 The rules, in terms of S = the epochs at which a lone model saturates on this data:

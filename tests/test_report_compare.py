@@ -227,7 +227,7 @@ def test_compare_populations_shape():
     assert c2["matched_k_ratio"] is None and "K=4" in c2["matched_k"]["error"]
 
 
-# ---------------------------------------------------------------- data efficiency (method.md §8.4)
+# ---------------------------------------------------------------- data efficiency (docs/method.md §8.5)
 
 NANOCHAT = [  # (tokens, loss) for d12, d20, d26 at each token count
     (200e6, 3.703), (200e6, 3.794), (200e6, 3.883),

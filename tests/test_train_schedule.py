@@ -70,7 +70,8 @@ def test_perturb_scale_cosine_endpoints():
 
 
 def test_perturb_scale_matches_leaderboard_formula():
-    # method.md §4.5: s_c = 0.05 + 0.20·½(1 + cos(π(c−1)/(C−2))), c = 1..C−1 boundaries, decay over C − 1.
+    # The reference (docs/method.md §4.3): s_c = 0.05 + 0.20·½(1 + cos(π(c−1)/(C−2))), c = 1..C−1
+    # boundaries, decay over C − 1.
     C = 96
     for c in range(1, C):
         expected = 0.05 + 0.20 * 0.5 * (1 + math.cos(math.pi * (c - 1) / (C - 2)))

@@ -1,4 +1,4 @@
-"""The paper's figures from loss-vs-budget curves (method.md §8.3, §8.4; §13 points 17-18).
+"""The paper's figures from loss-vs-budget curves (docs/method.md §8.3-§8.5).
 
 - ``epochs_to_match``: the budget at which a curve *first* reaches a loss, interpolating loss
   linearly in log(budget) between consecutive curve points.
@@ -280,7 +280,7 @@ def with_teacher(results: Mapping, budget: float | None) -> float | None:
 
 
 def token_envelope(reference_points) -> list[tuple[float, float]]:
-    """Best loss per token count (over model sizes), sorted by tokens: the §8.4 "best" column."""
+    """Best loss per token count (over model sizes), sorted by tokens: the "best" column of docs/method.md §8.5."""
     best: dict[float, float] = {}
     for tokens, loss in reference_points:
         tokens, loss = float(tokens), float(loss)
@@ -293,7 +293,7 @@ def token_envelope(reference_points) -> list[tuple[float, float]]:
 
 
 def data_efficiency(reference_points, loss: float, *, base_tokens: float = 100_000_000) -> dict:
-    """Equivalent-data multiplier of a method's ``loss`` (the Slowrun rule, method.md §8.4).
+    """Equivalent-data multiplier of a method's ``loss`` (the Slowrun rule, docs/method.md §8.5).
 
     ``reference_points``: ``(tokens, loss)`` pairs of models trained on more data; several entries
     at one token count (different model sizes) keep the best. Along that envelope, piecewise-linear

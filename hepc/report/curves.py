@@ -1,4 +1,4 @@
-"""Loss-vs-budget curves from a population's curve points (method.md §8, §13 point 16).
+"""Loss-vs-budget curves from a population's curve points (docs/method.md §8.1, §8.2).
 
 A *curve point* is one row of ``curve.json`` (see ``hepc.ensemble.loss_curve``)::
 
@@ -6,7 +6,7 @@ A *curve point* is one row of ``curve.json`` (see ``hepc.ensemble.loss_curve``):
      "val_loss": float, "val_bpb": float | None}
 
 A *curve* here is a list of ``(budget_epochs, val_loss)`` pairs sorted by budget, one pair per
-distinct budget. Budgets are epochs summed over all members (method.md §8.1), so they are > 0.
+distinct budget. Budgets are epochs summed over all members (docs/method.md §2.3), so they are > 0.
 
 Curves per population, as in the paper:
 
@@ -153,7 +153,7 @@ def fixed_k_curve(points: Sequence[Mapping], k: int) -> Curve:
       everything available is the top-k ensemble: the point with the largest ``k`` at that budget
       (the ``"all"`` point when the spec lists ``all``).
 
-    This is the paper's matched-K restriction (method.md §8.3): q0's inference ensemble may use
+    This is the paper's matched-K restriction (docs/method.md §8.4): q0's inference ensemble may use
     at most as many members as the baseline's ensemble.
     """
     if isinstance(k, bool) or int(k) != k or k < 1:

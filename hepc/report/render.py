@@ -1,7 +1,7 @@
 """Render the self-contained HTML report (jinja2, sandboxed, autoescaped) and its summary.json.
 
-The template lives in the repository's ``templates/report/report.html.j2`` (architecture.md:
-"templates/: jinja2 templates: budget recipes and the report"). It is located relative to this
+The template lives in the repository's ``templates/report/report.html.j2`` (with the budget-recipe
+templates under ``templates/``; see the repository tree in README.md). It is located relative to this
 package, so hepc must run from a source checkout or an editable install; a missing folder is a
 clear ``HepcError``, and ``templates_dir=`` overrides the location.
 """

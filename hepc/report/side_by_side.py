@@ -1,10 +1,11 @@
 """`hepc compare`: several specs' results side by side against the first one (the baseline).
 
-For each candidate: epochs-to-match (the budget at which its best-K curve first reaches the
-baseline's final loss, log-linear interpolation) and its ratio, the same with the candidate's
-ensemble limited to the baseline's ensemble size (matched K), and the loss gap at equal budget.
+For each candidate: epochs-to-match (the budget at which its headline curve first reaches the
+baseline's final loss, log-linear interpolation; docs/method.md §8.2-§8.3) and its ratio, the same
+with the candidate's ensemble limited to the baseline's ensemble size (matched K, §8.4), and the
+loss gap at equal budget.
 With reference data (single models trained on more data, e.g. a `data.train_tokens` sweep on the
-synthetic source), the equivalent-data multiplier of each spec's final loss (method.md §8.4).
+synthetic source), the equivalent-data multiplier of each spec's final loss (docs/method.md §8.5).
 """
 
 from __future__ import annotations

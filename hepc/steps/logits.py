@@ -1,7 +1,7 @@
 """logits: the top-K ensembles of a fitted prior, re-scored on val by weighted LOGIT averaging.
 
-The ablation of method.md §7 (q0 averages probabilities; PR #55 measured logit averaging ≈0.011
-nats worse). Needs the members' full predictive distributions, so it runs the snapshots again.
+The ablation of docs/method.md §7 (q0 averages probabilities; Slowrun PR #55 measured logit averaging
+≈0.011 nats worse). Needs the members' full predictive distributions, so it runs the snapshots again.
 """
 
 from __future__ import annotations

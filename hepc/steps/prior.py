@@ -1,9 +1,9 @@
 """prior: fit the member weights on the held-out slice, then score the top-K ensembles on val.
 
-Learned prior = softmax weights minimising the mixture NLL on held-out (method.md §6.3); top-K by
-weight, renormalised, no refit (§6.4); weighted probability averaging on val (§6.5, §7). The
+Learned prior = softmax weights minimising the mixture NLL on held-out (docs/method.md §6.3); top-K by
+weight, renormalised, no refit (§6.5); weighted probability averaging on val (§6.2, §6.6). The
 `shrinkage` prior pulls the same fit toward uniform, its strength chosen by cross-validation over
-held-out documents (``hepc.ensemble.fit_prior_shrinkage``). Every fit also reports its val NLL next
+held-out documents (``hepc.ensemble.fit_prior_shrinkage``, §6.4). Every fit also reports its val NLL next
 to the uniform prior's: a report only, val chooses nothing.
 """
 

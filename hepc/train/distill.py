@@ -1,4 +1,4 @@
-"""Chain-distillation loss (method.md §5.2): CE toward the data plus forward KL toward the frozen teacher."""
+"""Chain-distillation loss (docs/method.md §5.2): CE toward the data plus forward KL toward the frozen teacher."""
 
 from __future__ import annotations
 

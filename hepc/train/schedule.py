@@ -11,7 +11,7 @@ import math
 
 
 def cyclic_multipliers(step: int, steps_in_cycle: int, lr_floor: float, wd_floor: float) -> tuple[float, float]:
-    """q0's sawtooth (method.md §4.2): LR falls linearly from 1 to ~lr_floor, WD rises from wd_floor to ~1.
+    """q0's sawtooth (docs/method.md §4.2): LR falls linearly from 1 to ~lr_floor, WD rises from wd_floor to ~1.
 
     The two are exact affine images of each other, so their correlation over a cycle is −1: WD is low
     while the LR explores and high while it settles, which pulls the weight norm down before the snapshot.
@@ -31,7 +31,7 @@ def constant_multipliers(step: int, steps_in_cycle: int, warmdown: float) -> tup
     """Constant LR with a linear warmdown over the last `warmdown` fraction of the steps; flat WD.
 
     The LR would reach 0 one step after the last, so the last step still moves (lr = 1/W > 0).
-    This is the single-model / ensemble-baseline schedule of method.md §14.
+    This is the single-model / ensemble-baseline schedule of docs/method.md §4.6.
     """
     _check_step(step, steps_in_cycle)
     if not 0.0 <= warmdown <= 1.0:
@@ -46,7 +46,7 @@ def perturb_scale(cycle_index: int, start: float, end: float, decay_cycles: int)
     """Noise scale applied at the start of cycle `cycle_index` (1-based) to the weights of cycle_index − 1.
 
     Cycle 1 starts from a fresh init, so 0. Boundary b = cycle_index − 1 gets a cosine decay from `start`
-    (b = 1) to `end` (b ≥ decay_cycles), as in the leaderboard code (method.md §4.5) but with the decay
+    (b = 1) to `end` (b ≥ decay_cycles), as in the leaderboard code (docs/method.md §4.3) but with the decay
     length given explicitly instead of derived from the total cycle count.
     """
     if cycle_index < 1:
