@@ -115,16 +115,47 @@ def list_data_files(source_cfg: dict, base_dir: Path, field: str = "data.source"
         raise DataError("must list at least one file or glob pattern", f"{field}.{key}")
     found: dict[str, DataFile] = {}  # real path -> file; the first pattern to reach a file names it
     for i, pattern in enumerate(patterns):
-        where = f"{field}.{key}[{i}]"
-        root, rest = _split_pattern(str(pattern), base_dir)
-        if glob.has_magic(rest):
-            names = _glob(str(pattern), root, rest, where)
-        else:
-            names = [_literal(str(pattern), source_cfg, root, rest, where)]
-        for name in names:
-            real = os.path.realpath(os.path.join(root, name))
-            found.setdefault(real, DataFile(Path(os.path.normpath(name)).as_posix(), Path(real), where))
-    return sorted(found.values(), key=lambda f: (f.name, str(f.path)))
+        for file in list_pattern(pattern, source_cfg, base_dir, f"{field}.{key}[{i}]"):
+            found.setdefault(str(file.path), file)
+    files = sorted(found.values(), key=lambda f: (f.name, str(f.path)))
+    excludes = (source_cfg.get("exclude") or []) if key == "paths" else []
+    if excludes:
+        excluded = [excluded_paths(pattern, base_dir) for pattern in excludes]
+        files = [f for f in files if not any(is_excluded(f.path, e) for e in excluded)]
+        if not files:
+            raise DataError(f"removes every file that `{key}` lists (nothing is left to read)", f"{field}.exclude")
+    return files
+
+
+def list_pattern(pattern: str, source_cfg: dict, base_dir: Path, where: str) -> list[DataFile]:
+    """The regular files one entry of `paths` reaches (see `list_data_files`), `where` being that entry."""
+    root, rest = _split_pattern(str(pattern), base_dir)
+    if glob.has_magic(rest):
+        names = _glob(str(pattern), root, rest, where)
+    else:
+        names = [_literal(str(pattern), source_cfg, root, rest, where)]
+    files = []
+    for name in names:
+        real = os.path.realpath(os.path.join(root, name))
+        files.append(DataFile(Path(os.path.normpath(name)).as_posix(), Path(real), where))
+    return files
+
+
+def excluded_paths(pattern: str, base_dir: Path) -> list[str]:
+    """Real paths an `exclude` entry matches (a glob, relative to `base_dir` unless absolute); may be none.
+
+    A matched directory excludes everything under it."""
+    root, rest = _split_pattern(str(pattern), base_dir)
+    try:
+        names = glob.glob(rest, root_dir=root, recursive=True) if glob.has_magic(rest) else [rest]
+    except (OSError, ValueError):
+        return []
+    return [os.path.realpath(os.path.join(root, n)) for n in names if os.path.lexists(os.path.join(root, n))]
+
+
+def is_excluded(path: Path, excluded: list[str]) -> bool:
+    text = str(path)
+    return any(text == e or text.startswith(e.rstrip(os.sep) + os.sep) for e in excluded)
 
 
 def _glob(pattern: str, root: str, rest: str, where: str) -> list[str]:
@@ -190,7 +221,8 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     """A JSON-serialisable description of the source's content, for content-hashed cache keys.
 
     pystdlib: the Python version and a digest of the sorted (path, size) listing (no file is read);
-    text: each file's name and content digest, plus the encoding; tokens: the same for the train
+    text: each file's name and content digest (after `exclude`), plus the encoding and the `documents`
+    rule when it is not the default `file`; tokens: the same for the train
     and validation shards, plus vocab_size and eot_id (bytes_per_token only labels bits per byte,
     so it is left out); synthetic: its own config.
     """
@@ -205,7 +237,11 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
         return {"kind": "pystdlib", "python": sys.version, "files": len(listing), "listing": digest.hexdigest()}
     if kind == "text":
         files = _file_digests(source_cfg, base_dir, field, "paths")
-        return {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}
+        identity = {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}
+        documents = source_cfg.get("documents", "file")
+        if documents not in (None, "file"):  # the default rule is left out: existing keys stay as they were
+            identity["documents"] = documents
+        return identity
     if kind == "tokens":
         vocab_size, eot_id = check_tokens_config(source_cfg, field)
         has_val = source_cfg.get("val_paths") is not None

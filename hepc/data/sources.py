@@ -8,12 +8,17 @@ files it needs. The synthetic source is an endless seeded stream (see synthetic.
 
 `iter_named_documents` is what the corpus builder reads file sources with: every file, in sorted
 name order, as its name and a stream of UTF-8 chunks (of at most about `_CHUNK` bytes of the file
-each), so that no file is ever held whole in memory (see corpus.py).
+each), so that no file is ever held whole in memory (see corpus.py). A text source with a
+`documents` rule (`{separator: LINE}` or `{regex: PATTERN}`) yields each non-empty document of each
+file instead, named `<file name>#<j>` (j counting the file's non-empty documents from 0), split
+streamed (`_split_documents`). In `iter_documents` such a source shuffles its files and yields each
+file's documents in file order.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,8 @@ from hepc.data.identity import (
 )
 
 _CHUNK = 1 << 20  # bytes read (and decoded) at a time from a text file
+_HOLD = 1 << 16  # characters held back at a chunk's end while searching for document separators
+_CONTEXT = 256  # characters before the searched text kept in view (for ^, \\b and lookbehinds)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ def iter_named_documents(
 ) -> Iterator[tuple[str, Iterator[bytes]]]:
     """(name, UTF-8 chunks) of every document of a file source (pystdlib, text), in sorted name order.
 
-    Names are those the source identity hashes (the standard-library path, or the text file's name).
+    Names are those the source identity hashes (the standard-library path, or the text file's name;
+    `name#j` for the j-th non-empty document of a text file under a `documents` rule).
     A document's chunks must be read to the end before the next document is asked for; a decoding
     or reading error is located as for `iter_documents`. The listing is made now, so that its errors
     surface before the first document is asked for.
@@ -81,7 +89,14 @@ def iter_named_documents(
     if kind == "text":
         files = list_data_files(source_cfg, base_dir, field)
         encoding = _check_encoding(source_cfg, field)
-        return ((file.name, _text_chunks(file, encoding, field)) for file in files)
+        splitter = document_splitter(source_cfg, field)
+        if splitter is None:
+            return ((file.name, _text_chunks(file, encoding, field)) for file in files)
+        return (
+            (f"{file.name}#{j}", doc)
+            for file in files
+            for j, doc in enumerate(_split_documents(_text_chunks(file, encoding, field), splitter))
+        )
     raise DataError(f"source kind {kind!r} has no named files (expected pystdlib or text)", f"{field}.kind")
 
 
@@ -91,6 +106,99 @@ def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
             yield from _utf8_chunks(f, encoding, file.name, field)
     except OSError as e:
         raise read_error(file, e) from None
+
+
+# --------------------------------------------------------------------------- document rules
+
+
+def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Pattern[str] | None:
+    """The compiled separator of a text source's `documents` rule; None for `file` (one document per file).
+
+    `{separator: LINE}`: a line equal to LINE (its `\\n` or `\\r\\n` aside) ends a document and belongs
+    to none. `{regex: PATTERN}`: documents are separated by the matches of PATTERN (empty matches are
+    ignored). A bad rule is a DataError at `documents`.
+    """
+    rule = source_cfg.get("documents", "file")
+    where = f"{field}.documents"
+    if rule in (None, "file"):
+        return None
+    if isinstance(rule, dict) and len(rule) == 1 and isinstance(rule.get("separator"), str):
+        line = rule["separator"]
+        if not line or "\n" in line or "\r" in line:
+            raise DataError("must be one non-empty line", f"{where}.separator")
+        return re.compile(r"(?m)^" + re.escape(line) + r"(?:\r?\n|\Z)")
+    if isinstance(rule, dict) and len(rule) == 1 and isinstance(rule.get("regex"), str):
+        try:
+            pattern = re.compile(rule["regex"])
+        except re.error as e:
+            raise DataError(f"not a valid regular expression: {e}", f"{where}.regex") from None
+        if pattern.fullmatch("") is not None:
+            raise DataError("must not match the empty string (it would separate nothing)", f"{where}.regex")
+        return pattern
+    raise DataError(f"must be 'file', {{separator: LINE}} or {{regex: PATTERN}} (got {rule!r})", where)
+
+
+def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Iterator[Iterator[bytes]]:
+    """The non-empty documents of one file's UTF-8 chunks, each as its own stream of UTF-8 chunks.
+
+    The text is searched a chunk at a time, holding back the last `_HOLD` characters (and any match
+    that reaches into them) until more text or the end of the file is in view, so that a separator
+    split across chunks is found and a document spanning chunks comes out whole: the result is that
+    of splitting the whole file at once for every separator shorter than `_HOLD` characters. Memory:
+    one chunk and the held-back text. A document's chunks must be read before the next document.
+    """
+
+    def stream() -> Iterator[tuple[str, object]]:
+        """('text', str) and ('end', None) events, in file order."""
+        carry, context = "", ""
+        decoder = codecs.getincrementaldecoder("utf-8")()  # a chunk may end inside a character
+        for utf8 in chunks:
+            buffer = carry + decoder.decode(utf8)
+            done = len(buffer) - _HOLD
+            cut, last = done, 0
+            for m in pattern.finditer(context + buffer, len(context)):
+                start, end = m.start() - len(context), m.end() - len(context)
+                if end > done:
+                    cut = min(cut, start)
+                    break
+                if end > start:
+                    yield "text", buffer[last:start]
+                    yield "end", None
+                    last = end
+            cut = max(cut, last)
+            if cut > last:
+                yield "text", buffer[last:cut]
+            context = (context + buffer[:cut])[-_CONTEXT:]
+            carry = buffer[cut:]
+        carry += decoder.decode(b"", final=True)
+        last = 0
+        for m in pattern.finditer(context + carry, len(context)):
+            start, end = m.start() - len(context), m.end() - len(context)
+            if end > start:
+                yield "text", carry[last:start]
+                yield "end", None
+                last = end
+        yield "text", carry[last:]
+        yield "end", None
+
+    events = stream()
+    for kind, text in events:
+        if kind == "end" or not text:
+            continue  # an empty document ends, or nothing yet
+        finished = [False]
+
+        def document(first: str = text, flag: list[bool] = finished) -> Iterator[bytes]:
+            yield first.encode("utf-8")
+            for kind_, text_ in events:
+                if kind_ == "end":
+                    flag[0] = True
+                    return
+                if text_:
+                    yield text_.encode("utf-8")
+
+        yield document()
+        if not finished[0]:
+            raise RuntimeError("a document's chunks must be read to its end before the next document")
 
 
 def _pystdlib(include_tests: bool, seed: int) -> Iterator[bytes]:
@@ -112,7 +220,20 @@ def _as_utf8(data: bytes) -> bytes:
 
 def _text(source_cfg: dict, base_dir: Path, seed: int, field: str, limit: int | None) -> Iterator[bytes | Prefix]:
     files = list_data_files(source_cfg, base_dir, field)  # resolved now: errors surface before any reading
-    return _read_text(files, _check_encoding(source_cfg, field), seed, field, limit)
+    encoding, splitter = _check_encoding(source_cfg, field), document_splitter(source_cfg, field)
+    if splitter is None:
+        return _read_text(files, encoding, seed, field, limit)
+    return _read_split_text(files, encoding, splitter, seed, field, limit)
+
+
+def _read_split_text(
+    files: list[DataFile], encoding: str, splitter: re.Pattern[str], seed: int, field: str, limit: int | None
+) -> Iterator[bytes | Prefix]:
+    """The documents of each file in turn, the files in shuffled order, each file's documents in file order."""
+    for i in np.random.default_rng(seed).permutation(len(files)):
+        for chunks in _split_documents(_text_chunks(files[i], encoding, field), splitter):
+            doc = _prefix_of(chunks, limit)
+            yield doc if limit is not None else doc.data
 
 
 def _check_encoding(source_cfg: dict, field: str) -> str:
@@ -140,8 +261,12 @@ def _read_text(
 def _utf8_prefix(f: BinaryIO, encoding: str, limit: int | None, name: str, field: str) -> Prefix:
     """The first `limit` bytes (all without a limit) of `f` decoded from `encoding` and re-encoded as
     UTF-8, and the UTF-8 size of all of it; read in chunks, to the end, so that all of it is checked."""
+    return _prefix_of(_utf8_chunks(f, encoding, name, field), limit)
+
+
+def _prefix_of(chunks: Iterator[bytes], limit: int | None) -> Prefix:
     kept, size = bytearray(), 0
-    for utf8 in _utf8_chunks(f, encoding, name, field):
+    for utf8 in chunks:
         room = len(utf8) if limit is None else max(limit - len(kept), 0)
         kept += utf8[:room]
         size += len(utf8)

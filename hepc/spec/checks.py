@@ -15,20 +15,28 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
         out.append((("data", "tokenizer"), f"must be 'none' for a pre-tokenized source (got {d.tokenizer!r})"))
     if not is_tokens and d.tokenizer == "none":
         out.append((("data", "tokenizer"), "'none' needs a pre-tokenized source (kind: tokens)"))
+    if d.source.kind == "text" and d.source.documents != "file":
+        from hepc.data.identity import DataError
+        from hepc.data.sources import document_splitter
+
+        try:
+            document_splitter(d.source.model_dump())
+        except DataError as e:
+            out.append((tuple(e.field.split(".")), e.message))
     if is_tokens and d.source.eot_id >= d.source.vocab_size:
         out.append((("data", "source", "eot_id"), f"must be < vocab_size ({d.source.vocab_size})"))
 
     if d.heldout_tokens >= d.train_tokens:
         out.append(
             (("data", "heldout_tokens"),
-             f"must be < data.train_tokens ({d.train_tokens}) because it is carved out of train "
-             f"(got {d.heldout_tokens})")
+             (f"must be < data.train_tokens ({d.train_tokens}) because it is carved out of train "
+              f"(got {d.heldout_tokens})"))
         )
     elif d.train_tokens - d.heldout_tokens < d.seq_len + 1:
         out.append(
             (("data", "train_tokens"),
-             f"leaves {d.train_tokens - d.heldout_tokens} training tokens after the held-out slice; "
-             f"need at least seq_len + 1 = {d.seq_len + 1}")
+             (f"leaves {d.train_tokens - d.heldout_tokens} training tokens after the held-out slice; "
+              f"need at least seq_len + 1 = {d.seq_len + 1}"))
         )
     if d.val_tokens < d.seq_len + 1:
         out.append((("data", "val_tokens"), f"must be >= seq_len + 1 = {d.seq_len + 1} (got {d.val_tokens})"))
@@ -51,8 +59,8 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
     elif o.batch_tokens // d.seq_len > (d.train_tokens - d.heldout_tokens) // (d.seq_len + 1) > 0:
         out.append(
             (("optimizer", "batch_tokens"),
-             f"is larger than one epoch of training sequences "
-             f"({(d.train_tokens - d.heldout_tokens) // (d.seq_len + 1)} × {d.seq_len} tokens)")
+             (f"is larger than one epoch of training sequences "
+              f"({(d.train_tokens - d.heldout_tokens) // (d.seq_len + 1)} × {d.seq_len} tokens)"))
         )
 
     if o.kind != "muon":  # a Muon setting given another value than its default, with kind adamw

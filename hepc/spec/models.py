@@ -33,14 +33,40 @@ class PyStdlibSource(Strict):
     """Also use the standard library's own test suites (excluded by default)."""
 
 
+class SeparatorDocuments(Strict):
+    """A line equal to `separator` (its line ending aside) ends a document; it is part of no document."""
+
+    separator: Annotated[str, Field(min_length=1, pattern=r"^[^\r\n]+$")]
+    """The separator line's text, e.g. `%` (fortune files); one line."""
+
+
+class RegexDocuments(Strict):
+    """Documents are separated by the matches of a regular expression (Python `re`) over the decoded text."""
+
+    regex: Annotated[str, Field(min_length=1)]
+    """The separator pattern, e.g. `\\n\\s*\\n` for blank lines; it must not match the empty string. The
+    text is searched a chunk at a time with 64 Ki characters held back, so a separator longer than that
+    may be missed."""
+
+
 class TextSource(Strict):
-    """Local text files: one document per file."""
+    """Local text files: one document per file, or several per file with a `documents` rule."""
 
     kind: Literal["text"]
     paths: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    """Files or glob patterns, relative to the spec file's folder unless absolute."""
+    """Files or glob patterns, relative to the spec file's folder unless absolute. Only regular files
+    are data; a glob must match at least one, and a literal path must be one."""
+    exclude: list[Annotated[str, Field(min_length=1)]] = []
+    """Files or glob patterns (relative like `paths`) removed from what `paths` lists; a matched folder
+    removes everything under it. Removing every file is an error."""
     encoding: str = "utf-8"
-    """Text encoding of the files (undecodable bytes are replaced)."""
+    """Python codec of the files (e.g. utf-8, latin-1, utf-16). Nothing is replaced: a byte sequence that
+    cannot be decoded in it is an error naming the file and its byte offset. Documents are re-encoded
+    as UTF-8."""
+    documents: Literal["file"] | SeparatorDocuments | RegexDocuments = "file"
+    """How files become documents: `file` = one document per file; `{separator: LINE}`: a line equal
+    to LINE ends a document; `{regex: PATTERN}`: matches of PATTERN separate documents. Empty
+    documents (no characters at all) are skipped. A rule other than `file` is part of the corpus key."""
 
 
 class SyntheticSource(Strict):
@@ -201,8 +227,8 @@ Schedule = Annotated[Union[CyclicSchedule, ConstantSchedule], Field(discriminato
 class Distill(Strict):
     """Chain distillation: each cycle after `after_cycles` trains against its predecessor snapshot."""
 
-    after_cycles: Annotated[int, Field(ge=0)] = 8
-    """Cycles 1..after_cycles are plain cross-entropy; later cycles are distilled."""
+    after_cycles: Annotated[int, Field(ge=1)] = 8
+    """Cycles 1..after_cycles are plain cross-entropy; later cycles are distilled (at least 1: cycle 1 has no teacher)."""
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.45
     """Weight of the KL term: loss = (1 - alpha)·CE + alpha·T²·KL(teacher || student)."""
     temperature: Annotated[float, Field(gt=0)] = 1.2

@@ -1,0 +1,165 @@
+"""Input checks of a spec's data, for `hepc validate` and `hepc plan`: located problems, nothing written.
+
+`input_problems(spec, base_dir)` looks at the files a `text` or `tokens` source lists without
+building anything: each `paths` entry on its own (a glob that matches nothing, a directory, a missing
+or special file), `exclude` (an entry that matches nothing is a warning; removing every file an
+error), the encoding (unknown: error), and for text the first 64 KiB of every file (NUL characters or
+bytes that do not decode in the declared encoding: binary, an error naming the file, located at the
+`paths` entry that reached it); an empty file is a warning, all files empty an error. Last, whether
+the files can hold the splits (val_tokens + train_tokens, heldout included in train) with the bytes
+tokenizer: exact for the default `file` rule in UTF-8, an upper bound otherwise (4 UTF-8 bytes per
+file byte, one end-of-text per byte), so that only a corpus that is surely too small is refused.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from pathlib import Path
+
+from hepc.data.identity import (
+    DataError,
+    DataFile,
+    excluded_paths,
+    is_excluded,
+    list_pattern,
+    open_regular,
+)
+from hepc.errors import Problem
+
+HEAD = 64 << 10  # bytes of each text file that are checked for binary content
+FIELD = "data.source"
+
+
+def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = None) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) about the data files of `spec` (a `Spec`), relative to `base_dir` (the spec's folder).
+
+    `where` maps a dotted spec path to its location (`LoadedSpec.where`: `file:line:col`); without it
+    problems carry no location beyond the dotted path.
+    """
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+
+    def add(out: list[Problem], path: str, message: str) -> None:
+        out.append(Problem(where(path) if where else "", path, message))
+
+    source = spec.data.source
+    if source.kind not in ("text", "tokens"):
+        return errors, warnings
+    cfg = source.model_dump()
+    base_dir = Path(base_dir)
+    keys = ["paths"] + (["val_paths"] if cfg.get("val_paths") is not None else [])
+    listed: dict[str, DataFile] = {}
+    for key in keys:
+        for i, pattern in enumerate(cfg.get(key) or []):
+            try:
+                files = list_pattern(pattern, cfg, base_dir, f"{FIELD}.{key}[{i}]")
+            except DataError as e:
+                add(errors, e.field, e.message)
+                continue
+            if key == "paths":
+                for file in files:
+                    listed.setdefault(str(file.path), file)
+    if source.kind != "text":
+        return errors, warnings
+
+    files = sorted(listed.values(), key=lambda f: (f.name, str(f.path)))
+    for j, pattern in enumerate(cfg.get("exclude") or []):
+        excluded = excluded_paths(pattern, base_dir)
+        if not excluded:
+            add(warnings, f"{FIELD}.exclude[{j}]", f"'{pattern}' matches nothing (looked in {base_dir})")
+        files = [f for f in files if not is_excluded(f.path, excluded)]
+    if listed and not files:
+        add(errors, f"{FIELD}.exclude", "removes every file that `paths` lists (nothing is left to read)")
+
+    try:
+        codecs.getincrementaldecoder(source.encoding)
+        b"".decode(source.encoding)
+    except LookupError as e:
+        add(errors, f"{FIELD}.encoding", f"unknown encoding {source.encoding!r}: {e}")
+        return errors, warnings
+
+    sizes: list[int] = []
+    for file in files:
+        try:
+            with open_regular(file.path) as f:
+                head = f.read(HEAD)
+                size = _size(f, len(head))
+        except OSError as e:
+            add(errors, file.where, f"cannot read '{file.name}' ({file.path}): {e.strerror or e}")
+            continue
+        if not head:
+            add(warnings, file.where, f"'{file.name}' is empty")
+            continue
+        reason = _binary(head, source.encoding, final=size <= HEAD)
+        if reason:
+            add(errors, file.where, f"'{file.name}' looks binary, not {source.encoding} text: {reason}")
+            continue
+        sizes.append(size)
+    if files and not sizes and not errors:
+        add(errors, f"{FIELD}.paths", f"every file is empty ({len(files)} listed): there are no documents")
+    if sizes and not errors:
+        _check_room(spec, source, sizes, add, errors)
+    return errors, warnings
+
+
+def loaded_input_problems(loaded) -> tuple[list[Problem], list[Problem]]:
+    """`input_problems` of every population of a loaded spec (each distinct source once), located in its file."""
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    seen = set()
+    for spec in [v.spec for v in loaded.variants] or [loaded.spec]:
+        key = repr(spec.data.source), spec.data.train_tokens, spec.data.val_tokens, spec.data.max_doc_tokens
+        if key in seen:
+            continue
+        seen.add(key)
+        errs, warns = input_problems(spec, loaded.base_dir, loaded.where)
+        errors.extend(p for p in errs if p not in errors)
+        warnings.extend(p for p in warns if p not in warnings)
+    return errors, warnings
+
+
+def _size(f, already: int) -> int:
+    try:
+        return max(int(f.seek(0, 2)), already)
+    except OSError:
+        return already
+
+
+def _binary(head: bytes, encoding: str, final: bool) -> str | None:
+    """Why the first bytes of a file are not text in `encoding` (None when they are)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        text = decoder.decode(head, final=final)  # not final: the head may end inside a character
+    except UnicodeDecodeError as e:
+        return f"cannot decode byte {e.start:,}: {e.reason}"
+    except UnicodeError as e:
+        return str(e)
+    nul = text.find("\x00")
+    if nul >= 0:
+        return f"NUL character at character {nul:,}"
+    return None
+
+
+def _check_room(spec, source, sizes: list[int], add, errors: list[Problem]) -> None:
+    """An error when the files cannot hold val + train tokens (see the module docstring)."""
+    d = spec.data
+    if d.tokenizer != "bytes":
+        return
+    needed = d.val_tokens + d.train_tokens
+    utf8 = source.encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+    cap = d.max_doc_tokens
+    if source.documents == "file" and utf8:
+        width = None if cap is None else cap - 1
+        tokens = sum(size + (1 if width is None else max(1, -(-size // width))) for size in sizes)
+        held = f"hold {tokens:,} tokens"
+    else:
+        tokens = sum(2 * 4 * size for size in sizes)
+        held = f"hold at most {tokens:,} tokens"
+    if tokens < needed:
+        add(
+            errors,
+            "data.train_tokens",
+            f"the {len(sizes):,} data files {held} (bytes and end-of-texts); the splits need {needed:,} "
+            f"(val {d.val_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
+        )
