@@ -30,6 +30,9 @@ StoreOpt = Annotated[
     Optional[str], typer.Option("--store", help="Store folder (default: $HEPC_STORE, runtime.store, or runs/).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+MembersOpt = Annotated[
+    bool, typer.Option("--members", help="Also print every member (snapshot) in a table; --json always has them.")
+]
 RefDataOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -117,12 +120,26 @@ def _warn(compiled) -> None:
         _err(f"warning: {w}")
 
 
+def _check_inputs(loaded, compiled) -> None:
+    """Input problems known before any training (hepc/data/checks.py): errors exit 2, located. Data
+    that lives on another machine (not here at all) stays a warning; data that is here and bad is an error."""
+    from hepc.data.checks import loaded_input_problems
+    from hepc.errors import SpecError
+
+    errors, warnings = loaded_input_problems(loaded)
+    for w in warnings:
+        _err(f"warning: {w}")
+    if errors and not any(w.startswith("data not available here") for w in compiled.warnings):
+        raise SpecError(errors)
+
+
 @app.command()
 @user_errors
 def validate(spec: SpecArg, overrides: Overrides = None) -> None:
     """Check a spec (and overrides) without running anything."""
     loaded, compiled = _load(spec, overrides)
     _warn(compiled)
+    _check_inputs(loaded, compiled)
     t = compiled.totals
     pops = compiled.populations
     snapshots = sum(p.totals["members"] for p in pops)
@@ -141,6 +158,7 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
 
     loaded, compiled = _load(spec, overrides)
     _warn(compiled)
+    _check_inputs(loaded, compiled)
     the_store = _store(store, loaded)
     the_plan = make_plan(compiled, the_store)
     from hepc.throughput import plan_estimate, plan_line
@@ -179,6 +197,7 @@ def run(
     address: Annotated[
         Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default $RAY_ADDRESS.")
     ] = None,
+    members: MembersOpt = False,
 ) -> None:
     """Run every step that is not in the store yet, then print the results."""
     from hepc.execute.driver import check_committed, execute
@@ -207,7 +226,7 @@ def run(
     if json_out:
         print(json.dumps(results, indent=1))
     else:
-        render(results, _stdout())
+        render(results, _stdout(), members=members)
     if not quiet:
         _err(f"done in {time.time() - t0:.1f}s (store: {the_store.root})")
 
@@ -231,8 +250,14 @@ def _run_flags(jobs: Optional[int], backend: Optional[str], address: Optional[st
 
 @app.command()
 @user_errors
-def results(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """Print a finished population's members, ensembles and loss curve."""
+def results(
+    spec: SpecArg,
+    overrides: Overrides = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    members: MembersOpt = False,
+) -> None:
+    """Print a finished population's ensembles, loss curve and best member (every member with --members)."""
     from hepc.results import collect, render
 
     loaded, compiled = _load(spec, overrides)
@@ -240,7 +265,7 @@ def results(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, 
     if json_out:
         print(json.dumps(res, indent=1))
     else:
-        render(res, _stdout())
+        render(res, _stdout(), members=members)
 
 
 @app.command()

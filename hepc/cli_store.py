@@ -39,12 +39,13 @@ def _adopt(the_store) -> None:
     """Write the marker into a store made by an older hepc, after checking that the folder holds
     nothing but a store's folders (so an unrelated folder is never adopted)."""
     from hepc.store import MARKER, SUBDIRS
+    from hepc.verify import INDEX
 
     if the_store.marker_problem() is None:
         return
     if (the_store.root / MARKER).exists():
         the_store.require_store()  # a damaged marker: say so rather than overwrite it
-    unknown = sorted(e.name for e in the_store.root.iterdir() if e.name not in SUBDIRS)
+    unknown = sorted(e.name for e in the_store.root.iterdir() if e.name not in (*SUBDIRS, INDEX))
     if unknown or not (the_store.root / "objects").is_dir():
         what = f"it holds {', '.join(unknown[:3])}" if unknown else "it has no objects/ folder"
         raise HepcError(f"{the_store.root}: does not look like an hepc store ({what}); not adopted")

@@ -95,30 +95,50 @@ def populations(results: dict) -> list[dict]:
     return results.get("populations", [results])
 
 
-def render(results: dict, console) -> None:
-    """Print the results tables with rich (to stdout), one block per population."""
+def render(results: dict, console, *, members: bool = False) -> None:
+    """Print the results with rich (to stdout), one block per population: the ensembles, the loss
+    curve in one line and the best member; the table of every member only with `members`."""
     for pop in populations(results):
-        render_population(pop, console)
+        render_population(pop, console, members=members)
 
 
-def render_population(results: dict, console) -> None:
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def curve_line(points: list[dict]) -> str:
+    """The loss curve in one line: how many points over which budgets, and the best loss at the first
+    and the last budget."""
+    if not points:
+        return "curve: no points"
+    budgets = sorted({p["budget_epochs"] for p in points})
+
+    def best_at(b):
+        p = min((p for p in points if p["budget_epochs"] == b), key=lambda p: p["val_loss"])
+        return f"{b:g} epochs ({p['members']} members): {p['val_loss']:.4f} at K={p['k_label']}"
+
+    first, last = best_at(budgets[0]), best_at(budgets[-1])
+    return f"curve: {len(points)} points over {len(budgets)} budgets; best {first} → {last}"
+
+
+def render_population(results: dict, console, *, members: bool = False) -> None:
     from rich.table import Table
 
     title = results["spec"] + (f" [{results['label']}]" if results.get("label") else "")
-    members = Table(title=f"{title}: members (val loss, nats/token)")
-    for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
-        members.add_column(col, justify="right")
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.4f}"
+    fmt = _fmt
+    if members:
+        table = Table(title=f"{title}: members (val loss, nats/token)")
+        for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
+            table.add_column(col, justify="right")
+        for m in results["members"]:
+            table.add_row(
+                str(m["trajectory"]), str(m["cycle"]), f"{m['cost_epochs']:g}", f"{m['weight']:.3f}",
+                f"{m['val_loss']:.4f}", fmt(m["val_bpb"]),
+            )
+        console.print(table)
 
-    for m in results["members"]:
-        members.add_row(
-            str(m["trajectory"]), str(m["cycle"]), f"{m['cost_epochs']:g}", f"{m['weight']:.3f}",
-            f"{m['val_loss']:.4f}", fmt(m["val_bpb"]),
-        )
-    console.print(members)
-
-    ens = Table(title=f"ensembles ({results['prior']['kind']} prior, weighted {results['aggregate']} averaging)")
+    prior, aggregate = results["prior"]["kind"], results["aggregate"]
+    ens = Table(title=f"{title}: ensembles ({prior} prior, weighted {aggregate} averaging)")
     for col in ("K", "val loss", "val bpb", "vs best single"):
         ens.add_column(col, justify="right")
     best = results["best_single"]["val_loss"]
@@ -127,6 +147,12 @@ def render_population(results: dict, console) -> None:
         label = f"{e['k']}" + (" (all)" if e["k_label"] == "all" else "")
         ens.add_row(label, f"{e['val_loss']:.4f}", fmt(e["val_bpb"]), f"{e['val_loss'] - best:+.4f}")
     console.print(ens)
+    console.print(curve_line(results["curve"]))
+    s = results["best_single"]
+    console.print(
+        f"best member: trajectory {s['trajectory']} cycle {s['cycle']}, val loss {s['val_loss']:.4f} "
+        f"(of {len(results['members'])} members; `--members` lists them all)"
+    )
     b = results["best_ensemble"]
     console.print(
         f"budget {results['budget_epochs']:g} epochs: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "

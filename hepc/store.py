@@ -6,6 +6,7 @@
     leases/<key>                     one lease per running step (pid, host, heartbeat: see store_lease.py)
     records/<spec-name>/<run-id>/    each run: resolved spec, plan, events.jsonl
     verified/<kind>-<dirname>        stat signatures of objects verified intact (a cache, see verify.py)
+    verified-index.json              the same for every object a run found intact, in one file (see verify.py)
     quarantine/<stamp>/<kind>/<dir>  damaged objects moved aside by `hepc run` (kept for inspection)
     trash/<stamp>/                   phase 1 of `hepc gc --yes` (unreachable objects, deleted in phase 2)
 
@@ -33,7 +34,19 @@ from hepc.errors import StoreError
 from hepc.graph import StepSpec
 from hepc.safe_io import os_error_message, read_json
 from hepc.store_lease import Lease, LeaseBusy, LeaseLost
-from hepc.verify import SELF_DIGEST, check_object, file_digest, manifest_digest, quarantine, record_sig
+from hepc.verify import (
+    SELF_DIGEST,
+    check_object,
+    check_object_sigs,
+    file_digest,
+    index_intact,
+    index_label,
+    manifest_digest,
+    quarantine,
+    read_index,
+    record_sig,
+    write_index,
+)
 
 MANIFEST = "manifest.json"
 DEFAULT_STORE = "runs"
@@ -81,6 +94,9 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._index: dict[str, dict[str, Path]] = {}
+        self._sigs: dict[str, dict] | None = None  # verified-index.json as read once (see verify.py)
+        self._sig_updates: dict[str, dict] = {}  # entries to merge into it (save_index)
+        self._sig_drops: set[str] = set()
 
     # ------------------------------------------------------------------ layout
     @property
@@ -229,8 +245,37 @@ class Store:
 
     def check(self, path: Path, *, full: bool = False) -> list[str]:
         """Problems of a committed object (see hepc.verify); full=False hashes only what changed.
-        The verification cache is used (and written) only in a folder that carries the marker."""
-        return check_object(path, full=full, sig_file=self.sig_path(path) if self.has_marker() else None)
+        The verification caches are used (and written) only in a folder that carries the marker:
+        full=False first compares the object with its entry in `verified-index.json`."""
+        if not self.has_marker():
+            return check_object(path, full=full)
+        label = index_label(path)
+        if not full and index_intact(path, self._sig_index().get(label)):
+            return []
+        problems, entry = check_object_sigs(path, full=full, sig_file=self.sig_path(path))
+        if entry is not None:
+            self._sig_updates[label] = entry
+            self._sig_drops.discard(label)
+        else:
+            self._sig_updates.pop(label, None)
+            self._sig_drops.add(label)
+        if self._sigs is not None:
+            self._sigs.pop(label, None)  # only the entry recorded now (in _sig_updates) may be trusted
+        return problems
+
+    def _sig_index(self) -> dict[str, dict]:
+        if self._sigs is None:
+            self._sigs = read_index(self.root)
+        return self._sigs
+
+    def save_index(self) -> None:
+        """Merge what this process verified into `verified-index.json` (a writer, after a check pass)."""
+        if not (self._sig_updates or self._sig_drops) or not self.has_marker():
+            return
+        if write_index(self.root, self._sig_updates, self._sig_drops):
+            if self._sigs is not None:
+                self._sigs.update(self._sig_updates)
+            self._sig_updates, self._sig_drops = {}, set()
 
     def find_intact(self, step: StepSpec) -> Path | None:
         """`find`, but a damaged object raises StoreError naming it (for anything read to be shown)."""
@@ -265,6 +310,11 @@ class Store:
         self.open_for_writing()
         moved = quarantine(path, self.root / "quarantine", recheck=recheck)
         self.refresh(path.parent.name)
+        label = index_label(path)
+        self._sig_updates.pop(label, None)
+        self._sig_drops.add(label)
+        if self._sigs is not None:
+            self._sigs.pop(label, None)
         try:
             self.sig_path(path).unlink(missing_ok=True)
         except OSError:

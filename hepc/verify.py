@@ -124,14 +124,34 @@ def check_object(obj: Path, *, full: bool = True, sig_file: Path | None = None) 
     full=False trusts files whose stat signature equals the one cached in `sig_file` after the last
     full check; anything else is hashed. A successful hash refreshes `sig_file`.
     """
+    return _check(obj, full, sig_file)[0]
+
+
+def check_object_sigs(obj: Path, *, full: bool = True, sig_file: Path | None = None) -> tuple[list[str], dict | None]:
+    """`check_object`, and when intact the object's entry for the signature index (`index_intact`):
+    the stat signatures of its folders, taken before anything is listed or hashed, and of its files,
+    taken before they are hashed. None when there is nothing safe to record (see `_settled`)."""
+    before = time.time_ns()
+    try:
+        dirs = _dir_sigs(obj)
+    except OSError:
+        dirs = None
+    problems, sigs = _check(obj, full, sig_file)
+    if problems or dirs is None or sigs is None or MANIFEST not in sigs:
+        return problems, None
+    entry = {"dirs": dirs, "files": sigs}
+    return problems, entry if _settled(entry, before) else None
+
+
+def _check(obj: Path, full: bool, sig_file: Path | None) -> tuple[list[str], dict | None]:
     manifest, problems = read_manifest(obj)
     if manifest is None:
-        return problems
+        return problems, None
     problems, sigs = _sizes_and_files(obj, manifest)
     if problems:
-        return problems
+        return problems, None
     if not full and sig_file is not None and _read_sig(sig_file) == sigs:
-        return []
+        return [], sigs
     for rel, info in sorted(manifest["files"].items()):
         try:
             digest = file_digest(obj / rel)
@@ -142,7 +162,7 @@ def check_object(obj: Path, *, full: bool = True, sig_file: Path | None = None) 
             problems.append(f"{rel} does not match its recorded digest (altered)")
     if not problems and sig_file is not None:
         record_sig(obj, sig_file, sigs)
-    return problems
+    return problems, (None if problems else sigs)
 
 
 def record_sig(obj: Path, sig_file: Path, sigs: dict | None = None) -> None:
@@ -168,6 +188,135 @@ def _read_sig(sig_file: Path) -> dict | None:
         return read_json(sig_file, MANIFEST_LIMIT)
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------- the signature index
+#
+# `verified-index.json` (at the store root) holds, for every object a run found intact, the stat signatures of its
+# folders and files at that moment: {"format": 1, "objects": {"<kind>/<dir>": {"dirs": {".": sig,
+# "sub": sig}, "files": {"manifest.json": sig, "<rel>": sig, ...}}}}. A run's integrity pass reads
+# this one file and stats each object against it instead of reading every manifest and listing every
+# folder. Every file the manifest names is in the entry (manifest.json too: an edited manifest changes
+# its signature), and so is every folder, so a file added, removed or renamed inside the object
+# changes a folder's mtime/ctime. An entry that does not match in every number sends the object to
+# the full path (`check_object`: manifest, listing, sizes, hashing what changed). The index is a cache:
+# a missing, junk or partly lost index costs re-checking, never a false "intact".
+
+INDEX = "verified-index.json"  # at the store root: gc counts every entry of verified/ as one object's cache
+INDEX_FORMAT = 1
+INDEX_LIMIT = 256 << 20
+SETTLE_NS = 1_000_000_000  # see _settled
+
+
+def _lstat_sig(path: Path) -> list[int]:
+    st = os.lstat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _dir_sigs(obj: Path) -> dict[str, list[int]]:
+    """Stat signatures of `obj` and every folder inside it ('.' for `obj` itself)."""
+    out: dict[str, list[int]] = {}
+    stack = [(obj, ".")]
+    while stack:
+        folder, rel = stack.pop()
+        out[rel] = _lstat_sig(folder)
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((Path(e.path), e.name if rel == "." else f"{rel}/{e.name}"))
+    return out
+
+
+def _settled(entry: dict, before_ns: int) -> bool:
+    """Whether every signature was last changed well before the check began. File times come from a
+    coarse clock (one tick is milliseconds): a write landing in the same tick as the last change
+    before the check could leave every number equal. Once the last change is more than a second
+    older than the check, any later write carries a newer ctime. Younger objects are not indexed
+    (they are checked the full way until they settle)."""
+    limit = before_ns - SETTLE_NS
+    return all(sig[2] < limit for part in ("dirs", "files") for sig in entry[part].values())
+
+
+def _valid_sig(sig) -> bool:
+    return isinstance(sig, list) and len(sig) == 4 and all(type(x) is int for x in sig)
+
+
+def _plain_relpath(rel) -> bool:
+    """`safe_relpath` without building a path object (the index holds thousands of names)."""
+    return (
+        isinstance(rel, str)
+        and bool(rel)
+        and "\\" not in rel
+        and "\x00" not in rel
+        and not rel.startswith("/")
+        and all(part not in ("", ".", "..") for part in rel.split("/"))
+    )
+
+
+def _valid_entry(entry) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    dirs, files = entry.get("dirs"), entry.get("files")
+    if not isinstance(dirs, dict) or not isinstance(files, dict) or "." not in dirs or MANIFEST not in files:
+        return False
+    return all((rel == "." or _plain_relpath(rel)) and _valid_sig(sig) for rel, sig in dirs.items()) and all(
+        _plain_relpath(rel) and _valid_sig(sig) for rel, sig in files.items()
+    )
+
+
+def index_label(obj: Path) -> str:
+    return f"{obj.parent.name}/{obj.name}"
+
+
+def read_index(root: Path) -> dict[str, dict]:
+    """The entries of the index in the store folder `root`; {} if it is missing, unreadable or not an index.
+    Entries that are not well formed are dropped (those objects are checked the full way)."""
+    try:
+        data = read_json(root / INDEX, INDEX_LIMIT)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("objects"), dict):
+        return {}
+    return {label: entry for label, entry in data["objects"].items() if isinstance(label, str) and _valid_entry(entry)}
+
+
+def index_intact(obj: Path, entry: dict | None) -> bool:
+    """True only if every folder and file signature recorded for `obj` equals what is there now.
+    `entry` comes from `read_index` (which drops malformed entries) or `check_object_sigs`."""
+    if not isinstance(entry, dict):
+        return False
+    try:
+        for rel, sig in entry["dirs"].items():
+            if _lstat_sig(obj if rel == "." else obj / rel) != sig:
+                return False
+        for rel, sig in entry["files"].items():
+            if _stat_sig(obj / rel) != sig:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def write_index(root: Path, updates: dict[str, dict], drop: set[str] = frozenset()) -> bool:
+    """Merge `updates` into the index in the store folder `root` (re-read just before, so that entries written by
+    others meanwhile are kept) and write it whole by a rename. Two writers racing can still lose one
+    another's new entries: those objects are checked the full way next time. Returns whether it wrote."""
+    try:
+        entries = read_index(root)
+        for label in drop:
+            entries.pop(label, None)
+        entries.update(updates)
+        tmp = root / f".{INDEX}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "x") as f:
+                json.dump({"format": INDEX_FORMAT, "objects": entries}, f, separators=(",", ":"))
+            os.replace(tmp, root / INDEX)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError:
+        return False  # a cache: losing it costs one full pass
+    return True
 
 
 def quarantine(obj: Path, quarantine_root: Path, *, recheck: bool = True) -> Path | None:

@@ -42,7 +42,11 @@ POLL_S = 0.2  # how often the driver looks at its workers when nothing arrives
 
 def check_committed(graph, store: Store, note=None) -> list[str]:
     """Check every committed object of `graph`; quarantine the damaged ones, and object folders left
-    without a manifest (they would block the commit). Returns their labels."""
+    without a manifest (they would block the commit). Returns their labels.
+
+    One pass over `verified-index.json` (see hepc.verify): an object whose folders and files all
+    still have the signatures recorded there is intact; any other is checked the full way (manifest,
+    listing, sizes, hashing what changed) and its new entry is merged into the index at the end."""
     damaged = []
     for step in graph.order():
         path = store.find(step)
@@ -55,6 +59,7 @@ def check_committed(graph, store: Store, note=None) -> list[str]:
                 f"moved to {moved}; recomputing it"
             )
             damaged.append(f"{step.kind}/{orphan.name}")
+    store.save_index()
     return damaged
 
 
@@ -119,6 +124,7 @@ def execute(
         finally:
             progress.close()
     store.refresh()  # workers committed into the store behind this process's index
+    store.save_index()  # inputs this process verified the full way
     store.clear_stale_leases(set(runner.done))
     record.event("finish", ran=runner.ran)
     return plan
