@@ -15,7 +15,7 @@ def _source(seed=1, batch_seqs=4, n_tokens=400):
 
 
 def _expected_chunks(src, e):
-    """The epoch's chunks rebuilt from method.md §4.4 directly, in concatenation order."""
+    """The epoch's chunks rebuilt from docs/method.md §4.4 directly, in concatenation order."""
     bounds = src.doc_bounds
     docs = np.random.default_rng(src.seed * 1009 + e + 1000).permutation(len(bounds) - 1)
     stream = np.concatenate([src.train[bounds[d] : bounds[d + 1]] for d in docs])

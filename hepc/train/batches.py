@@ -1,6 +1,6 @@
 """A stateless, deterministic stream of training batches: the data position is a function of the global step.
 
-Epoch e (method.md §4.4): shuffle the documents, concatenate, cut into (seq_len+1)-token chunks (so chunk
+Epoch e (docs/method.md §4.4): shuffle the documents, concatenate, cut into (seq_len+1)-token chunks (so chunk
 boundaries move every epoch), then shuffle the chunk order. Epochs follow each other as one infinite
 stream of chunks and optimizer step g takes chunks g·batch_seqs … g·batch_seqs + batch_seqs − 1 of it.
 Because nothing depends on call history, a resumed cycle and a longer population read exactly the
@@ -10,6 +10,7 @@ same data as an uninterrupted one.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class BatchSource:
@@ -59,9 +60,23 @@ class BatchSource:
             raise ValueError(f"global_step must be >= 0, got {global_step}")
         positions = global_step * self.batch_seqs + np.arange(self.batch_seqs, dtype=np.int64)
         epochs, index = np.divmod(positions, self.chunks_per_epoch)
-        rows = np.empty((self.batch_seqs, self.chunk_len), dtype=np.int64)
-        for e in np.unique(epochs):
-            chunks, order = self.epoch(int(e))
-            here = epochs == e
-            rows[here] = chunks[order[index[here]]]
+        if epochs[0] == epochs[-1]:  # the usual case: the whole batch inside one epoch
+            chunks, order = self.epoch(int(epochs[0]))
+            rows = chunks[order[index]].astype(np.int64, copy=False)
+        else:
+            rows = np.empty((self.batch_seqs, self.chunk_len), dtype=np.int64)
+            for e in np.unique(epochs):
+                chunks, order = self.epoch(int(e))
+                here = epochs == e
+                rows[here] = chunks[order[index[here]]]
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` as a tensor on `device`. CUDA: through pinned memory with an asynchronous copy (a copy from
+    pageable memory would wait for the GPU to finish its queued work: a host sync every step). CPU: the
+    array's own memory, as before."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -26,7 +26,7 @@ from torch import nn
 
 from hepc.ckpt_digest import SIDECAR, check_digest, file_digest, write_digest
 from hepc.train import ddp
-from hepc.train.batches import BatchSource
+from hepc.train.batches import BatchSource, to_device
 from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
 from hepc.train.distill import distill_loss
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
@@ -76,7 +76,7 @@ def cycle_seed(trajectory_seed: int, cycle_index: int, salt: int) -> int:
 
 
 def perturb_weights(model: nn.Module, scale: float, seed: int) -> None:
-    """Add N(0, (std(W)·scale)²) to every tensor with more than one element (method.md §4.5).
+    """Add N(0, (std(W)·scale)²) to every tensor with more than one element (docs/method.md §4.3).
 
     The noise is drawn on the CPU from its own generator, so it is the same on every device and
     does not touch the global RNG that drives dropout.
@@ -334,7 +334,7 @@ def _run_cycle(
         net.to(device)
         opt = optimizer_from_params(net, optimizer)  # AdamW, or Muon on the hidden matrices + AdamW
         if prev_state is not None:
-            opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (method.md §3)
+            opt.load_state_dict(prev_state["optimizer"])  # never reset across cycles (docs/method.md §3.4)
         return net, opt
 
     net, opt = build(prev_state)
@@ -468,7 +468,7 @@ def _run_cycle(
             x, y = batches.batch(global_step_start + s)  # (B, T) each
             if dp is not None:
                 x, y = dp.rows(x), dp.rows(y)  # this rank's share of the global batch: (B/N, T) each
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            x, y = to_device(x, device), to_device(y, device)  # CUDA: pinned, asynchronous
             with autocast:
                 logits = train_net(x)  # (B, T, V)
                 if teacher_fwd is not None:

@@ -12,8 +12,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from hepc.sizes import swiglu_hidden
 
@@ -130,7 +130,7 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        B, T = idx.size()
+        T = idx.size(1)
         assert T <= self.cos.size(1), f"sequence of {T} tokens exceeds seq_len {self.cos.size(1)}"
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = self.wte(idx)  # (B, T, C)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -22,7 +23,25 @@ def _adamw(
     groups = [{"params": decayed, "weight_decay": weight_decay, "decay": True}]
     if not_decayed:
         groups.append({"params": not_decayed, "weight_decay": 0.0, "decay": False})
-    return torch.optim.AdamW(groups, lr=lr, betas=(betas[0], betas[1]), eps=eps)
+    # Fused AdamW (one kernel for all parameters, step counters on the device: no host sync) when every
+    # parameter is on CUDA; never on the CPU, whose results must stay what they are (None: torch's default).
+    fused = True if params and all(p.is_cuda for p in params) else None
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(betas[0], betas[1]), eps=eps, fused=fused)
+    opt.register_load_state_dict_post_hook(partial(_keep_fused, fused=fused))
+    return opt
+
+
+def _keep_fused(opt: torch.optim.Optimizer, *, fused: bool | None) -> None:
+    """load_state_dict takes the saved groups' settings, `fused` among them: a state saved on CUDA would turn
+    a CPU optimizer fused (other numerics), one saved on the CPU would unfuse a CUDA one. Keep this optimizer's
+    own choice, with the step counters where it needs them (fused: float32 on the parameter's device)."""
+    for group in opt.param_groups:
+        group["fused"] = fused
+        for p in group["params"]:
+            step = opt.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                fixed = step.to(dtype=torch.float32, device=p.device) if fused else step.to(device="cpu")
+                opt.state[p]["step"] = fixed
 
 
 def make_optimizer(
@@ -31,7 +50,7 @@ def make_optimizer(
     """Two groups: every ≥2-D tensor (including embeddings and lm_head) is decayed, 1-D tensors are not.
 
     torch's AdamW decays p ← p·(1 − lr·wd) apart from the Adam update (Loshchilov & Hutter 2019),
-    the form method.md §3 uses. Our GPT has no 1-D parameters, so the second group is usually absent.
+    the form docs/method.md §3.2 describes. Our GPT has no 1-D parameters, so the second group is usually absent.
     """
     return _adamw([p for p in model.parameters() if p.requires_grad], lr, weight_decay, betas, eps)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
+from hepc.train.batches import to_device
 from hepc.train.checkpoint import load_weights
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
 
@@ -38,14 +39,23 @@ def windows(tokens: np.ndarray, seq_len: int, batch_seqs: int) -> Iterator[tuple
         yield n_full * seq_len, np.array(tokens[None, n_full * seq_len :])
 
 
-def _setup(runtime: dict):
+# Windows per forward pass. The result does not depend on it (each window is scored on its own), so the GPU
+# takes bigger batches; the CPU keeps the batch it always had.
+CPU_BATCH_SEQS, CUDA_BATCH_SEQS = 16, 64
+
+
+def _setup(runtime: dict, batch_seqs: int | None):
+    """(device, precision context, windows per batch). bf16 autocast on CUDA only (precision_context);
+    the softmax / log-softmax are always taken in float32."""
     device = resolve_device(runtime.get("device", "auto"))
     if runtime.get("threads"):
         torch.set_num_threads(int(runtime["threads"]))
-    return device, precision_context(device, runtime.get("dtype", "float32"))
+    if batch_seqs is None:
+        batch_seqs = CUDA_BATCH_SEQS if device.type == "cuda" else CPU_BATCH_SEQS
+    return device, precision_context(device, runtime.get("dtype", "float32")), batch_seqs
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_tokens(
     *,
     model: dict,
@@ -54,24 +64,24 @@ def score_tokens(
     vocab_size: int,
     seq_len: int,
     runtime: dict,
-    batch_seqs: int = 16,
+    batch_seqs: int | None = None,
 ) -> np.ndarray:
     """p[i] = P(tokens[i+1] | tokens[window start : i+1]) for i = 0 … len(tokens) − 2, float32 (see `windows`)."""
-    device, autocast = _setup(runtime)
+    device, autocast, batch_seqs = _setup(runtime, batch_seqs)
     net = load_net(model, weights_path, vocab_size, seq_len, device)
-    out = np.empty(max(len(tokens) - 1, 0), dtype=np.float32)
+    out = torch.empty(max(len(tokens) - 1, 0), dtype=torch.float32, device=device)  # one copy back, at the end
     for start, window in windows(tokens, seq_len, batch_seqs):
-        w = torch.from_numpy(window).to(device)
+        w = to_device(window, device)
         x, y = w[:, :-1], w[:, 1:]
         with autocast:
             logits = net(x)  # (B, t, V)
         p = torch.softmax(logits.float(), dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (B, t)
         # keep p > 0 so the prior's log never sees an exact zero from float32 underflow
-        out[start : start + p.numel()] = p.clamp_min(torch.finfo(torch.float32).tiny).cpu().numpy().reshape(-1)
-    return out
+        out[start : start + p.numel()] = p.clamp_min(torch.finfo(torch.float32).tiny).reshape(-1)
+    return out.cpu().numpy()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def logit_ensemble_losses(
     *,
     model: dict,
@@ -81,27 +91,27 @@ def logit_ensemble_losses(
     vocab_size: int,
     seq_len: int,
     runtime: dict,
-    batch_seqs: int = 16,
+    batch_seqs: int | None = None,
 ) -> list[float]:
     """Mean NLL (nats) of each ensemble under weighted LOGIT averaging: softmax(Σ_i w_i z_i).
 
     `ensembles[j]` lists (member index into `weights_paths`, weight) pairs, weights summing to 1.
-    The ablation of method.md §7 (the method itself averages probabilities). Each member's logits are
+    The ablation of docs/method.md §7 (the method itself averages probabilities). Each member's logits are
     computed once per window batch and shared by every ensemble that uses it.
     """
-    device, autocast = _setup(runtime)
+    device, autocast, batch_seqs = _setup(runtime, batch_seqs)
     used = sorted({i for ens in ensembles for i, _ in ens})
     nets = {i: load_net(model, weights_paths[i], vocab_size, seq_len, device) for i in used}
-    totals = [0.0] * len(ensembles)
+    totals = torch.zeros(len(ensembles), dtype=torch.float64, device=device)  # summed on the device: no sync
     count = 0
     for _, window in windows(tokens, seq_len, batch_seqs):
-        w = torch.from_numpy(window).to(device)
+        w = to_device(window, device)
         x, y = w[:, :-1], w[:, 1:]
         with autocast:
             logits = {i: nets[i](x).float() for i in used}  # each (B, t, V)
         for j, ens in enumerate(ensembles):
             mixed = sum(weight * logits[i] for i, weight in ens)
             nll = torch.nn.functional.cross_entropy(mixed.flatten(0, 1), y.flatten(), reduction="sum")
-            totals[j] += float(nll.double())
+            totals[j] += nll.double()
         count += y.numel()
-    return [t / max(count, 1) for t in totals]
+    return [t / max(count, 1) for t in totals.tolist()]
