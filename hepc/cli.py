@@ -61,6 +61,9 @@ def user_errors(fn):
             _ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the exit short (or make it 143)
             _err("interrupted: finished steps are committed; `hepc run` resumes")
             _exit_now(130)
+        except BrokenPipeError:  # stdout closed early (`hepc diff A B | head`): the reader has what it wanted
+            _quiet_stdout()
+            _exit_now(0)
         except OSError as e:  # a disk or file problem outside a located check: one line, never a traceback
             from hepc.errors import printable
             from hepc.safe_io import os_error_message
@@ -69,6 +72,17 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail on a closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _ignore_signals() -> None:

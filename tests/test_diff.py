@@ -21,3 +21,19 @@ def test_fields_inside_a_shared_section_are_compared_one_by_one():
         {"field": "optimizer.lr", "old": 0.003, "new": 0.001},
     ]
     assert changes(a, a) == []
+
+
+def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
+    """`hepc plan BIG | head -1`: the closed pipe ends the command quietly (exit 0), no error line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "hepc.cli", "plan", str(root / "specs" / "paper-1.8b.yaml"), "--store", str(tmp_path)]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # 1,443 plan lines: far more than a pipe holds
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith("+ new") and "error" not in err and "Traceback" not in err
