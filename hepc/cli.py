@@ -137,13 +137,14 @@ def _warn(compiled) -> None:
 def _check_inputs(loaded, compiled) -> None:
     """Input problems known before any training (hepc/data/checks.py): errors exit 2, located. Data
     that lives on another machine (not here at all) stays a warning; data that is here and bad is an error."""
+    from hepc.compile import UNAVAILABLE
     from hepc.data.checks import loaded_input_problems
     from hepc.errors import SpecError
 
     errors, warnings = loaded_input_problems(loaded)
     for w in warnings:
         _err(f"warning: {w}")
-    if errors and not any(w.startswith("data not available here") for w in compiled.warnings):
+    if errors and not any(w.startswith(UNAVAILABLE) for w in compiled.warnings):
         raise SpecError(errors)
 
 
@@ -228,14 +229,7 @@ def run(
         _err(the_plan.summary_line())
     runtime = loaded.spec.runtime.model_dump()
     runtime.update(_run_flags(jobs, backend, address))
-    chosen = None
-    if runtime["backend"] == "ray" and the_plan.to_run:  # joins the cluster and checks every node sees the store
-        from hepc.execute.backends import make_backend
-
-        chosen = make_backend(runtime, the_store, note=lambda text: _err(f"warning: {text}"))
-    execute(
-        compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged, backend=chosen
-    )
+    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged)
     results = collect(compiled, the_store)
     if json_out:
         print(json.dumps(results, indent=1))

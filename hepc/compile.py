@@ -78,6 +78,9 @@ class Compiled:
         return graph_totals(self.graph)
 
 
+UNAVAILABLE = "data not available here"  # the warning's prefix when the data lives on another machine
+
+
 def _data_identity(loaded: LoadedSpec, spec: Spec, strict_data: bool) -> tuple[dict, list[str]]:
     from hepc.data.identity import DataError, source_identity
 
@@ -90,7 +93,7 @@ def _data_identity(loaded: LoadedSpec, spec: Spec, strict_data: bool) -> tuple[d
             message = getattr(e, "message", str(e))
             raise SpecError([Problem(loaded.where(field_), field_, message)]) from None
         # Terraform-style "known after the data exists": keys downstream are provisional.
-        return {"kind": cfg["kind"], "unavailable": str(e)}, [f"data not available here: {e}"]
+        return {"kind": cfg["kind"], "unavailable": str(e)}, [f"{UNAVAILABLE}: {e}"]
 
 
 def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:

@@ -25,7 +25,8 @@ from hepc import store_lease
 from hepc.errors import StoreError, printable
 from hepc.safe_io import TooLarge, read_json
 from hepc.store import MARKER, Store
-from hepc.throughput import estimate, human_duration, measure_for, pending_steps
+from hepc.throughput import done_fraction as resumed
+from hepc.throughput import estimate, human_duration, measure_for, pending_steps, plural
 
 LIVE = "live.json"
 LIVE_LIMIT = 64 << 10  # a live.json is a few hundred bytes
@@ -206,15 +207,6 @@ def _round(x: float | None) -> float | None:
 # --------------------------------------------------------------------------- the graph
 
 
-def _fraction(work: dict | None) -> float:
-    if not work:
-        return 0.0
-    step, steps = _int(work.get("step")), _int(work.get("steps"))
-    if step is None or not steps or steps <= 0:
-        return 0.0
-    return max(0.0, min(1.0, step / steps))
-
-
 def graph_progress(store: Store, compiled, held: list[dict], now: float) -> tuple[dict, list]:
     """Committed / total by kind, the graph's leased steps, and what is left as hepc.throughput.Pending."""
     by_key = {entry["key"]: entry for entry in held}
@@ -242,7 +234,7 @@ def graph_progress(store: Store, compiled, held: list[dict], now: float) -> tupl
         work = _work_status(store, step.key)
         if work and work.get("state") == "resumable":
             c["resumable"] += 1
-            done_fraction[step.key] = _fraction(work)
+            done_fraction[step.key] = resumed(work)
         elif work and work.get("state") == "failed":
             c["failed"] += 1
     total = sum(c["total"] for c in kinds.values())
@@ -297,10 +289,6 @@ def collect(store: Store, compiled=None, runtime=None, now: float | None = None)
     return out
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
-
-
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "at an unknown time"
@@ -350,7 +338,7 @@ def render_lines(st: dict, *, stamp: bool = False) -> list[str]:
         for e in held:
             counts[e["state"]] = counts.get(e["state"], 0) + 1
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        lines.append(f"{head}: {_plural(len(held), 'lease')} ({states})")
+        lines.append(f"{head}: {plural(len(held), 'lease')} ({states})")
     width = max((len(printable(f"{e['kind'] or '?'} {e['name'] or e['key'][:12]}")) for e in held), default=0)
     for e in held:
         what = printable(f"{e['kind'] or '?'} {e['name'] or e['key'][:12]}")
@@ -385,7 +373,7 @@ def eta_line(st: dict) -> str:
         return f"ETA: unknown: {est['basis']}"
     live = st["live_workers"]
     if live:
-        workers = f"divided across {_plural(live, 'live worker')}"
+        workers = f"divided across {plural(live, 'live worker')}"
     else:
         workers = "for 1 worker (no live worker right now)"
     bound = " at least" if est["partial"] else ""

@@ -449,7 +449,7 @@ def human_duration(seconds: float) -> str:
     return f"{d} d {h} h" if h else f"{d} d"
 
 
-def _plural(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
@@ -459,7 +459,7 @@ def _throughput_text(rates: list[dict]) -> str:
         where = "an unrecorded device" if r["unknown_device"] else " and ".join(r["devices"])
         n = "/".join(map(str, r["threads"]))
         threads = f" ({n} thread{'' if n == '1' else 's'})" if r["threads"] and not r["unknown_device"] else ""
-        return f"{r['tokens_per_s']:,.0f} tok/s measured on {where}{threads} over {_plural(r['samples'], 'cycle')}"
+        return f"{r['tokens_per_s']:,.0f} tok/s measured on {where}{threads} over {plural(r['samples'], 'cycle')}"
     lo = min(r["tokens_per_s"] for r in rates)
     hi = max(r["tokens_per_s"] for r in rates)
     return f"measured throughput of {len(rates)} model shapes ({lo:,.0f}-{hi:,.0f} tok/s)"
@@ -475,16 +475,16 @@ def describe(est: dict) -> str:
     parts = []
     queued = est["cycles_estimated"] - est["cycles_in_flight"]
     if est["throughput"] and queued:
-        parts.append(f"{_plural(queued, 'cycle')} at {_throughput_text(est['throughput'])}")
+        parts.append(f"{plural(queued, 'cycle')} at {_throughput_text(est['throughput'])}")
     if est["in_flight"]:
         n = est["in_flight"]
-        parts.append(f"{_plural(n, 'step')} in flight, by {'its' if n == 1 else 'their'} own progress")
+        parts.append(f"{plural(n, 'step')} in flight, by {'its' if n == 1 else 'their'} own progress")
     if est["measured_kinds"]:
         n = sum(est["measured_kinds"].values())
-        parts.append(f"{_plural(n, 'other step')} at measured wall times")
+        parts.append(f"{plural(n, 'other step')} at measured wall times")
     if est["cycles_unmeasured"]:
         parts.append(
-            f"not counted: {_plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet "
+            f"not counted: {plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet "
             f"({'; '.join(est['unmeasured_shapes'])})"
         )
     if est["unmeasured_kinds"]:
@@ -502,10 +502,14 @@ def plan_estimate(plan, store_root: str | Path, runtime) -> dict | None:
     todo = [p.step for p in plan.to_run]
     if not any(s.kind == "cycle" for s in todo):
         return None
-    done: dict[str, float] = {}
-    for p in plan.to_run:
-        if p.status == "resumable" and p.step.kind == "cycle":
-            done[p.step.key] = _fraction(p.detail)
+    from hepc.store import Store
+
+    store = Store(store_root)
+    done = {
+        p.step.key: done_fraction(store.work_status(p.step.key))
+        for p in plan.to_run
+        if p.status == "resumable" and p.step.kind == "cycle"
+    }
     pending = pending_steps(plan.compiled.graph, todo, done)
     measured = measure_for(store_root, pending, runtime)
     jobs = getattr(runtime, "jobs", None)
@@ -531,30 +535,31 @@ def measure_for(store_root: str | Path, pending: list[Pending], runtime) -> Meas
     return measure(store_root, *_wanted(pending), device=device, threads=getattr(runtime, "threads", None))
 
 
-def _fraction(detail: str) -> float:
-    """'step 120/400' (a resumable step's detail in a plan) → 0.3."""
-    try:
-        done, total = detail.split()[-1].split("/")
-        return max(0.0, min(1.0, int(done) / int(total)))
-    except (ValueError, IndexError, ZeroDivisionError):
+def done_fraction(work: dict | None) -> float:
+    """The share of a resumable step already done, from its work status ({'step': k, 'steps': n})."""
+    if not work:
         return 0.0
+    step, steps = work.get("step"), work.get("steps")
+    if not _is_int(step) or not _is_int(steps) or steps <= 0:
+        return 0.0
+    return max(0.0, min(1.0, step / steps))
 
 
 def plan_line(est: dict) -> str:
     """`estimated wall time: ~1 h 12 min for 38 cycles at 7,450 tok/s measured on cpu (1 worker; …)`."""
     workers = est["workers"]
     if est.get("workers_from") == "runtime.jobs":
-        how = f"{_plural(workers, 'worker')}, runtime.jobs"
+        how = f"{plural(workers, 'worker')}, runtime.jobs"
     else:
         how = "1 worker; --jobs N divides the training part"
-    what = f"{_plural(est['cycles_estimated'], 'cycle')} at {_throughput_text(est['throughput'])}"
+    what = f"{plural(est['cycles_estimated'], 'cycle')} at {_throughput_text(est['throughput'])}"
     if est["measured_kinds"]:
-        what += f", plus {_plural(sum(est['measured_kinds'].values()), 'other step')} at measured wall times"
+        what += f", plus {plural(sum(est['measured_kinds'].values()), 'other step')} at measured wall times"
     extra = []
     if est["unmeasured_kinds"]:
         left = ", ".join(f"{n} {k}" for k, n in sorted(est["unmeasured_kinds"].items()))
         extra.append(f"left out, not measured yet: {left}")
     if est["cycles_unmeasured"]:
-        extra.append(f"left out: {_plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet")
+        extra.append(f"left out: {plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet")
     tail = f"; {'; '.join(extra)}" if extra else ""
     return f"estimated wall time: ~{human_duration(est['eta_s'])} for {what} ({how}){tail}"

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hepc.errors import HepcError, StoreError
 from hepc.execute.attempt import Attempt, Outcome, damaged
+from hepc.execute.backends import InlineBackend, make_backend
 from hepc.execute.progress import StepProgress
 from hepc.graph import StepSpec
 from hepc.plan import Plan, make_plan
@@ -79,32 +80,30 @@ def execute(
     *,
     quiet: bool = False,
     damaged: list[str] | None = None,
-    backend=None,
 ) -> Plan:
     """Run every step of the graph that is not committed. Returns the plan it started from.
 
-    `damaged`: what the caller's own `check_committed` found (None: check here). `backend`: where
-    step bodies run (hepc.execute.backends; None: chosen from `runtime`)."""
+    `damaged`: what the caller's own `check_committed` found (None: check here). Where step bodies
+    run (hepc.execute.backends) is chosen from `runtime`."""
     store.open_for_writing()
     if damaged is None:
         damaged = check_committed(compiled.graph, store)
     plan = make_plan(compiled, store)
+    todo = plan.to_run
+    # before the run record: the Ray backend first checks that its nodes see the store (nothing written)
+    backend = make_backend(runtime, store, note=_stderr) if todo else InlineBackend(store, runtime)
     try:
         record = store.open_record(compiled.spec.name, resolved_spec, plan.to_json())
     except StoreError as e:
-        if plan.to_run:
+        backend.close()
+        if todo:
             raise
         raise StoreError(
             f"nothing to run, but {e}; `hepc results` on the same spec shows the results without writing"
         ) from None
-    todo = plan.to_run
     record.event("start", to_run=len(todo), steps=len(plan.steps), pid=os.getpid(), host=socket.gethostname())
     for label in damaged:
         record.event("damaged", object=label)
-    if backend is None:
-        from hepc.execute.backends import InlineBackend, make_backend
-
-        backend = make_backend(runtime, store, note=_stderr) if todo else InlineBackend(store, runtime)
     progress = StepProgress(len(todo), quiet=quiet or not todo)
     runner = _Runner(compiled.graph, store, runtime, record, progress, backend)
     try:
