@@ -13,6 +13,12 @@ overfits its M weights, so ``fit_prior_shrinkage`` pulls it toward uniform with 
 cross-validation over held-out documents (§6.4). ``loss_curve`` walks the snapshots in the order they
 become available (§4.5) and scores the top-K ensemble at each point (§8.1).
 
+Scale (the paper: 480 snapshots, 131K held-out and 10M val tokens): val is never held in memory
+whole. Scoring reads ``P`` a column block at a time, from an array, a memory map or a ``RowStack`` of
+rows read from disk (one ``probs.npy`` per member), and ``ensemble_losses`` scores any number of
+ensembles in one pass. The curve's prior fits on every prefix of the availability order run batched
+(``fit_prior_prefixes``): the same AdamW runs as ``fit_prior`` on each prefix, advanced together.
+
 numpy only: this module must stay cheap to import (no torch).
 """
 
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -32,13 +40,17 @@ __all__ = [
     "SHRINKAGE_STRENGTHS",
     "FitResult",
     "Folds",
+    "NpyRow",
+    "RowStack",
     "ShrinkageFit",
     "availability_costs",
     "cv_folds",
     "document_units",
     "ensemble_loss",
+    "ensemble_losses",
     "fit_prior",
     "fit_prior_em",
+    "fit_prior_prefixes",
     "fit_prior_shrinkage",
     "loss_curve",
     "mixture_nll",
@@ -52,6 +64,7 @@ FLOOR = 1e-12
 """Lower clamp on a mixed probability before the log: a token nobody predicts costs −log(1e-12) ≈ 27.6 nats."""
 
 _CHUNK_ELEMENTS = 1 << 22  # float64 elements per column block when scoring (≈32 MiB)
+_SCORE_COLUMNS = 1 << 14  # columns per block when scoring: a fixed grid (an ensemble's loss never depends on it)
 _SUM_TOL = 1e-6  # how far Σw may stray from 1 where weights must already be normalised
 _P_MAX = 1.0 + 1e-5  # fp32 softmax can round a hair above 1; anything larger is not a probability
 
@@ -60,19 +73,134 @@ _P_MAX = 1.0 + 1e-5  # fp32 softmax can round a hair above 1; anything larger is
 # validation helpers
 
 
-def _check_probs(P: np.ndarray, name: str = "P") -> np.ndarray:
-    """Return ``P`` as a 2-D float array with M ≥ 1 rows and N ≥ 1 columns, entries in [0, 1]."""
-    P = np.asarray(P)
+class RowStack:
+    """A population matrix kept as separate rows, read a column block at a time.
+
+    ``rows`` are 1-D arrays of equal length N, or ``NpyRow`` files (``RowStack.from_npy``: one
+    ``probs.npy`` per member, read from disk a block at a time), so an M×N val matrix is never held
+    in memory. It
+    supports what the scoring functions here read: ``shape``, ``dtype``, ``ndim`` and
+    ``P[rows, start:stop]`` (rows a slice, an int or an integer array) returning an in-memory block.
+    Values are checked a block at a time while scoring, not up front.
+    """
+
+    ndim = 2
+
+    def __init__(self, rows: Sequence[np.ndarray]):
+        rows = list(rows)
+        if not rows:
+            raise ValueError("a RowStack needs at least one row")
+        n = None
+        for i, r in enumerate(rows):
+            if getattr(r, "ndim", None) != 1:
+                raise ValueError(f"row {i} must be 1-D, got shape {getattr(r, 'shape', None)}")
+            if n is None:
+                n = r.shape[0]
+            elif r.shape[0] != n:
+                raise ValueError(f"rows must have equal length: row 0 has {n}, row {i} has {r.shape[0]}")
+        self._rows = rows
+        self.shape = (len(rows), int(n))
+        self.dtype = np.result_type(*[r.dtype for r in rows])
+
+    @classmethod
+    def from_npy(cls, paths) -> RowStack:
+        """The rows of 1-D ``.npy`` files, each read from disk a column block at a time (``NpyRow``)."""
+        return cls([NpyRow(p) for p in paths])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], slice)):
+            raise TypeError("a RowStack is read as P[rows, start:stop]")
+        rows, cols = key
+        if isinstance(rows, slice):
+            idx = range(*rows.indices(self.shape[0]))
+        else:
+            idx = np.atleast_1d(np.asarray(rows, dtype=np.int64)).tolist()
+        block = np.stack([np.asarray(self._rows[i][cols]) for i in idx]) if len(idx) else \
+            np.empty((0, len(range(*cols.indices(self.shape[1])))), dtype=self.dtype)
+        return block[0] if np.ndim(rows) == 0 and not isinstance(rows, slice) else block
+
+
+class NpyRow:
+    """A 1-D ``.npy`` file read a slice at a time, straight from disk (``row[start:stop]``).
+
+    Unlike a memory map it holds no open file (a population of thousands of members stays within
+    the open-file limit) and maps no pages (what the process reads is all it holds).
+    """
+
+    ndim = 1
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            self.offset = f.tell()
+        if len(shape) != 1 or dtype.hasobject:
+            raise ValueError(f"{self.path}: expected a 1-D numeric array, got shape {shape}, dtype {dtype}")
+        self.shape, self.dtype = (int(shape[0]),), dtype
+
+    def __getitem__(self, cols: slice) -> np.ndarray:
+        start, stop, step = cols.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("an NpyRow is read as row[start:stop]")
+        count, size = max(0, stop - start), self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, count * size, self.offset + start * size)
+        finally:
+            os.close(fd)
+        if len(data) != count * size:
+            raise ValueError(f"{self.path}: file is shorter than its header says")
+        return np.frombuffer(data, dtype=self.dtype)
+
+
+def _is_streamed(P) -> bool:
+    """True for sources read a block at a time (a RowStack or a memory map): values checked while read."""
+    return isinstance(P, (RowStack, np.memmap))
+
+
+def _check_block(block: np.ndarray, name: str) -> None:
+    # NaN fails both comparisons, so this also rejects NaN.
+    if not (np.all(block >= 0.0) and np.all(block <= _P_MAX)):
+        raise ValueError(f"{name} must hold probabilities in [0, 1] (no NaN)")
+
+
+def _check_probs(P, name: str = "P"):
+    """Return ``P`` as a 2-D float source with M ≥ 1 rows and N ≥ 1 columns, entries in [0, 1].
+
+    An in-memory array is checked here, a column block at a time (bounded temporaries); a
+    ``RowStack`` or a memory map is returned as is and its values are checked as they are scored.
+    """
+    if not _is_streamed(P):
+        P = np.asarray(P)
     if P.ndim != 2:
         raise ValueError(f"{name} must be 2-D (members × tokens), got shape {P.shape}")
     if P.shape[0] < 1 or P.shape[1] < 1:
         raise ValueError(f"{name} must have at least one member and one token, got shape {P.shape}")
     if not np.issubdtype(P.dtype, np.floating):
+        if _is_streamed(P):
+            raise ValueError(f"{name} must hold floating-point probabilities, got {P.dtype}")
         P = P.astype(np.float64)
-    # NaN fails both comparisons, so this also rejects NaN.
-    if not (np.all(P >= 0.0) and np.all(P <= _P_MAX)):
-        raise ValueError(f"{name} must hold probabilities in [0, 1] (no NaN)")
+    if not _is_streamed(P):
+        step = max(1, _CHUNK_ELEMENTS // P.shape[0])
+        for start in range(0, P.shape[1], step):
+            _check_block(P[:, start:start + step], name)
     return P
+
+
+def _fit_matrix(P, name: str = "P") -> np.ndarray:
+    """``P`` checked and in memory as float64 (a fit reads every entry many times)."""
+    P = _check_probs(P, name)
+    if _is_streamed(P):
+        P = np.array(P[:, 0:P.shape[1]], dtype=np.float64)
+        _check_block(P, name)
+    return np.asarray(P, dtype=np.float64)
 
 
 def _check_weights(weights: np.ndarray, m: int, *, normalised: bool) -> np.ndarray:
@@ -97,23 +225,66 @@ def _check_weights(weights: np.ndarray, m: int, *, normalised: bool) -> np.ndarr
 # the mixture loss
 
 
-def _nll_rows(P: np.ndarray, rows: np.ndarray | None, w: np.ndarray) -> float:
-    """−(1/N) Σ_n log max(Σ_r w_r P[rows[r], n], FLOOR), in float64, a column block at a time.
+def _row_log_sums(mix: np.ndarray) -> np.ndarray:
+    """Σ_n log mix[e, n] for each row e of a float64 matrix whose entries lie in [FLOOR, 1 + 1e-5].
 
-    ``rows=None`` means every row of ``P`` (no gather). Blocks bound the float64 working copy, so a
-    float32 P of any width is scored without materialising it in float64.
+    Products of 16 neighbours are formed first (pairwise, ≥ 1e-192, no underflow) and their logs
+    summed: the same sum to within a few ulps per term, at a sixteenth of the logarithms.
     """
-    n_rows = P.shape[0] if rows is None else rows.shape[0]
+    n = mix.shape[1]
+    n16 = n - n % 16
+    total = np.log(mix[:, n16:]).sum(axis=1) if n16 < n else np.zeros(mix.shape[0])
+    if n16:
+        v = mix[:, :n16]
+        for _ in range(4):
+            h = v.shape[1] // 2
+            v = v[:, :h] * v[:, h:]
+        total += np.log(v).sum(axis=1)
+    return total
+
+
+def _stream_nll(P, ensembles: Sequence[tuple[np.ndarray, np.ndarray]], name: str = "P",
+                chunk: int | None = None) -> np.ndarray:
+    """−(1/N) Σ_n log max(Σ_r w_r P[idx_r, n], FLOOR) for every ensemble (idx, w), in float64.
+
+    One pass over the columns of ``P`` (an array, a memory map or a ``RowStack``), a block of
+    ``chunk`` columns at a time (default ``_SCORE_COLUMNS``, a fixed grid): only the rows some
+    ensemble uses are read, each block is converted to float64 and checked when ``P`` is streamed.
+    Each ensemble's mixture is summed over its own rows in the order it lists them, one row at a
+    time (elementwise, no matrix product), so an ensemble's value depends only on its rows, their
+    order and weights: never on the other ensembles scored in the same pass, on rows it does not
+    use, or on the number of threads. The prior step, the curve and ``hepc.load_ensemble`` (members
+    in ``top_k`` order) therefore give the same number bit for bit. Memory: the block, never N.
+    """
     n_tokens = P.shape[1]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, n_rows))
-    total = 0.0
+    chunk = _SCORE_COLUMNS if chunk is None else int(chunk)
+    checked = [(np.asarray(i, dtype=np.int64), np.asarray(w, dtype=np.float64)) for i, w in ensembles]
+    used = np.unique(np.concatenate([i for i, _ in checked])) if checked else np.zeros(0, dtype=np.int64)
+    rows = None if used.shape[0] == P.shape[0] else used
+    plans = [(np.searchsorted(used, i) if rows is not None else i, w) for i, w in checked]
+    streamed = _is_streamed(P)
+    total = np.zeros(len(checked))
     for start in range(0, n_tokens, chunk):
         stop = min(n_tokens, start + chunk)
         block = P[:, start:stop] if rows is None else P[rows, start:stop]
-        mix = w @ block.astype(np.float64, copy=False)
-        np.maximum(mix, FLOOR, out=mix)
-        total += float(np.log(mix).sum())
+        block = np.asarray(block).astype(np.float64, copy=False)
+        if streamed:
+            _check_block(block, name)
+        mix, term = np.empty((1, stop - start)), np.empty(stop - start)
+        for e, (pos, w) in enumerate(plans):
+            np.multiply(block[pos[0]], w[0], out=mix[0])
+            for r, wr in zip(pos[1:].tolist(), w[1:].tolist()):
+                np.multiply(block[r], wr, out=term)
+                mix[0] += term
+            np.maximum(mix, FLOOR, out=mix)
+            total[e] += _row_log_sums(mix)[0]
     return -total / n_tokens
+
+
+def _nll_rows(P, rows: np.ndarray | None, w: np.ndarray) -> float:
+    """−(1/N) Σ_n log max(Σ_r w_r P[rows[r], n], FLOOR), in float64, a column block at a time."""
+    idx = np.arange(P.shape[0]) if rows is None else rows
+    return float(_stream_nll(P, [(idx, w)])[0])
 
 
 def mixture_nll(P: np.ndarray, weights: np.ndarray) -> float:
@@ -123,7 +294,8 @@ def mixture_nll(P: np.ndarray, weights: np.ndarray) -> float:
 
     ``P`` is M×N (any float dtype; accumulated in float64), ``weights`` a length-M vector summing to 1
     (zeros allowed: zero-weight rows are never read). A token with zero mixed probability costs
-    −log(1e-12) ≈ 27.63 nats rather than infinity.
+    −log(1e-12) ≈ 27.63 nats rather than infinity. ``P`` may also be a memory map or a ``RowStack``:
+    it is read a column block at a time, so memory stays bounded whatever N is.
     """
     P = _check_probs(P)
     w = _check_weights(weights, P.shape[0], normalised=True)
@@ -230,7 +402,7 @@ def fit_prior(P: np.ndarray, *, steps: int = 300, lr: float = 0.5, clip: float =
     Returns the best iterate seen by J — a_0 … a_steps — or the exact uniform prior if that is at
     least as good, so ``result.nll ≤ result.uniform_nll`` always. Memory: one float64 copy of P.
     """
-    P64 = np.asarray(_check_probs(P), dtype=np.float64)
+    P64 = _fit_matrix(P)
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be ≥ 0, got {steps}")
@@ -264,6 +436,104 @@ def fit_prior(P: np.ndarray, *, steps: int = 300, lr: float = 0.5, clip: float =
     return _finish(P64, _softmax(best_a), best_step, history, steps, "adamw")
 
 
+_BATCH_ELEMENTS = 1 << 22  # float64 elements per (fits × tokens) array of a batched fit (32 MiB)
+_BATCH_MIN_ELEMENTS = 1 << 20  # batch prefix fits only when P[:j_max] has at least this many entries
+
+
+def fit_prior_prefixes(P: np.ndarray, lengths: Sequence[int], *, steps: int = 300, lr: float = 0.5,
+                       clip: float = 1.0, seed: int = 0, batch: bool | None = None) -> list[FitResult]:
+    """``fit_prior(P[:j], steps=steps, lr=lr, clip=clip, seed=seed)`` for every j in ``lengths``, batched.
+
+    The loss curve (``loss_curve``) fits the prior on every prefix of the availability order. Each
+    fit is the same AdamW run as ``fit_prior`` — same start a_0 = 1e-4·N(0, 1) (the first j draws of
+    one seeded stream), same clipping, same ``steps`` updates, best iterate or uniform — but the
+    fits of up to 2^22 / N prefixes advance together: their mixtures are one matrix product with
+    P[:j_max] and their gradients another, instead of two matrix-vector passes over P per fit and
+    step. The results equal separate ``fit_prior`` calls to within floating-point rounding (a
+    batched fit sums in another order; the per-step J also adds logarithms of products of 16
+    mixtures, ``_row_log_sums``), and like them each is never worse than uniform on P[:j].
+    A length on its own in its batch is fit by ``fit_prior`` itself. ``batch``: None (default) batches
+    only where it pays, when P[:j_max] has at least 2^20 entries (below that the small matrix products
+    cost more than the matrix-vector passes they replace, and each length is fit by ``fit_prior``);
+    True or False forces either way. Memory: one float64 copy of P plus a few (batch × N) float64
+    arrays, 32 MiB each. At paper scale (96 prefixes of 480 × 131,072) batched fits take about a
+    fifth of the time of separate ones (docs/benchmarks.md).
+    """
+    P64 = np.ascontiguousarray(_fit_matrix(P))
+    M, N = P64.shape
+    js = [int(j) for j in lengths]
+    if any(j < 1 or j > M for j in js):
+        raise ValueError(f"lengths must be prefix lengths in [1, {M}], got {list(lengths)!r}")
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be ≥ 0, got {steps}")
+    if not (lr > 0.0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    if not clip > 0.0:
+        raise ValueError(f"clip must be > 0 (math.inf disables clipping), got {clip}")
+    unique = sorted(set(js))
+    if batch is None:
+        batch = max(js) * N >= _BATCH_MIN_ELEMENTS
+    per_batch = max(1, _BATCH_ELEMENTS // N) if batch else 1
+    done: dict[int, FitResult] = {}
+    for b in range(0, len(unique), per_batch):
+        batch = unique[b:b + per_batch]
+        if len(batch) == 1:
+            done[batch[0]] = fit_prior(P64[:batch[0]], steps=steps, lr=lr, clip=clip, seed=seed)
+        else:
+            done.update(zip(batch, _adamw_batch(P64, batch, steps, lr, clip, seed)))
+    return [done[j] for j in js]
+
+
+def _adamw_batch(P64: np.ndarray, js: list[int], steps: int, lr: float, clip: float, seed: int) -> list[FitResult]:
+    """``fit_prior`` on P64[:j] for each j in ``js``, advanced together (see ``fit_prior_prefixes``).
+
+    Row g of every (G × J) array is the fit on the first js[g] rows; entries past js[g] hold weight 0
+    (logit −inf), get a zero gradient and stay put, so each row follows its own AdamW run.
+    """
+    G, J, N = len(js), max(js), P64.shape[1]
+    Pj = P64[:J]
+    mask = np.arange(J)[None, :] < np.asarray(js)[:, None]
+    A = np.full((G, J), -np.inf)
+    for g, j in enumerate(js):
+        A[g, :j] = np.random.default_rng(seed).standard_normal(j) * 1e-4
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m1, m2 = np.zeros((G, J)), np.zeros((G, J))
+    histories: list[list[float]] = [[] for _ in range(G)]
+    best_J, best_A, best_step = np.full(G, np.inf), A.copy(), np.zeros(G, dtype=np.int64)
+    for t in range(steps + 1):
+        E = np.exp(A - A.max(axis=1, keepdims=True))
+        W = E / E.sum(axis=1, keepdims=True)
+        mix = W @ Pj  # (G, N)
+        live = mix >= FLOOR
+        np.maximum(mix, FLOOR, out=mix)
+        Jt = -_row_log_sums(mix) / N
+        for g in range(G):
+            histories[g].append(float(Jt[g]))
+        better = Jt < best_J
+        best_J[better], best_A[better], best_step[better] = Jt[better], A[better], t
+        if t == steps:
+            break
+        r = np.reciprocal(mix, out=mix)
+        r[~live] = 0.0
+        g_w = -(Pj @ r.T).T / N  # (G, J)
+        grad = W * (g_w - (W * g_w).sum(axis=1, keepdims=True))
+        grad[~mask] = 0.0
+        if math.isfinite(clip):
+            norm = np.sqrt((grad * grad).sum(axis=1))
+            grad = grad * np.minimum(1.0, clip / (norm + 1e-6))[:, None]
+        step = t + 1
+        m1 = beta1 * m1 + (1.0 - beta1) * grad
+        m2 = beta2 * m2 + (1.0 - beta2) * grad * grad
+        denom = np.sqrt(m2) / math.sqrt(1.0 - beta2 ** step) + eps
+        A = np.where(mask, A - (lr / (1.0 - beta1 ** step)) * m1 / denom, -np.inf)
+    out = []
+    for g, j in enumerate(js):
+        w = _softmax(best_A[g, :j])
+        out.append(_finish(Pj[:j], w, int(best_step[g]), histories[g], steps, "adamw"))
+    return out
+
+
 def fit_prior_em(P: np.ndarray, iters: int = 1000, tol: float = 1e-10) -> FitResult:
     """Fit the same prior by expectation-maximisation, starting from the uniform weights.
 
@@ -275,7 +545,7 @@ def fit_prior_em(P: np.ndarray, iters: int = 1000, tol: float = 1e-10) -> FitRes
     iterations or when one iteration improves J by less than ``tol``. Like ``fit_prior`` it returns
     the best iterate, or the exact uniform prior, so ``nll ≤ uniform_nll``.
     """
-    P64 = np.asarray(_check_probs(P), dtype=np.float64)
+    P64 = _fit_matrix(P)
     iters = int(iters)
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
@@ -565,7 +835,7 @@ def fit_prior_shrinkage(P: np.ndarray, doc_starts: np.ndarray | None = None, *,
     P, the default 11 strengths and 5 folds: 60 fits): 48 updates, 12 s on one CPU core, about as
     long as ``fit_prior``'s 300 AdamW steps (13 s), peak memory 0.9 GiB with P itself.
     """
-    P64 = np.ascontiguousarray(_check_probs(P), dtype=np.float64)
+    P64 = np.ascontiguousarray(_fit_matrix(P))
     M, N = P64.shape
     grid = sorted({float(s) for s in strengths})
     if not grid or not (grid[0] >= 0.0 and grid[-1] <= 1.0):
@@ -645,25 +915,50 @@ def top_k(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, sel / total
 
 
-def ensemble_loss(P_val: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> float:
+def _check_ensemble(m: int, indices: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.shape[0] < 1:
+        raise ValueError("need at least one member")
+    if np.any(idx < 0) or np.any(idx >= m):
+        raise ValueError(f"indices must lie in [0, {m})")
+    if np.unique(idx).shape[0] != idx.shape[0]:
+        raise ValueError("indices must be distinct")
+    w = _check_weights(weights, idx.shape[0], normalised=True)
+    return idx, w
+
+
+def ensemble_loss(P_val, indices: np.ndarray, weights: np.ndarray) -> float:
     """Validation loss of the chosen members combined by weighted probability averaging.
 
         loss = −(1/T) Σ_t log( max( Σ_{r} w̃_r P_val[indices[r], t], 1e-12 ) )
 
     ``indices`` are distinct rows of ``P_val``; ``weights`` (w̃, same length, summing to 1) are aligned
-    with them, e.g. the output of ``top_k``. Only the chosen rows are read, a column block at a time.
+    with them, e.g. the output of ``top_k``. Only the chosen rows are read, a column block at a time
+    (``P_val`` may be a memory map or a ``RowStack``). Several ensembles: ``ensemble_losses``.
     """
     P_val = _check_probs(P_val, "P_val")
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.shape[0] < 1:
-        raise ValueError("need at least one member")
-    if np.any(idx < 0) or np.any(idx >= P_val.shape[0]):
-        raise ValueError(f"indices must lie in [0, {P_val.shape[0]})")
-    if np.unique(idx).shape[0] != idx.shape[0]:
-        raise ValueError("indices must be distinct")
-    w = _check_weights(weights, idx.shape[0], normalised=True)
+    idx, w = _check_ensemble(P_val.shape[0], indices, weights)
     nz = w > 0.0
     return _nll_rows(P_val, idx[nz], w[nz])
+
+
+def ensemble_losses(P_val, ensembles: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                    chunk: int | None = None) -> list[float]:
+    """``ensemble_loss`` of every (indices, weights) pair in ``ensembles``, in one pass over ``P_val``.
+
+    The rows any ensemble uses are read once per column block (``chunk`` columns; default a fixed
+    grid of ``_SCORE_COLUMNS``), so scoring E ensembles on T tokens reads P_val once, whether it is an
+    array, a memory map or a ``RowStack`` of per-member files; memory is bounded by the block, never
+    T. Each value is bit for bit what ``ensemble_loss`` gives for that pair alone (see ``_stream_nll``).
+    """
+    P_val = _check_probs(P_val, "P_val")
+    if chunk is not None and int(chunk) < 1:
+        raise ValueError(f"chunk must be ≥ 1 columns, got {chunk}")
+    checked = [_check_ensemble(P_val.shape[0], i, w) for i, w in ensembles]
+    if not checked:
+        return []
+    nonzero = [(idx[w > 0.0], w[w > 0.0]) for idx, w in checked]
+    return [float(x) for x in _stream_nll(P_val, nonzero, "P_val", chunk)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,20 +1023,24 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
                ks: list[int | str], *, prior: str = "learned", steps: int = 300, lr: float = 0.5,
                points: list[int] | None = None, doc_starts: np.ndarray | None = None,
                folds: int = SHRINKAGE_FOLDS, strengths: Sequence[float] = SHRINKAGE_STRENGTHS,
-               em_iters: int = SHRINKAGE_EM_ITERS, fits: list[dict] | None = None) -> list[dict]:
+               em_iters: int = SHRINKAGE_EM_ITERS, fits: list[dict] | None = None,
+               chunk: int | None = None) -> list[dict]:
     """Loss-vs-budget curve of the top-K ensemble (docs/method.md §8.1).
 
     ``order[j]`` is the population row (of both P_fit and P_val) that becomes available j-th, at
     ``costs[j]`` epochs (nondecreasing). For each evaluated prefix length j (``points``, default
     1..len(order)) the available rows order[:j] are the candidates:
 
-    1. prior: ``fit_prior(P_fit[order[:j]], steps=steps, lr=lr)`` (``prior="learned"``),
+    1. prior: ``fit_prior(P_fit[order[:j]], steps=steps, lr=lr)`` (``prior="learned"``; all points'
+       fits run batched by ``fit_prior_prefixes``, the same fits at a fraction of the matrix passes),
        ``fit_prior_shrinkage(P_fit[order[:j]], doc_starts, folds=folds, strengths=strengths,
        iters=em_iters)`` (``prior="shrinkage"``: its own cross-validation at every point; the
        held-out columns, hence the folds, are the same at every point) or ``uniform_weights(j)``
        (``prior="uniform"``);
     2. for each k in ``ks`` — an int (skipped when k > j) or "all" (= j) — take ``top_k(w, k)`` and
-       score ``ensemble_loss`` on P_val.
+       score ``ensemble_loss`` on P_val. All points' ensembles are scored together in one pass over
+       P_val (``ensemble_losses``, ``chunk`` columns at a time): P_val may be a memory map or a
+       ``RowStack`` of per-member files, and is never held in memory whole.
 
     Ties in the weights (always, with the uniform prior) go to the member that became available first.
     Returns one dict per (point, k), in point order then ``ks`` order:
@@ -779,14 +1078,20 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
             raise ValueError(f"points must be prefix lengths in [1, {m}]")
 
     # Rows in availability order, float64 once: every prefix is then a contiguous view.
-    fit_rows = np.asarray(P_fit[order_arr], dtype=np.float64) if prior != "uniform" else None
+    fit_rows = None
+    if prior != "uniform":
+        picked = P_fit[order_arr, 0:P_fit.shape[1]] if isinstance(P_fit, RowStack) else P_fit[order_arr]
+        fit_rows = np.ascontiguousarray(_fit_matrix(np.asarray(picked), "P_fit"))
+    if prior == "learned":  # every prefix's AdamW fit, batched (the same fits as fit_prior on each)
+        learned = dict(zip(pts, fit_prior_prefixes(fit_rows, pts, steps=steps, lr=lr)))
     out: list[dict] = []
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
     for j in pts:
         if fit_rows is None:
             w = uniform_weights(j)
         else:
             if prior == "learned":
-                fit = fit_prior(fit_rows[:j], steps=steps, lr=lr)
+                fit = learned[j]
                 info = {}
             else:
                 fit = fit_prior_shrinkage(fit_rows[:j], doc_starts, folds=folds, strengths=strengths,
@@ -800,11 +1105,15 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
             if k > j:
                 continue
             local, wk = top_k(w, k)
+            chosen.append((order_arr[local], wk))
             out.append({
                 "budget_epochs": float(cost_arr[j - 1]),
                 "members": j,
                 "k": int(k),
                 "k_label": label,
-                "val_loss": ensemble_loss(P_val, order_arr[local], wk),
+                "val_loss": math.nan,
             })
+    # Every ensemble of every point scored in one pass over val, a column block at a time.
+    for row, loss in zip(out, ensemble_losses(P_val, chosen, chunk=chunk)):
+        row["val_loss"] = loss
     return out

@@ -35,9 +35,26 @@ def _check(value: Any, where: str) -> None:
     raise UnhashableValue(f"{where}: {type(value).__name__} has no canonical JSON form")
 
 
+_SCALARS = (bool, int, str)
+
+
+def _plain(value: Any) -> bool:
+    """`_check` without building locations (the common case: every key of a graph is plain)."""
+    if value is None or isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, shortest round-trip floats; plain JSON types only."""
-    _check(value, "value")
+    if not _plain(value):
+        _check(value, "value")  # raises, naming where
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 

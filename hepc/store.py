@@ -61,11 +61,13 @@ def resolve_store_path(cli_value: str | None, spec_value: str | None = None) -> 
     return Path(cli_value or os.environ.get("HEPC_STORE") or spec_value or DEFAULT_STORE)
 
 
-def write_json_atomic(path: Path, value) -> None:
-    """Write `path` whole or not at all (a temporary name, then a rename; the temporary is removed on error)."""
+def write_json_atomic(path: Path, value, *, compact: bool = False) -> None:
+    """Write `path` whole or not at all (a temporary name, then a rename; the temporary is removed on error).
+    compact=True: one line (the C encoder; for big machine-read files such as a run's plan.json)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True) if compact else json.dumps(value, indent=1, sort_keys=True)
     try:
-        tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -94,6 +96,9 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._index: dict[str, dict[str, Path]] = {}
+        # (kind, key12) whose manifest this process has seen since the last refresh of that kind: a
+        # commit is never undone except by quarantine/gc, which refresh; so `find` stats it once
+        self._manifest_seen: set[tuple[str, str]] = set()
         self._sigs: dict[str, dict] | None = None  # verified-index.json as read once (see verify.py)
         self._sig_updates: dict[str, dict] = {}  # entries to merge into it (save_index)
         self._sig_drops: set[str] = set()
@@ -219,8 +224,10 @@ class Store:
         """Forget what was seen of objects/ (other processes commit, gc and quarantine move things)."""
         if kind is None:
             self._index.clear()
+            self._manifest_seen.clear()
         else:
             self._index.pop(kind, None)
+            self._manifest_seen = {seen for seen in self._manifest_seen if seen[0] != kind}
 
     def find(self, step: StepSpec, *, fresh: bool = False) -> Path | None:
         """The committed object of `step`, or None. A folder is committed once its manifest exists.
@@ -233,8 +240,13 @@ class Store:
                 return direct
             self.refresh(step.kind)
         path = self._kind_index(step.kind).get(step.key12)
-        if path is None or not (path / MANIFEST).is_file():
+        if path is None:
             return None
+        seen = (step.kind, step.key12)
+        if seen not in self._manifest_seen:
+            if not (path / MANIFEST).is_file():
+                return None
+            self._manifest_seen.add(seen)
         return path
 
     def manifest(self, path: Path) -> dict:
@@ -452,7 +464,7 @@ class Store:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / "spec.json", resolved)
-            write_json_atomic(folder / "plan.json", plan)
+            write_json_atomic(folder / "plan.json", plan, compact=True)
         except OSError as e:
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: a record has both files or none
             raise StoreError(f"cannot write the run record: {os_error_message(e, self.root)}") from None

@@ -1,14 +1,16 @@
 """curve: loss vs budget. Snapshot (p, c) is available at ((c−1)·P + p)·E epochs (round-robin);
 at each point the prior is refit on the snapshots available so far and top-K is scored on val.
 The shrinkage prior re-runs its cross-validation at every point; curve.json's `fits` lists each
-point's fit (held-out NLL vs uniform, and the chosen strength)."""
+point's fit (held-out NLL vs uniform, and the chosen strength). The learned prior's fits at all points
+run batched (``fit_prior_prefixes``); val stays on disk and every point's ensembles are scored in one
+pass over it, a column block at a time, so memory stays bounded at any val size."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from hepc.steps.prior import bpb_of, heldout_documents, load_scores, score_summary
+from hepc.steps.prior import bpb_of, heldout_documents, load_scores, score_summary, stream_scores
 
 MAX_POINTS_EVERY_SNAPSHOT = 64  # beyond this, evaluate once per completed round of trajectories
 
@@ -17,7 +19,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.ensemble import loss_curve, round_points
 
     prior, budgets, members = step.params["prior"], step.params["budgets"], step.params["members"]
-    fit_P, val_P = load_scores(inputs["heldout"]), load_scores(inputs["val"])
+    fit_P, val_P = load_scores(inputs["heldout"]), stream_scores(inputs["val"])  # val: read in blocks
     first = score_summary(inputs["val"][0])
 
     order = sorted(range(len(members)), key=lambda i: (members[i][2], i))
