@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from hepc.errors import HepcError
+from hepc.wording import count
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +31,13 @@ StoreOpt = Annotated[
     Optional[str], typer.Option("--store", help="Store folder (default: $HEPC_STORE, runtime.store, or runs/).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ElsewhereOpt = Annotated[
+    bool,
+    typer.Option(
+        "--data-elsewhere",
+        help="The data lives on another machine: a source not found here is a warning, not an error (exit 2).",
+    ),
+]
 MembersOpt = Annotated[
     bool, typer.Option("--members", help="Also print every member (snapshot) in a table; --json always has them.")
 ]
@@ -37,9 +45,30 @@ RefDataOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--reference-data",
-        help="Spec of single models trained on more data (data efficiency); repeat it to join several specs.",
+        help="Spec of single models trained on more data (data efficiency); repeat it to join several specs "
+        "(SPEC::key=value overrides one of them).",
     ),
 ]
+SPECS_HELP = "each followed by its own key=value overrides (or SPEC::key=value), e.g. q0.yaml population.cycles=8"
+
+
+def _plain_flags() -> None:
+    """Rich help shows the value type beside every option, so a flag (`--json`, `--help`) reads
+    `<bool>` as if it took a value: show nothing there for flags."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "plain_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich.plain_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_plain_flags()
 
 
 def _err(text: str) -> None:
@@ -134,6 +163,13 @@ def _warn(compiled) -> None:
         _err(f"warning: {w}")
 
 
+def _check_extras(loaded) -> None:
+    """Optional packages the spec's runtime asks for (runtime.tensorboard): exit 2 naming the extra."""
+    from hepc.execute.tensorboard import check
+
+    check(loaded)
+
+
 def _check_inputs(loaded, compiled) -> None:
     """Input problems known before any training (hepc/data/checks.py): errors exit 2, located. Data
     that lives on another machine (not here at all) stays a warning; data that is here and bad is an error."""
@@ -150,28 +186,35 @@ def _check_inputs(loaded, compiled) -> None:
 
 @app.command()
 @user_errors
-def validate(spec: SpecArg, overrides: Overrides = None) -> None:
-    """Check a spec (and overrides) without running anything."""
-    loaded, compiled = _load(spec, overrides)
+def validate(spec: SpecArg, overrides: Overrides = None, data_elsewhere: ElsewhereOpt = False) -> None:
+    """Check a spec (and overrides) and its data without running anything."""
+    loaded, compiled = _load(spec, overrides, strict_data=not data_elsewhere)
+    _check_extras(loaded)
     _warn(compiled)
     _check_inputs(loaded, compiled)
     t = compiled.totals
     pops = compiled.populations
     snapshots = sum(p.totals["members"] for p in pops)
-    what = f"{len(pops)} populations, " if len(pops) > 1 else ""
+    what = f"{count(len(pops), 'population')}, " if len(pops) > 1 else ""
     print(
-        f"{spec}: ok ({what}{len(compiled.graph)} steps, {snapshots} snapshots, {t['epochs']:g} epochs, "
-        f"{max(p.totals['params'] for p in pops):,} parameters)"
+        f"{spec}: ok ({what}{count(len(compiled.graph), 'step')}, {count(snapshots, 'snapshot')}, "
+        f"{count(t['epochs'], 'epoch')}, {count(max(p.totals['params'] for p in pops), 'parameter')})"
     )
 
 
 @app.command()
 @user_errors
-def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def plan(
+    spec: SpecArg,
+    overrides: Overrides = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    data_elsewhere: ElsewhereOpt = False,
+) -> None:
     """Show what `hepc run` would do: each step cached (=), new (+), resumable (~) or failed before (!)."""
-    from hepc.plan import SYMBOLS, make_plan, split_lines
+    from hepc.plan import SYMBOLS, make_plan
 
-    loaded, compiled = _load(spec, overrides)
+    loaded, compiled = _load(spec, overrides, strict_data=not data_elsewhere)
     _warn(compiled)
     _check_inputs(loaded, compiled)
     the_store = _store(store, loaded)
@@ -184,11 +227,14 @@ def plan(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, jso
         return
     lines = []
     width = max((len(s.step.name) for s in the_plan.steps), default=0)
+    kind_width = max([6, *(len(s.step.kind) for s in the_plan.steps)])  # 6 unless a tokenizer step is there
     for s in the_plan.steps:
-        extra = f"  {s.step.context['epochs']:g} epochs" if s.step.kind == "cycle" else ""
+        extra = f"  {count(s.step.context['epochs'], 'epoch')}" if s.step.kind == "cycle" else ""
         detail = f"  ({s.detail})" if s.detail else ""
-        lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<6} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
-    print("\n".join(lines + split_lines(the_plan, the_store)))
+        lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<{kind_width}} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
+    from hepc.cli_data import plan_data_lines  # split_lines, plus a dry-pass summary of a small unbuilt corpus
+
+    print("\n".join(lines + plan_data_lines(the_plan, the_store, loaded)))
     print(the_plan.summary_line())
     if estimate is not None:
         print(plan_line(estimate))
@@ -221,6 +267,8 @@ def run(
 
     t0 = time.time()
     loaded, compiled = _load(spec, overrides, strict_data=True)
+    _check_extras(loaded)
+    _check_inputs(loaded, compiled)  # the same data checks as validate: exit 2 before anything is written
     the_store = _store(store, loaded)
     the_store.open_for_writing()  # a folder that is not a store (or is not writable) is refused here
     damaged = check_committed(compiled.graph, the_store)  # damaged objects are named, quarantined, recomputed
@@ -229,7 +277,8 @@ def run(
         _err(the_plan.summary_line())
     runtime = loaded.spec.runtime.model_dump()
     runtime.update(_run_flags(jobs, backend, address))
-    execute(compiled, the_store, runtime, loaded.spec.model_dump(mode="json"), quiet=quiet, damaged=damaged)
+    resolved = loaded.spec.model_dump(mode="json")
+    execute(compiled, the_store, runtime, resolved, quiet=quiet, damaged=damaged, plan=the_plan)
     results = collect(compiled, the_store)
     if json_out:
         print(json.dumps(results, indent=1))
@@ -279,15 +328,18 @@ def results(
 @app.command()
 @user_errors
 def diff(
-    spec_a: Annotated[str, typer.Argument(help="First spec.")],
-    spec_b: Annotated[str, typer.Argument(help="Second spec.")],
+    specs: Annotated[list[str], typer.Argument(help=f"Two specs, A then B, {SPECS_HELP}.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    """Changed fields (old → new) and the steps two specs share or not, by kind."""
+    """Changed fields (A's value → B's) and the steps two specs share or not, by kind."""
+    from hepc.cli_specs import spec_args
     from hepc.diff import diff as diff_specs
+    from hepc.errors import SpecError
 
-    la, ca = _load(spec_a, [])
-    lb, cb = _load(spec_b, [])
+    refs = spec_args(specs)
+    if len(refs) != 2:
+        raise SpecError(f"diff compares two specs, A and B (got {count(len(refs), 'spec')}: {', '.join(r.label for r in refs)})")
+    (la, ca), (lb, cb) = (_load(r.path, r.overrides) for r in refs)
     d = diff_specs(la, ca, lb, cb)
     if json_out:
         print(json.dumps(d, indent=1))
@@ -297,34 +349,51 @@ def diff(
     for c in d["changed"]:
         print(f"~ {c['field']}: {json.dumps(c['old'])} → {json.dumps(c['new'])}")
     kinds = sorted(set(d["steps"]["shared"]) | set(d["steps"]["only_a"]) | set(d["steps"]["only_b"]))
+    kind_width = max([6, *(len(k) for k in kinds)])  # 6 unless a tokenizer step is there
     for k in kinds:
         print(
-            f"  {k:<6} shared {d['steps']['shared'].get(k, 0):>5}   only in A {d['steps']['only_a'].get(k, 0):>5}"
+            f"  {k:<{kind_width}} shared {d['steps']['shared'].get(k, 0):>5}   only in A {d['steps']['only_a'].get(k, 0):>5}"
             f"   only in B {d['steps']['only_b'].get(k, 0):>5}"
         )
     ep = d["epochs"]
     print(
-        f"epochs: A {ep['a']:g}, B {ep['b']:g}; B needs {ep['only_b']:g} epochs of training A does not have; "
-        f"A has {ep['only_a']:g} epochs B does not use"
+        f"epochs: A {ep['a']:g}, B {ep['b']:g}; B needs {count(ep['only_b'], 'epoch')} of training A does not have; "
+        f"A has {count(ep['only_a'], 'epoch')} B does not use"
     )
 
 
-def _collect(spec: str, store: Optional[str]):
+def _collect(ref, store: Optional[str]):
+    """(loaded spec, results) of a `hepc.cli_specs.SpecRef`: a spec path and its own overrides."""
     from hepc.results import collect
 
-    loaded, compiled = _load(spec, [])
+    loaded, compiled = _load(ref.path, ref.overrides)
     return loaded, collect(compiled, _store(store, loaded))
+
+
+def _collect_named(specs: list[str], store: Optional[str]) -> list[tuple]:
+    """(loaded, results, display name) of each spec of `compare`/`report`, with its own overrides;
+    a spec given with overrides, or twice, gets a name that tells them apart."""
+    from hepc.cli_specs import display_names, spec_args
+
+    refs = spec_args(specs)
+    collected = [_collect(r, store) for r in refs]
+    names = display_names([loaded.spec.name for loaded, _ in collected], refs)
+    return [(loaded, res, name) for (loaded, res), name in zip(collected, names)]
 
 
 def _references(specs: list[str] | None, store: str | None) -> list | None:
     """Results of the `--reference-data` specs, joined by `hepc compare` into one token envelope."""
-    return [_collect(s, store)[1] for s in specs] if specs else None
+    from hepc.cli_specs import spec_args
+
+    return [_collect(r, store)[1] for s in specs for r in spec_args([s])] if specs else None
 
 
 @app.command()
 @user_errors
 def compare(
-    specs: Annotated[list[str], typer.Argument(help="Specs to compare; the first is the baseline.")],
+    specs: Annotated[
+        list[str], typer.Argument(help=f"Specs to compare, {SPECS_HELP}; the first is the baseline.", show_default=False)
+    ],
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write the curves as a PNG here.")] = None,
@@ -333,7 +402,7 @@ def compare(
     """Curves of several specs side by side: epochs-to-match, matched-K ratio, loss gaps."""
     from hepc.report.side_by_side import compare_results, render_table
 
-    named = [(loaded.spec.name, res) for loaded, res in (_collect(s, store) for s in specs)]
+    named = [(name, res) for _, res, name in _collect_named(specs, store)]
     reference = _references(reference_data, store)
     result = compare_results(named, reference)
     if plot:
@@ -349,7 +418,10 @@ def compare(
 @app.command()
 @user_errors
 def report(
-    specs: Annotated[list[str], typer.Argument(help="Specs to report; with several, the first is the baseline.")],
+    specs: Annotated[
+        list[str],
+        typer.Argument(help=f"Specs to report, {SPECS_HELP}; with several, the first is the baseline.", show_default=False),
+    ],
     out: Annotated[str, typer.Option("--out", help="Folder for report.html, curves.png, summary.json.")],
     store: StoreOpt = None,
     reference_data: RefDataOpt = None,
@@ -359,13 +431,13 @@ def report(
     from hepc.report.side_by_side import compare_results
     from hepc.spec.load import to_yaml
 
-    collected = [_collect(s, store) for s in specs]
-    named = [(loaded.spec.name, res) for loaded, res in collected]
+    collected = _collect_named(specs, store)
+    named = [(name, res) for _, res, name in collected]
     reference = _references(reference_data, store)
     result = compare_results(named, reference)
     context = {
         "title": "hepc: " + " vs ".join(name for name, _ in named),
-        "specs": [{"name": l.spec.name, "text": to_yaml(l.spec)} for l, _ in collected],
+        "specs": [{"name": name, "text": to_yaml(l.spec)} for l, _, name in collected],
         "comparisons": result["comparisons"],
         "curves": {k: [tuple(p) for p in v] for k, v in result["curves"].items()},
         "curves_title": "val loss vs budget (K = all, weights from held-out)",
@@ -387,6 +459,10 @@ def new(
     ] = 16.0,
     name: Annotated[Optional[str], typer.Option("--name", help="Spec name (default: TEMPLATE-bB).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Write the spec here instead of stdout.")] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", metavar="FROM_SPEC", help="Copy the data section of this spec (paths rebased onto --out's folder)."),
+    ] = None,
 ) -> None:
     """Render a ready spec for a budget from a recipe template (rules in hepc/recipes.py)."""
     import tempfile
@@ -395,18 +471,22 @@ def new(
     from hepc.recipes import render
     from hepc.spec.load import load_spec
 
-    text = render(budget, saturation, template, name)
     target = Path(out) if out else None
     folder = target.parent if target else Path.cwd()
+    if not folder.is_dir():
+        raise HepcError(f"--out {out}: folder {folder} does not exist")
+    text = render(budget, saturation, template, name, data_from=data, out_dir=folder)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as f:
         f.write(text)
     try:
         load_spec(f.name)  # a template that renders an invalid spec is a bug worth a located message
-    finally:
-        if target:
-            Path(f.name).replace(target)
-        else:
-            Path(f.name).unlink()
+    except BaseException:
+        Path(f.name).unlink()  # nothing is written on error
+        raise
+    if target:
+        Path(f.name).replace(target)
+    else:
+        Path(f.name).unlink()
     if target:
         print(target)
     else:
@@ -416,9 +496,9 @@ def new(
 @app.command()
 def schema() -> None:
     """Print the JSON schema of a population spec."""
-    from hepc.spec.models import Spec
+    from hepc.spec.schema import spec_schema
 
-    print(json.dumps(Spec.model_json_schema(), indent=1))
+    print(json.dumps(spec_schema(), indent=1))
 
 
 from hepc.cli_store import register  # noqa: E402  (verify, gc)
@@ -427,6 +507,9 @@ register(app)
 from hepc import cli_status  # noqa: E402  (status)
 
 cli_status.register(app)
+from hepc import cli_data  # noqa: E402  (data)
+
+cli_data.register(app)
 
 
 def main() -> None:

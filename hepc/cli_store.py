@@ -11,6 +11,7 @@ import sys
 from typing import Optional
 
 from hepc.errors import HepcError
+from hepc.wording import count
 
 
 def _human(n: float) -> str:
@@ -116,9 +117,8 @@ def verify_command(
             f"{len(damaged)} damaged (`hepc run` moves them to quarantine/ and recomputes them)" if damaged
             else "all intact"
         )
-        extra = f"; {len(missing)} steps not computed yet" if missing else ""
-        noun = "object" if len(checked) == 1 else "objects"
-        print(f"verified {len(checked)} {noun} {scope}({_human(size)}) in {the_store.root}: {status}{extra}")
+        extra = f"; {count(len(missing), 'step')} not computed yet" if missing else ""
+        print(f"verified {count(len(checked), 'object')} {scope}({_human(size)}) in {the_store.root}: {status}{extra}")
         if adopt and damaged:
             print("not adopted: repair or remove the damaged objects first", file=sys.stderr)
     return 1 if damaged or checkpoints else 0
@@ -185,10 +185,10 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
         parts.append(f"{n} {noun} ({_human(b)})")
     print(f"{head}: {', '.join(parts) or 'nothing'}; {_human(total)} in all")
     if result and result.restored:
-        print(f"kept {len(result.restored)} object(s) that a run started meanwhile needs: {', '.join(result.restored)}")
+        print(f"kept {count(len(result.restored), 'object')} that a run started meanwhile needs: {', '.join(result.restored)}")
     print(
-        f"kept everything reachable from {reach.records} run record(s)"
-        + (f" and {len(named)} spec(s) named here" if named else "")
+        f"kept everything reachable from {count(reach.records, 'run record')}"
+        + (f" and {count(len(named), 'spec')} named here" if named else "")
         + (" (everything: see the warning above)" if reach.keep_all else "")
         + ("" if yes or not items else "; run `hepc gc --yes` to delete")
     )

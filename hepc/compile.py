@@ -2,10 +2,14 @@
 
 Graph of one population (P trajectories × C cycles):
 
-    corpus ─┬─ cycle t1-c001 ─ cycle t1-c002 ─ …      (each cycle: previous cycle of its trajectory)
-            ├─ cycle t2-c001 ─ …
-            ├─ score <cycle>-heldout, score <cycle>-val   (per snapshot)
-            └─ prior (all scores) ; curve (all scores)
+    [tokenizer ─] corpus ─┬─ cycle t1-c001 ─ cycle t1-c002 ─ …   (each cycle: previous cycle of its trajectory)
+                          ├─ cycle t2-c001 ─ …
+                          ├─ score <cycle>-heldout, score <cycle>-val   (per snapshot)
+                          └─ prior (all scores) ; curve (all scores)
+
+A `bpe` tokenizer is a step of its own, trained on the train split of the corpus's split rule (its
+key holds the source, the split rule and the tokenizer config); the `bytes` and `none` corpora have
+no tokenizer step and keep their keys.
 
 A spec with `sweep:` compiles into several populations inside one graph; steps they have in
 common (same key) appear once.
@@ -17,6 +21,8 @@ raising `population.cycles` keeps every earlier key.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +32,26 @@ from hepc.graph import Graph, StepSpec, make_step
 from hepc.hashing import key_fields
 from hepc.sizes import param_count, train_flops_per_token
 from hepc.spec.load import LoadedSpec, Variant
-from hepc.spec.models import Spec
+from hepc.spec.models import BpeTokenizer, Spec
 from hepc.train.schedule import perturb_scale, steps_per_cycle
 
 SCORER_VERSION = 1
+BPE_TRAINER = "tokenizers-bytelevel-bpe/1"  # names the BPE training rule (hepc/data/bpe_training.py) in tokenizer keys
 TOKENIZER_VOCAB = {"bytes": 257}
 SPLITS = ("heldout", "val")
 
 
 def vocab_size(spec: Spec) -> int:
-    src = spec.data.source
-    return src.vocab_size if src.kind == "tokens" else TOKENIZER_VOCAB[spec.data.tokenizer]
+    src, tok = spec.data.source, spec.data.tokenizer
+    if src.kind == "tokens":
+        return src.vocab_size
+    return tok.vocab_size if isinstance(tok, BpeTokenizer) else TOKENIZER_VOCAB[tok]
+
+
+def tokenizer_label(spec: Spec) -> str:
+    """The tokenizer in step names: `bytes`, `none` or `bpe<vocab_size>`."""
+    tok = spec.data.tokenizer
+    return f"bpe{tok.vocab_size}" if isinstance(tok, BpeTokenizer) else tok
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,52 @@ def compile_spec(loaded: LoadedSpec, *, strict_data: bool = False) -> Compiled:
         identity, warns = identities[source_cfg]
         warnings.extend(w for w in warns if w not in warnings)
         populations.append(_compile_population(graph, loaded, variant, identity))
+    if len(populations) > 1:
+        _name_sweep_steps(graph, populations)
     return Compiled(loaded.spec, graph, populations, warnings)
+
+
+def _name_sweep_steps(graph: Graph, populations: list[Population]) -> None:
+    """Steps of different sweep variants that would share a display name (`cycle t1-c001` once per
+    variant) are named with the sweep values of the variants that use them, e.g.
+    `epochs_per_cycle=1-t1-c001`. Names are display only: no key changes, and a step that every
+    variant shares keeps its plain name."""
+    users: dict[str, list[Population]] = {}
+    for pop in populations:
+        for key in _upstream_closure(graph, [pop.prior_key, pop.curve_key, pop.logits_key]):
+            users.setdefault(key, []).append(pop)
+    by_name: dict[tuple[str, str], set[str]] = {}
+    for step in graph:
+        by_name.setdefault((step.kind, step.name), set()).add(step.key)
+    for (kind, name), keys in by_name.items():
+        if len(keys) < 2:
+            continue
+        for key in keys:
+            label = _common_values(users.get(key, [])) or users.get(key, populations)[0].label
+            graph.steps[key] = dataclasses.replace(graph[key], name=f"{_slug(label)}-{name}")
+
+
+def _upstream_closure(graph: Graph, keys) -> set[str]:
+    out: set[str] = set()
+    todo = [k for k in keys if k is not None]
+    while todo:
+        key = todo.pop()
+        if key not in out:
+            out.add(key)
+            todo.extend(graph[key].upstream())
+    return out
+
+
+def _common_values(pops: list[Population]) -> str:
+    """The sweep values every population in `pops` has in common, as in their labels (`epochs_per_cycle=1`)."""
+    if not pops:
+        return ""
+    common = [k for k, v in pops[0].values.items() if all(k in p.values and p.values[k] == v for p in pops)]
+    return ",".join(f"{k.rsplit('.', 1)[-1]}={_label_value(pops[0].values[k])}" for k in common)
+
+
+def _label_value(value) -> str:  # the same form as the variant labels of hepc/spec/load.py
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _slug(label: str) -> str:
@@ -118,21 +178,35 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
     spec = variant.spec
     d, m, pop, opt = spec.data, spec.model, spec.population, spec.optimizer
     vocab = vocab_size(spec)
+    split_rule = {
+        "source": identity,
+        "train_tokens": d.train_tokens,
+        "val_tokens": d.val_tokens,
+        "heldout_tokens": d.heldout_tokens,
+        "seed": d.seed,
+        "max_doc_tokens": d.max_doc_tokens,
+    }
+    data_context = {"source": d.source.model_dump(), "base_dir": str(loaded.base_dir.resolve())}
+    corpus_inputs, tokenizer = {}, d.tokenizer
+    if isinstance(d.tokenizer, BpeTokenizer):  # trained on the train split of this very split rule
+        tokenizer = key_fields(d.tokenizer)
+        trained = graph.add(
+            make_step(
+                "tokenizer",
+                f"{d.source.kind}-{tokenizer_label(spec)}",
+                params={"tokenizer": tokenizer, "trainer": BPE_TRAINER, **split_rule},
+                inputs={},
+                context=data_context,
+            )
+        )
+        corpus_inputs = {"tokenizer": trained.key}
     corpus = graph.add(
         make_step(
             "corpus",
-            f"{d.source.kind}-{d.tokenizer}",
-            params={
-                "source": identity,
-                "tokenizer": d.tokenizer,
-                "train_tokens": d.train_tokens,
-                "val_tokens": d.val_tokens,
-                "heldout_tokens": d.heldout_tokens,
-                "seed": d.seed,
-                "max_doc_tokens": d.max_doc_tokens,
-            },
-            inputs={},
-            context={"source": d.source.model_dump(), "base_dir": str(loaded.base_dir.resolve())},
+            f"{d.source.kind}-{tokenizer_label(spec)}",
+            params={"source": identity, "tokenizer": tokenizer, **{k: v for k, v in split_rule.items() if k != "source"}},
+            inputs=corpus_inputs,
+            context=data_context,
         )
     )
 

@@ -30,8 +30,8 @@ def diff(a: LoadedSpec, ca: Compiled, b: LoadedSpec, cb: Compiled) -> dict:
     only_a = [s for s in ca.graph if s.key not in kb]
     only_b = [s for s in cb.graph if s.key not in ka]
     return {
-        "a": str(a.path),
-        "b": str(b.path),
+        "a": _label(a),
+        "b": _label(b),
         "changed": changed,
         "steps": {"shared": by_kind(shared), "only_a": by_kind(only_a), "only_b": by_kind(only_b)},
         "epochs": {
@@ -41,3 +41,8 @@ def diff(a: LoadedSpec, ca: Compiled, b: LoadedSpec, cb: Compiled) -> dict:
             "only_b": graph_totals(cb.graph, only_b)["epochs"],
         },
     }
+
+
+def _label(loaded: LoadedSpec) -> str:
+    """The spec's path, with its overrides as given (`q0.yaml::population.cycles=8`)."""
+    return "::".join((str(loaded.path), *loaded.overrides))

@@ -9,11 +9,13 @@ from hepc.graph import StepSpec
 from hepc.safe_io import read_json
 from hepc.store import Store
 from hepc.verify import file_digest, read_manifest
+from hepc.wording import count, shorten
 
 SPLITS = ("val", "heldout", "train")
 META_LIMIT = 4 << 20  # a corpus meta.json is a few KB
 
 SYMBOLS = {"cached": "=", "new": "+", "resumable": "~", "failed": "!"}
+FAILURE_LIMIT = 120  # characters of a step's last error shown in the plan (cut at a word, with "…")
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,15 @@ class Plan:
     def summary_line(self) -> str:
         c = self.counts()
         todo, total = self.totals_to_run(), self.compiled.totals
-        parts = [f"{len(self.steps)} steps: {c['cached']} cached, {len(self.to_run)} to run"]
+        parts = [f"{count(len(self.steps), 'step')}: {c['cached']} cached, {len(self.to_run)} to run"]
         if c["resumable"]:
             parts.append(f"{c['resumable']} resumable")
         if c["failed"]:
             parts.append(f"{c['failed']} failed before")
-        parts.append(f"{_num(todo['epochs'])} of {_num(total['epochs'])} epochs to train")
+        parts.append(f"{_num(todo['epochs'])} of {count(total['epochs'], 'epoch')} to train")
         parts.append(f"{_si(todo['train_tokens'])} tokens, {_si(todo['train_flops'])}FLOP")
         if len(self.compiled.populations) > 1:
-            parts.append(f"{len(self.compiled.populations)} populations")
+            parts.append(count(len(self.compiled.populations), "population"))
         return ", ".join(parts)
 
     def to_json(self) -> dict:
@@ -100,7 +102,7 @@ def make_plan(compiled: Compiled, store: Store) -> Plan:
             detail = f"step {work.get('step', '?')}/{work.get('steps', '?')}"
             out.append(PlannedStep(step, "resumable", detail))
         elif work and work["state"] == "failed":
-            out.append(PlannedStep(step, "failed", str(work.get("error", ""))[:120]))
+            out.append(PlannedStep(step, "failed", shorten(str(work.get("error", "")), FAILURE_LIMIT)))
         else:
             out.append(PlannedStep(step, "new"))
     return Plan(compiled, out)
@@ -150,16 +152,16 @@ def _split_line(meta: dict, name: str) -> str:
         documents, tokens = int(meta["documents"][name]), int(meta["tokens"][name])
     except (KeyError, TypeError, ValueError):
         return "(not recorded in meta.json)"
-    line = f"{documents:>7,} documents {tokens:>11,} tokens"
+    line = f"{documents:>7,} {'document ' if documents == 1 else 'documents'} {count(tokens, 'token'):>18}"
     split = (meta.get("splits") or {}).get(name)
     if isinstance(split, dict):
         details = []
         if isinstance(split.get("source_documents"), int):
-            details.append(f"{split['source_documents']:,} source documents")
+            details.append(count(split["source_documents"], "source document"))
         largest = split.get("largest")
         if isinstance(largest, list) and largest and isinstance(largest[0], dict):
             top = largest[0]
-            details.append(f"largest: {str(top.get('name'))[:60]} ({top.get('tokens', 0):,} tokens)")
+            details.append(f"largest: {shorten(str(top.get('name')), 60)} ({count(top.get('tokens', 0), 'token')})")
         if details:
             line += f"  ({'; '.join(details)})"
     return line

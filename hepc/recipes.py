@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from hepc.errors import HepcError
 from hepc.templating import TEMPLATES, sandboxed_env
+from hepc.wording import count
+
+# S measured for the templates' own data and model (pystdlib, specs/repro/single.yaml); any other
+# S, or data copied from another spec with --data, is stated in the header as given, not as measured.
+MEASURED_SATURATION = 16.0
+BATCH_TOKENS = 1024  # the templates' batch, rounded to a multiple of the data's seq_len
+PATH_KEYS = ("paths", "val_paths", "exclude")  # source fields that hold files or globs relative to the spec
 
 
 @dataclass(frozen=True)
@@ -52,19 +60,79 @@ def recipe(budget: float, saturation: float) -> Recipe:
     return Recipe(budget, saturation, p, c, e, distill, [*ks, "all"])
 
 
-def render(budget: float, saturation: float, template: str = "q0", name: str | None = None) -> str:
-    """The spec text for `budget` epochs from `templates/recipes/<template>.yaml.j2`."""
+def render(
+    budget: float,
+    saturation: float,
+    template: str = "q0",
+    name: str | None = None,
+    data_from: str | None = None,
+    out_dir: Path | None = None,
+) -> str:
+    """The spec text for `budget` epochs from `templates/recipes/<template>.yaml.j2`. With `data_from`
+    (a spec file), its data section replaces the template's, its relative paths rebased onto
+    `out_dir` (the folder the new spec is written to; default: the current folder)."""
     from jinja2.exceptions import TemplateError, TemplateNotFound
 
     folder = TEMPLATES / "recipes"
     env = sandboxed_env(folder, autoescape=False, keep_trailing_newline=True)
+    env.filters["count"] = count
     r = recipe(budget, saturation)
+    data = copied_data(data_from, Path.cwd() if out_dir is None else out_dir) if data_from else None
     try:
         tpl = env.get_template(f"{template}.yaml.j2")
     except TemplateNotFound:
         known = sorted(p.name.removesuffix(".yaml.j2") for p in folder.glob("*.yaml.j2"))
         raise HepcError(f"unknown template '{template}' (known: {', '.join(known) or 'none'}; folder {folder})") from None
     try:
-        return tpl.render(r=asdict(r), actual_epochs=r.actual_epochs, name=name or f"{template}-b{budget:g}")
+        return tpl.render(
+            r=asdict(r),
+            actual_epochs=r.actual_epochs,
+            name=name or f"{template}-b{budget:g}",
+            measured=data is None and saturation == MEASURED_SATURATION,
+            data_from=data_from,
+            data_yaml=_data_yaml(data) if data else None,
+            batch_tokens=_batch_tokens(data) if data else BATCH_TOKENS,
+        )
     except TemplateError as e:
         raise HepcError(f"template {template}: {e}") from None
+
+
+def copied_data(spec_path: str, out_dir: Path) -> dict:
+    """The data section of the spec at `spec_path` (validated; defaults left out), its relative file
+    paths and globs rewritten relative to `out_dir`, so the new spec reads the same files."""
+    import os
+
+    from hepc.spec.load import load_spec
+
+    loaded = load_spec(spec_path)  # a bad spec is a located SpecError, as for any command
+    data = loaded.spec.data.model_dump(mode="json", exclude_defaults=True)
+    for k in ("train_tokens", "val_tokens", "heldout_tokens", "seq_len"):  # required: always present
+        data[k] = getattr(loaded.spec.data, k)
+    source = data.get("source", {})
+    for key in PATH_KEYS:
+        if isinstance(source.get(key), list):
+            source[key] = [
+                p if os.path.isabs(p) else Path(os.path.relpath(loaded.base_dir / p, out_dir)).as_posix()
+                for p in source[key]
+            ]
+    return data
+
+
+def _data_yaml(data: dict) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="safe", pure=True)
+    y.default_flow_style = None  # block mappings, short lists inline
+    y.sort_base_mapping_type_on_output = False
+    buf = io.StringIO()
+    y.dump({"data": data}, buf)
+    return buf.getvalue().rstrip("\n")
+
+
+def _batch_tokens(data: dict) -> int:
+    """BATCH_TOKENS rounded to a multiple of seq_len, at most one epoch of training sequences."""
+    seq_len = int(data["seq_len"])
+    sequences = (int(data["train_tokens"]) - int(data["heldout_tokens"])) // (seq_len + 1)
+    return seq_len * max(1, min(round(BATCH_TOKENS / seq_len), sequences))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from hepc.compile import Compiled, Population
 from hepc.errors import HepcError
 from hepc.store import Store
+from hepc.wording import SIGN_NOTE, count
 
 
 def collect(compiled: Compiled, store: Store) -> dict:
@@ -97,7 +100,8 @@ def populations(results: dict) -> list[dict]:
 
 def render(results: dict, console, *, members: bool = False) -> None:
     """Print the results with rich (to stdout), one block per population: the ensembles, the loss
-    curve in one line and the best member; the table of every member only with `members`."""
+    curve (a table of val loss per budget and K) and the best member; the table of every member only
+    with `members`."""
     for pop in populations(results):
         render_population(pop, console, members=members)
 
@@ -106,19 +110,53 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def curve_line(points: list[dict]) -> str:
-    """The loss curve in one line: how many points over which budgets, and the best loss at the first
-    and the last budget."""
-    if not points:
-        return "curve: no points"
-    budgets = sorted({p["budget_epochs"] for p in points})
+CURVE_ROWS = 16  # budgets shown in the curve table; a longer curve shows an even spread of them
 
-    def best_at(b):
-        p = min((p for p in points if p["budget_epochs"] == b), key=lambda p: p["val_loss"])
-        return f"{b:g} epochs ({p['members']} members): {p['val_loss']:.4f} at K={p['k_label']}"
 
-    first, last = best_at(budgets[0]), best_at(budgets[-1])
-    return f"curve: {len(points)} points over {len(budgets)} budgets; best {first} → {last}"
+def _k_order(label) -> tuple:
+    return (1, 0) if str(label) == "all" else (0, int(label))
+
+
+def shown_budgets(budgets: list[float], limit: int = CURVE_ROWS) -> list[float]:
+    """All budgets when there are at most `limit`; else `limit` of them spread evenly by index,
+    the first and the last always included."""
+    if len(budgets) <= limit:
+        return budgets
+    picks = {round(i * (len(budgets) - 1) / (limit - 1)) for i in range(limit)}
+    return [budgets[i] for i in sorted(picks)]
+
+
+def curve_table(points: list[dict], title: str):
+    """The loss-vs-budget curve as a rich table: one row per budget (epochs summed over the members
+    trained by then), one column per K the prior evaluated (val loss, nats/token). K = all (or the
+    largest K) at each budget is the headline curve that `hepc compare` uses."""
+    from rich.table import Table
+
+    from hepc.report.curves import headline_label
+
+    budgets = sorted({float(p["budget_epochs"]) for p in points})
+    shown = shown_budgets(budgets)
+    labels = sorted({str(p["k_label"]) for p in points}, key=_k_order)
+    headline = str(headline_label(points))
+    cells = {(float(p["budget_epochs"]), str(p["k_label"])): p for p in points}
+    members = {}
+    for p in points:
+        b = float(p["budget_epochs"])
+        members[b] = max(members.get(b, 0), int(p["members"]))
+    more = "" if len(shown) == len(budgets) else f"; {len(shown)} of {len(budgets)} budgets shown (--json has all)"
+    table = Table(
+        title=Text(f"{title}: loss vs budget (val loss, nats/token)"),
+        caption=Text(f"K = {headline} is the headline curve (weights fitted on held-out){more}"),
+    )
+    table.add_column("budget (epochs)", justify="right")
+    table.add_column("members", justify="right")
+    for label in labels:
+        table.add_column(f"K={label}" + (" (headline)" if label == headline else ""), justify="right")
+    for b in shown:
+        row = [f"{b:g}", str(members[b])]
+        row += [_fmt(cells[(b, label)]["val_loss"]) if (b, label) in cells else "" for label in labels]
+        table.add_row(*row)
+    return table
 
 
 def render_population(results: dict, console, *, members: bool = False) -> None:
@@ -127,7 +165,7 @@ def render_population(results: dict, console, *, members: bool = False) -> None:
     title = results["spec"] + (f" [{results['label']}]" if results.get("label") else "")
     fmt = _fmt
     if members:
-        table = Table(title=f"{title}: members (val loss, nats/token)")
+        table = Table(title=Text(f"{title}: members (val loss, nats/token)"))
         for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
             table.add_column(col, justify="right")
         for m in results["members"]:
@@ -138,7 +176,10 @@ def render_population(results: dict, console, *, members: bool = False) -> None:
         console.print(table)
 
     prior, aggregate = results["prior"]["kind"], results["aggregate"]
-    ens = Table(title=f"{title}: ensembles ({prior} prior, weighted {aggregate} averaging)")
+    ens = Table(
+        title=Text(f"{title}: ensembles ({prior} prior, weighted {aggregate} averaging)"),
+        caption=Text(f"val loss in {loss_unit(results.get('corpus'))}; vs best single = ensemble − best single snapshot ({SIGN_NOTE})"),
+    )
     for col in ("K", "val loss", "val bpb", "vs best single"):
         ens.add_column(col, justify="right")
     best = results["best_single"]["val_loss"]
@@ -147,17 +188,21 @@ def render_population(results: dict, console, *, members: bool = False) -> None:
         label = f"{e['k']}" + (" (all)" if e["k_label"] == "all" else "")
         ens.add_row(label, f"{e['val_loss']:.4f}", fmt(e["val_bpb"]), f"{e['val_loss'] - best:+.4f}")
     console.print(ens)
-    console.print(curve_line(results["curve"]))
+    if results["curve"]:
+        console.print(curve_table(results["curve"], title))
+    else:
+        console.print(Text("curve: no points"))
     s = results["best_single"]
-    console.print(
+    console.print(Text(
         f"best member: trajectory {s['trajectory']} cycle {s['cycle']}, val loss {s['val_loss']:.4f} "
-        f"(of {len(results['members'])} members; `--members` lists them all)"
-    )
+        f"(of {count(len(results['members']), 'member')}; `--members` lists them all)"
+    ))
     b = results["best_ensemble"]
-    console.print(
-        f"budget {results['budget_epochs']:g} epochs: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "
-        f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats); " + fit_line(results["fit"])
-    )
+    console.print(Text(
+        f"budget {count(results['budget_epochs'], 'epoch')}: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "
+        f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats, {SIGN_NOTE}); "
+        + fit_line(results["fit"])
+    ))
 
 
 def fit_line(fit: dict) -> str:
@@ -170,3 +215,14 @@ def fit_line(fit: dict) -> str:
         folds = f"{fit.get('folds')}-fold CV over {fit.get('fold_rule')}" if fit.get("folds") else "no CV"
         line += f" (shrinkage λ={fit['strength']:g}, {folds})"
     return line
+
+
+def loss_unit(corpus_summary: dict | None) -> str:
+    """The unit of a corpus's val losses for captions, from its corpus step summary (or meta.json):
+    `nats/token`, and for a BPE corpus also how many bytes a val token holds (bpb = bits per byte)."""
+    corpus_summary = corpus_summary or {}
+    if (corpus_summary.get("tokenizer") or {}).get("kind") != "bpe":
+        return "nats/token"
+    bpt = (corpus_summary.get("bytes_per_token") or {}).get("val")
+    held = f" of {bpt:.2f} bytes on val" if isinstance(bpt, (int, float)) else ""
+    return f"nats/token (BPE tokens{held}; bpb = bits per byte)"

@@ -2,7 +2,7 @@
 
     leases/<key>            who runs which step (hepc.store_lease): live, stale (holder gone) or suspect
     work/<key>/live.json    the step's own progress, rewritten whole by the executor every ~2 s:
-                            {key, kind, name, worker, host, pid, started, t, step, steps, loss, tokens_per_s}
+                            {key, kind, name, worker, host, pid, started, t, step, steps, loss, ce, kd, tokens_per_s}
 
 `collect` gathers a status dict (also the `--json` output); `render_lines` turns it into text.
 With a compiled spec, it adds the graph's progress (committed / total steps by kind, which of its
@@ -87,7 +87,7 @@ def read_live(path: Path) -> tuple[dict | None, str | None]:
         return None, "live progress unreadable (not a JSON object)"
     live = {k: _str(value.get(k)) for k in ("key", "kind", "name", "worker", "host")}
     live.update({k: _int(value.get(k)) for k in ("pid", "step", "steps")})
-    live.update({k: _float(value.get(k)) for k in ("started", "t", "loss", "tokens_per_s")})
+    live.update({k: _float(value.get(k)) for k in ("started", "t", "loss", "ce", "kd", "tokens_per_s")})
     loss = value.get("loss")
     if live["loss"] is None and isinstance(loss, float) and not math.isfinite(loss):
         live["loss_text"] = str(loss)
@@ -304,7 +304,9 @@ def _live_line(entry: dict) -> str:
     parts = []
     if live.get("step") is not None:
         parts.append(f"step {live['step']:,}/{live['steps']:,}" if live.get("steps") else f"step {live['step']:,}")
-    if live.get("loss") is not None:
+    if live.get("ce") is not None and live.get("kd") is not None:  # distilling: CE is what val measures
+        parts.append(f"ce {live['ce']:.4f} · kd {live['kd']:.4f}")
+    elif live.get("loss") is not None:
         parts.append(f"loss {live['loss']:.4f}")
     elif live.get("loss_text"):
         parts.append(f"loss {live['loss_text']}")

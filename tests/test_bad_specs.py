@@ -255,9 +255,14 @@ def test_unreadable_spec_path(spec, message, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])
-def test_missing_data_only_warns_before_run(command, tmp_path, monkeypatch):
-    """Plans of specs whose data lives on another machine must work: validate/plan warn, exit 0."""
-    out = invoke(command, "tests/bad_specs/data_missing_file.yaml", tmp_path / "store", monkeypatch, subprocess_=False)
+def test_missing_data_is_an_error_unless_it_lives_elsewhere(command, tmp_path, monkeypatch):
+    """validate/plan check the data like run does (exit 2, located); with --data-elsewhere (the data lives
+    on another machine) they only warn and exit 0, so such specs can still be planned."""
+    spec = "tests/bad_specs/data_missing_file.yaml"
+    out = invoke(command, spec, tmp_path / "store", monkeypatch, subprocess_=False)
+    assert out.code == 2, out.show()
+    assert re.match(rf"error: {re.escape(spec)}:8:\d+: data.source.paths\[0\]: file not found", out.stderr), out.show()
+    out = invoke(command, spec, tmp_path / "store", monkeypatch, subprocess_=False, extra=["--data-elsewhere"])
     assert out.code == 0, out.show()
     assert "warning: data not available here" in out.stderr and "file not found" in out.stderr, out.show()
 

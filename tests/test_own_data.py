@@ -284,9 +284,9 @@ def test_corpus_too_small_for_its_splits(tmp_path):
     (tmp_path / "a.txt").write_text("x" * 5_000)
     errors, _ = problems_of(tmp_path, "{kind: text, paths: [a.txt]}")
     message = only(errors, "data.train_tokens").message
-    assert "hold 5,010 tokens" in message and "need 14,000" in message  # 5,000 bytes in 10 pieces of <= 512
+    assert "the data file holds 5,010 tokens" in message and "need 14,000" in message  # 5,000 bytes in 10 pieces of <= 512
     errors, _ = problems_of(tmp_path, "{kind: text, paths: [a.txt], documents: {separator: '%'}}", train_tokens=200_000)
-    assert "hold at most 40,000 tokens" in only(errors, "data.train_tokens").message
+    assert "holds at most 40,000 tokens" in only(errors, "data.train_tokens").message
     (tmp_path / "a.txt").write_text("x" * 14_000)
     assert problems_of(tmp_path, "{kind: text, paths: [a.txt]}") == ([], [])
 

@@ -162,17 +162,18 @@ def test_compare_epochs_to_match_and_ratio():
     assert e["ratio"] == pytest.approx(2 * math.sqrt(2))
 
 
-def test_gap_at_equal_budget_sign_positive_when_candidate_better():
+def test_gap_at_equal_budget_sign_negative_when_candidate_better():
+    """One sign convention everywhere: candidate − reference, negative = candidate better."""
     g = compare(REF_CURVE, CAND_CURVE)["loss_gap_at_equal_budget"]
     # reference interpolated at 1, 2, 4, 8: 4.0, 3.5, 3.0, 2.75
     assert [p["budget"] for p in g["points"]] == [1, 2, 4, 8]
     assert [p["reference_loss"] for p in g["points"]] == pytest.approx([4.0, 3.5, 3.0, 2.75])
-    assert [p["gap"] for p in g["points"]] == pytest.approx([0.5, 0.5, 0.25, 0.5])
+    assert [p["gap"] for p in g["points"]] == pytest.approx([-0.5, -0.5, -0.25, -0.5])
     last = g["at_largest_common_budget"]
-    assert last["budget"] == 8 and last["gap"] == pytest.approx(0.5)
+    assert last["budget"] == 8 and last["gap"] == pytest.approx(-0.5)
     # swapping roles flips the sign (reference now better)
     swapped = loss_gap_at_equal_budget(CAND_CURVE, REF_CURVE)["at_largest_common_budget"]
-    assert swapped["budget"] == 8 and swapped["gap"] == pytest.approx(-0.5)
+    assert swapped["budget"] == 8 and swapped["gap"] == pytest.approx(0.5)
 
 
 def test_gap_skips_budgets_outside_reference_range_and_no_overlap():

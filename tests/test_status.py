@@ -171,6 +171,22 @@ def test_unreadable_live_progress_is_named_never_a_traceback(tmp_path, content, 
     assert live is None and why in problem
 
 
+def test_a_distilling_step_shows_ce_and_kd_not_one_loss(store):
+    """While distilling, `hepc status` shows the CE part (what val measures) and the distillation term."""
+    step = new_cycle(store, "t1-c003")
+    key = step["key"]
+    lease = store_lease.acquire(store / "leases" / key, f"cycle t1-c003-{key[:12]}")
+    try:
+        write_live(store, key, loss=1.37, ce=2.37, kd=0.0133)
+        text = status(store, TINY, MORE).stdout
+        data = status_json(store, TINY, MORE)
+    finally:
+        lease.release()
+    assert "step 7/22, ce 2.3700 · kd 0.0133, 512 tok/s" in text and "loss 1.37" not in text, text
+    [entry] = data["leases"]
+    assert (entry["live"]["ce"], entry["live"]["kd"]) == (2.37, 0.0133)
+
+
 def test_live_progress_fields_are_checked_one_by_one(tmp_path):
     path = tmp_path / "live.json"
     path.write_text(

@@ -95,8 +95,14 @@ def test_second_cycle_chains_distills_and_perturbs(corpus, cycle1, tmp_path):
     )  # fmt: skip
     assert summary["global_step_end"] == 64 and summary["distilled"] and summary["perturb_scale"] == 0.25
     metrics = read_metrics(out)
-    assert [m["step"] for m in metrics] == [10, 20, 30, 32] == [p["step"] for p in seen]
-    assert all(p["steps"] == 32 for p in seen)
+    # progress: the first step at once (a rate and an ETA early), losses at the logged steps, CE and KD apart
+    assert seen[0]["step"] == 1 and "loss" not in seen[0]
+    assert [m["step"] for m in metrics] == [10, 20, 30, 32] == [p["step"] for p in seen if "loss" in p]
+    assert all(p["steps"] == 32 and p["start_step"] == 0 for p in seen)
+    assert [(p["ce"], p["kd"]) for p in seen if "loss" in p] == [(m["ce"], m["kd"]) for m in metrics]
+    tail = [m for m in metrics if m["step"] > 32 - 3]  # the last tenth, as final_loss: logged steps 30 and 32
+    assert summary["final_ce"] == pytest.approx(sum(m["ce"] for m in tail) / 2)
+    assert summary["final_kd"] == pytest.approx(sum(m["kd"] for m in tail) / 2)
     assert all(m["kd"] is not None and m["kd"] >= 0 and math.isfinite(m["loss"]) for m in metrics)
     assert metrics[-1]["loss"] == pytest.approx(0.55 * metrics[-1]["ce"] + 0.45 * metrics[-1]["kd"], rel=1e-5)
     # the optimizer state was carried over, not reset: Adam's step counter keeps running

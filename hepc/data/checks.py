@@ -9,6 +9,14 @@ bytes that do not decode in the declared encoding: binary, an error naming the f
 the files can hold the splits (val_tokens + train_tokens, heldout included in train) with the bytes
 tokenizer: exact for the default `file` rule in UTF-8, an upper bound otherwise (4 UTF-8 bytes per
 file byte, one end-of-text per byte), so that only a corpus that is surely too small is refused.
+
+JSON Lines (`documents: {jsonl: FIELD}`): besides the above, every line that starts in the first
+`JSONL_HEAD` bytes of each file must be blank or a JSON object whose FIELD is a string (an error
+naming the file and the line; the build checks the rest of a longer file the same way). Parquet
+(`{parquet: COLUMN}`): no binary check (Parquet is binary); each file's footer must read as Parquet
+with a string COLUMN, and its row groups' statistics must count no nulls in it (an error naming the
+file and the row group); a file without rows is a warning. The room check is exact for a Parquet
+file of at most `PARQUET_EXACT` bytes (its column is read) and skipped for a larger one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pathlib import Path
 from hepc.data.identity import (
     DataError,
     DataFile,
+    documents_rule,
     excluded_paths,
     is_excluded,
     list_pattern,
@@ -28,6 +37,8 @@ from hepc.data.identity import (
 from hepc.errors import Problem
 
 HEAD = 64 << 10  # bytes of each text file that are checked for binary content
+JSONL_HEAD = 4 << 20  # bytes of each JSON Lines file whose lines are checked
+PARQUET_EXACT = 64 << 20  # Parquet files up to this size are read to count their tokens exactly
 FIELD = "data.source"
 
 
@@ -79,28 +90,140 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         add(errors, f"{FIELD}.encoding", f"unknown encoding {source.encoding!r}: {e}")
         return errors, warnings
 
+    rule = documents_rule(cfg)
+    if isinstance(rule, dict) and "parquet" in rule:
+        _check_parquet(spec, files, rule["parquet"], add, errors, warnings)
+        return errors, warnings
+    jsonl = rule["jsonl"] if isinstance(rule, dict) and "jsonl" in rule else None
     sizes: list[int] = []
     for file in files:
         try:
             with open_regular(file.path) as f:
                 head = f.read(HEAD)
                 size = _size(f, len(head))
+                if jsonl is not None and head and size > len(head):
+                    head += f.read(JSONL_HEAD - len(head))
         except OSError as e:
             add(errors, file.where, f"cannot read '{file.name}' ({file.path}): {e.strerror or e}")
             continue
         if not head:
             add(warnings, file.where, f"'{file.name}' is empty")
             continue
-        reason = _binary(head, source.encoding, final=size <= HEAD)
+        reason = _binary(head[:HEAD], source.encoding, final=size <= HEAD)
         if reason:
-            add(errors, file.where, f"'{file.name}' looks binary, not {source.encoding} text: {reason}")
+            hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)" if file.name.endswith(".parquet") else ""
+            add(errors, file.where, f"'{file.name}' looks binary, not {source.encoding} text: {reason}{hint}")
             continue
+        if jsonl is not None:
+            problem = _jsonl_problem(head, source.encoding, jsonl, whole=size <= len(head))
+            if problem:
+                add(errors, file.where, f"'{file.name}' {problem}")
+                continue
         sizes.append(size)
     if files and not sizes and not errors:
         add(errors, f"{FIELD}.paths", f"every file is empty ({len(files)} listed): there are no documents")
     if sizes and not errors:
         _check_room(spec, source, sizes, add, errors)
     return errors, warnings
+
+
+def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | None:
+    """'line N: what is wrong' for the first bad line among those that start in `head` (None when all are good)."""
+    from hepc.data.sources import record_text
+
+    try:
+        text = codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
+    except UnicodeError:
+        return None  # past the binary check's head: the build reports it, located at `encoding`
+    lines = text.split("\n")
+    if not whole:
+        lines = lines[:-1] or lines  # the last line may go on past the head: checked only when it is all here
+    for n, line in enumerate(lines, 1):
+        try:
+            record_text(line, key)
+        except ValueError as e:
+            return f"line {n:,}: {e}"
+    return None
+
+
+def _check_parquet(spec, files: list[DataFile], column: str, add, errors: list[Problem], warnings: list[Problem]) -> None:
+    """Footer, column and null counts of each Parquet file (see the module docstring); then the room, when exact."""
+    from hepc.data.sources import parquet_file
+
+    exact: list[int] | None = []
+    rows_total = 0
+    for file in files:
+        try:
+            with open_regular(file.path) as f:
+                size = _size(f, 0)
+                pf = parquet_file(file, f, column)
+                problem = _parquet_nulls(pf, column)
+                if problem:
+                    add(errors, file.where, f"'{file.name}' {problem}")
+                    continue
+                rows = pf.metadata.num_rows
+                rows_total += rows
+                if not rows:
+                    add(warnings, file.where, f"'{file.name}' has no rows")
+                elif exact is not None and size <= PARQUET_EXACT:
+                    exact.extend(_parquet_lengths(pf, column))
+                else:
+                    exact = None
+        except DataError as e:
+            add(errors, e.field, e.message)
+        except OSError as e:
+            add(errors, file.where, f"cannot read '{file.name}' ({file.path}): {e.strerror or e}")
+    if files and not rows_total and not errors:
+        add(errors, f"{FIELD}.paths", f"no file has any rows ({len(files)} listed): there are no documents")
+    if exact and not errors:
+        _check_room_exact(spec, exact, add, errors)
+
+
+def _parquet_nulls(pf, column: str) -> str | None:
+    """'row group G: column C has N nulls' from the footer's statistics (None when none are counted)."""
+    for group in range(pf.metadata.num_row_groups):
+        meta = pf.metadata.row_group(group)
+        for j in range(meta.num_columns):
+            chunk = meta.column(j)
+            if chunk.path_in_schema != column:
+                continue
+            stats = chunk.statistics
+            if stats is not None and stats.has_null_count and stats.null_count:
+                nulls = f"{stats.null_count:,} null value" + ("s" if stats.null_count != 1 else "")
+                return f"row group {group}: column '{column}' has {nulls} (every row needs a string)"
+    return None
+
+
+def _parquet_lengths(pf, column: str) -> list[int]:
+    """The UTF-8 length of each non-empty text of `column`, a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths: list[int] = []
+    for group in range(pf.num_row_groups):
+        values = pf.read_row_group(group, columns=[column]).column(0)
+        if pa.types.is_dictionary(values.type):
+            values = values.combine_chunks().dictionary_decode()
+        n = pc.binary_length(values).to_numpy(zero_copy_only=False)
+        lengths.extend(int(x) for x in n[n > 0])
+    return lengths
+
+
+def _check_room_exact(spec, lengths: list[int], add, errors: list[Problem]) -> None:
+    """An error when documents of these UTF-8 lengths cannot hold val + train tokens (bytes tokenizer, exact)."""
+    d = spec.data
+    if d.tokenizer != "bytes":
+        return
+    needed = d.val_tokens + d.train_tokens
+    width = None if d.max_doc_tokens is None else d.max_doc_tokens - 1
+    tokens = sum(n + (1 if width is None else max(1, -(-n // width))) for n in lengths)
+    if tokens < needed:
+        add(
+            errors,
+            "data.train_tokens",
+            f"the {len(lengths):,} documents hold {tokens:,} tokens (bytes and end-of-texts); the splits need "
+            f"{needed:,} (val {d.val_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
+        )
 
 
 def loaded_input_problems(loaded) -> tuple[list[Problem], list[Problem]]:
@@ -160,6 +283,6 @@ def _check_room(spec, source, sizes: list[int], add, errors: list[Problem]) -> N
         add(
             errors,
             "data.train_tokens",
-            f"the {len(sizes):,} data files {held} (bytes and end-of-texts); the splits need {needed:,} "
+            f"{'the data file ' + held.replace('hold', 'holds', 1) if len(sizes) == 1 else f'the {len(sizes):,} data files {held}'} (bytes and end-of-texts); the splits need {needed:,} "
             f"(val {d.val_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
         )

@@ -72,16 +72,24 @@ def build_corpus(
     base_dir: Path,
     out_dir: Path,
     max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS,
+    tokenizer_dir: Path | None = None,
 ) -> dict:
-    """Write val/heldout/train token arrays, their `*_docs.npy` offsets and meta.json to out_dir; return the meta."""
+    """Write val/heldout/train token arrays, their `*_docs.npy` offsets and meta.json to out_dir; return the meta.
+
+    `tokenizer_dir`: the committed `tokenizer` step of a `bpe` tokenizer (hepc/data/bpe_training.py)."""
     _check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens)
-    tokenizer = make_tokenizer(tokenizer_cfg, source_cfg)
+    tokenizer = make_tokenizer(tokenizer_cfg, source_cfg, trained=tokenizer_dir)
+    bpe = tokenizer.config.get("kind") == "bpe"
     identity = source_identity(source_cfg, Path(base_dir))
     given_val = shards.read_val(source_cfg, Path(base_dir), val_tokens) if shards.has_val_paths(source_cfg) else None
     targets = {"val": val_tokens if given_val is None else 0, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
     kind = source_cfg.get("kind")
     cap = None if kind == "synthetic" else max_doc_tokens
-    if kind == "synthetic":
+    if bpe:  # pieces cut in bytes, ordered as for `bytes`, then encoded
+        from hepc.data import bpe_training
+
+        source = bpe_training.corpus_source(source_cfg, tokenizer, Path(base_dir), seed, cap, targets)
+    elif kind == "synthetic":
         source = _synthetic_source(source_cfg, tokenizer, seed)
     elif kind == "tokens":
         source = _tokens_source(source_cfg, Path(base_dir), seed, cap, tokenizer.eot_id)
@@ -89,6 +97,7 @@ def build_corpus(
         source = _file_source(source_cfg, tokenizer, Path(base_dir), seed, cap, targets)
 
     taken, dropped = _carve(source.pieces, targets, source, given_val is None, train_tokens, val_tokens)
+    trained_on = bpe_training.check_unseen(taken, tokenizer_dir) if bpe else None
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +108,7 @@ def build_corpus(
         arrays[name] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
         starts[name] = _offsets([n for _, n in taken[name]])
         splits[name] = _split_stats([(source.name(piece.doc), n) for piece, n in taken[name]])
+        splits[name]["tokens_dropped"] = sum(piece.tokens - n for piece, n in taken[name])  # cut off its last piece
     if given_val is not None:
         arrays["val"] = given_val
         starts["val"] = shards.document_starts(given_val, tokenizer.eot_id)
@@ -139,6 +149,8 @@ def build_corpus(
         meta["val_note"] = "val is the first val_tokens ids of the val_paths shards, unshuffled, its documents as they come"
     if kind == "tokens":
         meta["bytes_note"] = "pre-tokenized: bytes = tokens x the configured bytes_per_token (null when not given)"
+    if trained_on is not None:
+        meta["tokenizer_training"] = trained_on
     if kind == "synthetic":
         meta.update(synthetic.entropy_meta(source_cfg))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

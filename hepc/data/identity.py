@@ -238,8 +238,8 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     if kind == "text":
         files = _file_digests(source_cfg, base_dir, field, "paths")
         identity = {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}
-        documents = source_cfg.get("documents", "file")
-        if documents not in (None, "file"):  # the default rule is left out: existing keys stay as they were
+        documents = documents_rule(source_cfg)
+        if documents != "file":  # the default rule is left out: existing keys stay as they were
             identity["documents"] = documents
         return identity
     if kind == "tokens":
@@ -255,6 +255,15 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     if kind == "synthetic":
         return {**source_cfg, "generator": SYNTHETIC_GENERATOR}
     raise DataError(f"unknown source kind {kind!r} (expected pystdlib, text, tokens or synthetic)", f"{field}.kind")
+
+
+def documents_rule(source_cfg: dict):
+    """A text source's `documents` rule in one form: 'file', or a one-key dict (`jsonl` and `parquet`
+    alone stand for `{jsonl: text}` and `{parquet: text}`, so that both spellings hash the same)."""
+    rule = source_cfg.get("documents", "file")
+    if rule in ("jsonl", "parquet"):
+        return {rule: "text"}
+    return "file" if rule is None else rule
 
 
 def _file_digests(source_cfg: dict, base_dir: Path, field: str, key: str) -> list[dict]:

@@ -11,13 +11,19 @@ name order, as its name and a stream of UTF-8 chunks (of at most about `_CHUNK` 
 each), so that no file is ever held whole in memory (see corpus.py). A text source with a
 `documents` rule (`{separator: LINE}` or `{regex: PATTERN}`) yields each non-empty document of each
 file instead, named `<file name>#<j>` (j counting the file's non-empty documents from 0), split
-streamed (`_split_documents`). In `iter_documents` such a source shuffles its files and yields each
-file's documents in file order.
+streamed (`_split_documents`). Under `{jsonl: FIELD}` each line of a JSON Lines file is a record
+whose string FIELD is a document, named `<file name>:line <n>` (n counting lines from 1); under
+`{parquet: COLUMN}` each row of a Parquet file is one, named `<file name>:row <n>` (n counting rows
+from 0), read a row group at a time in batches of `_BATCH_ROWS` rows (pyarrow is imported only then).
+Blank JSONL lines and empty texts are skipped. In `iter_documents` such a source shuffles its files
+and yields each file's documents in file order.
 """
 
 from __future__ import annotations
 
 import codecs
+import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from hepc.data import shards, synthetic
 from hepc.data.identity import (
     DataError,
     DataFile,
+    documents_rule,
     list_data_files,
     list_pystdlib,
     open_regular,
@@ -40,6 +47,7 @@ from hepc.data.identity import (
 _CHUNK = 1 << 20  # bytes read (and decoded) at a time from a text file
 _HOLD = 1 << 16  # characters held back at a chunk's end while searching for document separators
 _CONTEXT = 256  # characters before the searched text kept in view (for ^, \\b and lookbehinds)
+_BATCH_ROWS = 1024  # Parquet rows converted to Python strings at a time
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ def iter_named_documents(
     """(name, UTF-8 chunks) of every document of a file source (pystdlib, text), in sorted name order.
 
     Names are those the source identity hashes (the standard-library path, or the text file's name;
-    `name#j` for the j-th non-empty document of a text file under a `documents` rule).
+    `name#j` for the j-th non-empty document of a text file under a separator or regex rule,
+    `name:line n` and `name:row n` for JSON Lines records and Parquet rows).
     A document's chunks must be read to the end before the next document is asked for; a decoding
     or reading error is located as for `iter_documents`. The listing is made now, so that its errors
     surface before the first document is asked for.
@@ -90,13 +99,10 @@ def iter_named_documents(
         files = list_data_files(source_cfg, base_dir, field)
         encoding = _check_encoding(source_cfg, field)
         splitter = document_splitter(source_cfg, field)
-        if splitter is None:
+        rule = documents_rule(source_cfg)
+        if rule == "file":
             return ((file.name, _text_chunks(file, encoding, field)) for file in files)
-        return (
-            (f"{file.name}#{j}", doc)
-            for file in files
-            for j, doc in enumerate(_split_documents(_text_chunks(file, encoding, field), splitter))
-        )
+        return (named for file in files for named in _file_documents(file, rule, splitter, encoding, field))
     raise DataError(f"source kind {kind!r} has no named files (expected pystdlib or text)", f"{field}.kind")
 
 
@@ -108,20 +114,166 @@ def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
         raise read_error(file, e) from None
 
 
+def _file_documents(
+    file: DataFile, rule: dict, splitter: re.Pattern[str] | None, encoding: str, field: str
+) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """(name, UTF-8 chunks) of each non-empty document of one file under a rule other than `file`."""
+    if splitter is not None:
+        for j, doc in enumerate(_split_documents(_text_chunks(file, encoding, field), splitter)):
+            yield f"{file.name}#{j}", doc
+    elif "jsonl" in rule:
+        for line, text in jsonl_records(file, rule["jsonl"], encoding, field):
+            if text:
+                yield f"{file.name}:line {line}", iter((text,))
+    else:
+        for row, text in parquet_rows(file, rule["parquet"]):
+            if text:
+                yield f"{file.name}:row {row}", iter((text,))
+
+
+# --------------------------------------------------------------------------- JSON Lines and Parquet
+
+
+def record_text(line: str, key: str) -> bytes | None:
+    """The UTF-8 text of one JSON Lines line's `key` (None for a blank line); ValueError saying what is wrong."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line.rstrip())  # the line's end aside, so that a column counts in the line
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg}: column {e.colno:,})") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object (it is {_json_kind(record)})")
+    if key not in record:
+        shown = ", ".join(sorted(record)[:8]) + (", ..." if len(record) > 8 else "")
+        raise ValueError(f"has no field '{key}' (its fields: {shown or 'none'})")
+    text = record[key]
+    if not isinstance(text, str):
+        raise ValueError(f"field '{key}' is not a string (it is {_json_kind(text)})")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"field '{key}' is not text: {e.reason} at character {e.start:,}") from None
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def jsonl_records(file: DataFile, key: str, encoding: str, field: str) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, UTF-8 text of field `key`) of every non-blank line of a JSON Lines file.
+
+    A line that is not a JSON object with a string `key` is a DataError naming the file and the line,
+    located at the `paths` entry that listed the file; one that does not decode, at `encoding`."""
+    n = 0
+    try:
+        with open_regular(file.path) as f:
+            lines = io.TextIOWrapper(f, encoding=encoding, errors="strict", newline="\n")  # lines end at \n only
+            try:
+                while True:
+                    try:
+                        line = lines.readline()
+                    except UnicodeError as e:
+                        reason = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
+                        raise DataError(f"cannot decode '{file.name}' as {encoding}: {reason} in line {n + 1:,}", f"{field}.encoding") from None
+                    if not line:
+                        return
+                    n += 1
+                    try:
+                        text = record_text(line, key)
+                    except ValueError as e:
+                        raise DataError(f"'{file.name}' line {n:,}: {e}", file.where) from None
+                    if text is not None:
+                        yield n, text
+            finally:
+                lines.detach()  # `f` is closed by its own `with`
+    except OSError as e:
+        raise read_error(file, e) from None
+
+
+def parquet_file(file: DataFile, f: BinaryIO, column: str):
+    """The open `pyarrow.parquet.ParquetFile` of `f`, checked to hold a string column `column`; else a DataError
+    naming the file, located at the `paths` entry that listed it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"'{file.name}' is not a Parquet file ({_first_line(e)})", file.where) from None
+    schema = pf.schema_arrow
+    if column not in schema.names:
+        shown = ", ".join(schema.names[:8]) + (", ..." if len(schema.names) > 8 else "")
+        raise DataError(f"'{file.name}' has no column '{column}' (its columns: {shown or 'none'})", file.where)
+    kind = schema.field(column).type
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)):
+        raise DataError(f"'{file.name}' column '{column}' is not a string column (it holds {kind})", file.where)
+    return pf
+
+
+def parquet_rows(file: DataFile, column: str) -> Iterator[tuple[int, bytes]]:
+    """(row number from 0, UTF-8 text) of every row of a Parquet file's string `column`, a row group at a
+    time in batches of `_BATCH_ROWS` rows (never the whole file in memory). A null is a DataError naming
+    the file, the row group and the row; so is a file that is not Parquet or lacks the column."""
+    import pyarrow as pa
+
+    row = 0
+    try:
+        with open_regular(file.path) as f:
+            pf = parquet_file(file, f, column)
+            for group in range(pf.num_row_groups):
+                try:
+                    batches = pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=[column])
+                    for batch in batches:
+                        values = batch.column(0)
+                        if pa.types.is_dictionary(values.type):
+                            values = values.dictionary_decode()
+                        if values.null_count:
+                            first = row + values.is_null().to_pylist().index(True)
+                            raise DataError(f"'{file.name}' row group {group}, row {first:,}: column '{column}' is null", file.where)
+                        for text in values.to_pylist():
+                            yield row, text.encode("utf-8")
+                            row += 1
+                except (pa.ArrowException, ValueError) as e:
+                    raise DataError(f"'{file.name}' row group {group}: cannot read column '{column}' ({_first_line(e)})", file.where) from None
+    except OSError as e:
+        raise read_error(file, e) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 # --------------------------------------------------------------------------- document rules
 
 
 def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Pattern[str] | None:
-    """The compiled separator of a text source's `documents` rule; None for `file` (one document per file).
+    """The compiled separator of a text source's `documents` rule; None for `file` (one document per file),
+    `jsonl` and `parquet` (documents are records or rows, not separated text).
 
     `{separator: LINE}`: a line equal to LINE (its `\\n` or `\\r\\n` aside) ends a document and belongs
     to none. `{regex: PATTERN}`: documents are separated by the matches of PATTERN (empty matches are
     ignored). A bad rule is a DataError at `documents`.
     """
-    rule = source_cfg.get("documents", "file")
+    rule = documents_rule(source_cfg)
     where = f"{field}.documents"
-    if rule in (None, "file"):
+    if rule == "file":
         return None
+    for key in ("jsonl", "parquet"):
+        if isinstance(rule, dict) and len(rule) == 1 and key in rule:
+            if not isinstance(rule[key], str) or not rule[key]:
+                raise DataError(f"must name a field (a non-empty string; got {rule[key]!r})", f"{where}.{key}")
+            return None
     if isinstance(rule, dict) and len(rule) == 1 and isinstance(rule.get("separator"), str):
         line = rule["separator"]
         if not line or "\n" in line or "\r" in line:
@@ -135,7 +287,9 @@ def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Patter
         if pattern.fullmatch("") is not None:
             raise DataError("must not match the empty string (it would separate nothing)", f"{where}.regex")
         return pattern
-    raise DataError(f"must be 'file', {{separator: LINE}} or {{regex: PATTERN}} (got {rule!r})", where)
+    raise DataError(
+        f"must be 'file', {{separator: LINE}}, {{regex: PATTERN}}, {{jsonl: FIELD}} or {{parquet: COLUMN}} (got {rule!r})", where
+    )
 
 
 def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Iterator[Iterator[bytes]]:
@@ -221,17 +375,18 @@ def _as_utf8(data: bytes) -> bytes:
 def _text(source_cfg: dict, base_dir: Path, seed: int, field: str, limit: int | None) -> Iterator[bytes | Prefix]:
     files = list_data_files(source_cfg, base_dir, field)  # resolved now: errors surface before any reading
     encoding, splitter = _check_encoding(source_cfg, field), document_splitter(source_cfg, field)
-    if splitter is None:
+    rule = documents_rule(source_cfg)
+    if rule == "file":
         return _read_text(files, encoding, seed, field, limit)
-    return _read_split_text(files, encoding, splitter, seed, field, limit)
+    return _read_split_text(files, rule, encoding, splitter, seed, field, limit)
 
 
 def _read_split_text(
-    files: list[DataFile], encoding: str, splitter: re.Pattern[str], seed: int, field: str, limit: int | None
+    files: list[DataFile], rule: dict, encoding: str, splitter: re.Pattern[str] | None, seed: int, field: str, limit: int | None
 ) -> Iterator[bytes | Prefix]:
     """The documents of each file in turn, the files in shuffled order, each file's documents in file order."""
     for i in np.random.default_rng(seed).permutation(len(files)):
-        for chunks in _split_documents(_text_chunks(files[i], encoding, field), splitter):
+        for _, chunks in _file_documents(files[i], rule, splitter, encoding, field):
             doc = _prefix_of(chunks, limit)
             yield doc if limit is not None else doc.data
 

@@ -6,8 +6,9 @@ same code runs in-process and in workers.
 
 `emit(kind, **fields)` messages:
     event(name, fields)          a run-record event (the driver is the record's only writer)
-    start(kind, name)            the step's body starts
-    update(info)                 body progress: step, steps, loss, tokens_per_s
+    start(kind, name, key)       the step's body starts
+    update(info)                 body progress: step, steps, start_step, global_step, tokens_per_s, lr,
+                                 wd; at logged steps loss, ce, kd (distillation only), loss_step
     finish(summary, status)      the step is over (done, stopped, committed by another process ...)
     note(text)                   a warning for the user
     add(n)                       n more steps to run than planned (an input must be recomputed)
@@ -133,7 +134,7 @@ class Attempt:
             self.event("damaged", object=f"{step.kind}/{path.name}")
             return Outcome("damaged", step.key)
         self.event("skip", key=step.key, kind=step.kind, name=step.name, reason="committed elsewhere")
-        self.emit("start", kind=step.kind, name=step.name)
+        self.emit("start", kind=step.kind, name=step.name, key=step.key)
         self.emit("finish", summary=None, status="committed by another process")
         return Outcome("committed", step.key, dest=str(path))
 
@@ -171,18 +172,21 @@ class Attempt:
             staged = store.stage(step)
         except OSError as e:
             raise StoreError(f"{step.kind} {step.name}: {os_error_message(e, store.root)}") from None
-        emit("start", kind=step.kind, name=step.name)
+        emit("start", kind=step.kind, name=step.name, key=step.key)
         t0 = time.time()
         live = _Live(work / LIVE, step, self.worker, t0)
         sent = [0.0]
+        held: dict = {}  # reports not sent yet: merged, so the latest losses ride on the next one sent
 
         def report(info: dict) -> None:
             lease.check()  # a process that lost its lease stops its step here
             now = time.time()
+            held.update(info)
             last = info.get("step") is not None and info.get("step") == info.get("steps")
             if now - sent[0] >= UPDATE_EVERY_S or last:
                 sent[0] = now
-                emit("update", info=info)
+                emit("update", info=dict(held))
+                held.clear()
             live.update(info)
 
         def guard() -> None:
@@ -247,8 +251,10 @@ class Attempt:
 class _Live:
     """work/<key>/live.json, rewritten whole at most every LIVE_EVERY_S: read by `hepc status`."""
 
+    FIELDS = ("step", "steps", "loss", "ce", "kd", "tokens_per_s")
+
     def __init__(self, path: Path, step: StepSpec, worker: str | None, started: float):
-        self.path, self.last, self.stepped = path, 0.0, False
+        self.path, self.last, self.stepped, self.known = path, 0.0, False, {}
         self.base = {
             "key": step.key, "kind": step.kind, "name": step.name, "worker": worker, "host": socket.gethostname(),
             "pid": os.getpid(), "started": started,
@@ -257,12 +263,13 @@ class _Live:
 
     def update(self, info: dict) -> None:
         now = time.time()
+        self.known.update({k: info[k] for k in self.FIELDS if k in info})  # losses: the last logged ones
         first_step = info.get("step") is not None and not self.stepped  # the first progress is shown at once
         if self.last and now - self.last < LIVE_EVERY_S and not first_step:
             return
         self.stepped = self.stepped or info.get("step") is not None
         self.last = now
-        value = {**self.base, "t": now, **{k: info.get(k) for k in ("step", "steps", "loss", "tokens_per_s")}}
+        value = {**self.base, "t": now, **{k: self.known.get(k) for k in self.FIELDS}}
         try:
             write_json_atomic(self.path, value)
         except OSError:

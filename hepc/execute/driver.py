@@ -32,7 +32,7 @@ from pathlib import Path
 from hepc.errors import HepcError, StoreError
 from hepc.execute.attempt import Attempt, Outcome, damaged
 from hepc.execute.backends import InlineBackend, make_backend
-from hepc.execute.progress import StepProgress
+from hepc.execute.progress import ProgressLog, StepProgress, step_costs
 from hepc.graph import StepSpec
 from hepc.plan import Plan, make_plan
 from hepc.store import Store
@@ -80,16 +80,24 @@ def execute(
     *,
     quiet: bool = False,
     damaged: list[str] | None = None,
+    plan: Plan | None = None,
 ) -> Plan:
     """Run every step of the graph that is not committed. Returns the plan it started from.
 
-    `damaged`: what the caller's own `check_committed` found (None: check here). Where step bodies
+    `damaged`: what the caller's own `check_committed` found (None: check here); `plan`: the caller's
+    `make_plan` made after that check (None: make it here). Where step bodies
     run (hepc.execute.backends) is chosen from `runtime`."""
     store.open_for_writing()
     if damaged is None:
-        damaged = check_committed(compiled.graph, store)
-    plan = make_plan(compiled, store)
+        damaged, plan = check_committed(compiled.graph, store), None  # a plan from before the check is stale
+    if plan is None:
+        plan = make_plan(compiled, store)
     todo = plan.to_run
+    if runtime.get("tensorboard") and todo:
+        from hepc.execute import tensorboard
+
+        if not tensorboard.available():  # before anything is written
+            raise HepcError(f"runtime.tensorboard: {tensorboard.missing_message()}")
     # before the run record: the Ray backend first checks that its nodes see the store (nothing written)
     backend = make_backend(runtime, store, note=_stderr) if todo else InlineBackend(store, runtime)
     try:
@@ -104,8 +112,18 @@ def execute(
     record.event("start", to_run=len(todo), steps=len(plan.steps), pid=os.getpid(), host=socket.gethostname())
     for label in damaged:
         record.event("damaged", object=label)
-    progress = StepProgress(len(todo), quiet=quiet or not todo)
+    try:
+        sinks = _sinks(record, compiled.graph, store, runtime) if todo else []
+    except HepcError as e:
+        record.try_event("error", error=str(e))
+        backend.close()
+        raise
+    costs = _costs(compiled.graph, plan, store, runtime) if todo else {}
+    progress = StepProgress(
+        len(todo), quiet=quiet or not todo, costs={p.step.key: costs[p.step.key] for p in todo}, sinks=sinks
+    )
     runner = _Runner(compiled.graph, store, runtime, record, progress, backend)
+    runner.costs = costs
     try:
         with _sigterm_interrupts():
             if todo:
@@ -127,6 +145,35 @@ def execute(
     store.clear_stale_leases(set(runner.done))
     record.event("finish", ran=runner.ran)
     return plan
+
+
+def _costs(graph, plan: Plan, store: Store, runtime: dict) -> dict[str, float]:
+    """Estimated cost of every step of the graph (weights of the overall progress bar); a resumable
+    cycle's to-run cost is what its checkpoint leaves."""
+    from hepc.throughput import done_fraction
+
+    done = {
+        p.step.key: done_fraction(store.work_status(p.step.key))
+        for p in plan.to_run
+        if p.status == "resumable" and p.step.kind == "cycle"
+    }
+    full = step_costs(graph, graph.order(), store.root, runtime, required={p.step.key for p in plan.to_run})
+    return {**full, **{k: full[k] * (1.0 - min(0.99, v)) for k, v in done.items() if k in full}}
+
+
+def _sinks(record, graph, store: Store, runtime: dict) -> list:
+    """Where progress figures are recorded besides the display: the run record's progress.jsonl,
+    and TensorBoard event files when runtime.tensorboard asks for them."""
+    sinks = []
+    try:
+        sinks.append(ProgressLog(record.folder / "progress.jsonl"))
+    except OSError as e:  # a display aid: the run goes on without it
+        _stderr(f"progress is not recorded in {record.folder / 'progress.jsonl'}: {e.strerror or e}")
+    if runtime.get("tensorboard"):
+        from hepc.execute.tensorboard import TensorBoardSink
+
+        sinks.append(TensorBoardSink(record.folder / "tensorboard", graph, store))
+    return sinks
 
 
 def _raise_interrupt(signum, frame):
@@ -162,6 +209,7 @@ class _Runner:
         self.waiting: dict[str, object] = {}  # key → holder we told the user about
         self.suspect: dict[str, str] = {}  # key → why its lease is suspect (see store_lease)
         self.ran = 0
+        self.costs: dict[str, float] = {}  # key → estimated cost (execute sets it)
         self.here = Attempt(store, runtime, self._emit_for(None))  # the driver's own checks
         backend.bind(self._emit_for)
 
@@ -249,7 +297,7 @@ class _Runner:
             else:
                 self.record.event(name, **data)
         elif kind == "start":
-            progress.start(fields["kind"], fields["name"], slot=self._slot_label(slot))
+            progress.start(fields["kind"], fields["name"], slot=self._slot_label(slot), key=fields.get("key"))
         elif kind == "update":
             progress.update(fields["info"], slot=self._slot_label(slot))
         elif kind == "finish":
@@ -342,7 +390,7 @@ class _Runner:
         elif status == "input":
             for up in outcome.forget:
                 if self.done.pop(up, None) is not None:
-                    self.progress.add(1)
+                    self.progress.add(1, self.costs.get(up))
             self.store.refresh()
         # lost / damaged: not done; the loop looks at the step again
 

@@ -20,7 +20,8 @@ Conventions (used everywhere below):
 - A crossing that is not inside the measured range is never turned into a number: "never
   reached" gives ``budget: None`` / ``ratio: None``; a crossing at or before the first point is
   flagged (``at_first_point``) because the true crossing may be earlier.
-- Gaps are ``reference − candidate``: positive means the candidate is better (lower loss).
+- Differences are ``candidate − reference`` (and "how far from the target"): negative means the
+  candidate is better (lower loss). This is the one sign convention of every table hepc prints.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def reference_final(reference, *, envelope: bool = True) -> tuple[float, float, 
 
 
 def loss_gap_at_equal_budget(reference, candidate, *, envelope: bool = True) -> dict:
-    """Reference loss minus candidate loss at equal budget (positive = candidate better).
+    """Candidate loss minus reference loss at equal budget (negative = candidate better).
 
     Returns::
 
@@ -148,12 +149,12 @@ def loss_gap_at_equal_budget(reference, candidate, *, envelope: bool = True) -> 
     for budget, loss in cand:
         r = interpolate_loss(ref, budget)
         if r is not None:
-            rows.append({"budget": budget, "reference_loss": r, "candidate_loss": loss, "gap": r - loss})
+            rows.append({"budget": budget, "reference_loss": r, "candidate_loss": loss, "gap": loss - r})
     common = min(ref[-1][0], cand[-1][0])
     at_common = None
     if common >= max(ref[0][0], cand[0][0]):
         r, c = interpolate_loss(ref, common), interpolate_loss(cand, common)
-        at_common = {"budget": common, "reference_loss": r, "candidate_loss": c, "gap": r - c}
+        at_common = {"budget": common, "reference_loss": r, "candidate_loss": c, "gap": c - r}
     return {"points": rows, "at_largest_common_budget": at_common}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hepc.report.curves import flatten_results
 from hepc.templating import TEMPLATES, sandboxed_env
+from hepc.wording import SIGN_NOTE, count
 
 TEMPLATE = "report.html.j2"
 
@@ -29,6 +30,7 @@ def _environment(folder: Path):
     env = sandboxed_env(folder, autoescape=True, required=TEMPLATE, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_num
     env.filters["tokens"] = fmt_tokens
+    env.filters["count"] = lambda n, noun: "n/a" if n is None else count(n, noun)
     return env
 
 
@@ -63,7 +65,7 @@ def _match_cells(m: Mapping) -> tuple[str, str]:
     if not m.get("reached"):
         match = m.get("match") or {}
         if "closest_loss" in match:
-            return (f"not reached (best {match['closest_loss']:.4f}, +{match['gap']:.4f})", "not reached")
+            return (f"not reached (best {match['closest_loss']:.4f}, {match['gap']:+.4f})", "not reached")
         return "not reached", "not reached"
     if m.get("at_first_point"):
         return f"≤ {_budget(m['candidate_budget'])}", f"≥ {m['ratio']:.2f}×"
@@ -221,6 +223,7 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
         "plots": [{"title": str(p.get("title", "")), "src": _png_data_uri(p, out_dir)} for p in plots],
         "populations": [_population_view(r) for r in _all_populations(context)],
         "data_efficiency": [] if eff is None else list(eff) if isinstance(eff, (list, tuple)) else [eff],
+        "sign_note": SIGN_NOTE,
     }
     html = env.get_template(TEMPLATE).render(**view)
     target = out_dir / "report.html"

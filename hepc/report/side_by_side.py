@@ -68,7 +68,7 @@ def compare_results(named: Sequence[tuple[str, Mapping]], reference_data: Sequen
         "k_rule": HEADLINE_RULE,
         "diagnostic_rule": DIAGNOSTIC_RULE,
         "finals": finals,
-        "comparisons": [with_seeds(baseline, res) for _, res in candidates],
+        "comparisons": [{**with_seeds(baseline, res), "reference": base_name, "candidate": name} for name, res in candidates],
         "curves": curves,
         "data_efficiency": None,
     }
@@ -118,28 +118,31 @@ def _pm(stat: Mapping, unit: str = "×") -> str:
 
 def render_table(result: Mapping, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from hepc.report.render import comparison_rows
+    from hepc.wording import SIGN_NOTE
 
     finals = Table(title="final losses (val nats/token; K = all, weights from held-out)",
-                   caption="diagnostic column: best K chosen on val at any budget (optimistic; never used for a ratio)")
+                   caption="diagnostic column: best K chosen on val at any budget (optimistic; never used for a ratio); "
+                           "lower = better")
     for col in ("spec", "budget (epochs)", "val loss", "best K on val (diagnostic)"):
         finals.add_column(col, justify="right")
     for f in result["finals"]:
-        finals.add_row(f["spec"], f"{f['budget_epochs']:g}", f"{f['val_loss']:.4f}",
+        finals.add_row(Text(f["spec"]), f"{f['budget_epochs']:g}", f"{f['val_loss']:.4f}",
                        f"{f['best_k_on_val_diagnostic']:.4f}")
     console.print(finals, markup=False)
     if result["comparisons"]:
         table = Table(
-            title=f"against the baseline {result['baseline']} (ensemble size K={result['baseline_k']})",
-            caption=f"K rule: {result['k_rule']}. Gap: baseline loss − candidate loss (positive = candidate "
-                    "better). 'ratio w/ teacher': the same budgets counting teacher forwards (1/3 pass each).",
+            title=Text(f"against the baseline {result['baseline']} (ensemble size K={result['baseline_k']})"),
+            caption=f"K rule: {result['k_rule']}. Gap: candidate loss − baseline loss at equal budget "
+                    f"({SIGN_NOTE} for the candidate). 'ratio w/ teacher': the same budgets counting teacher forwards (1/3 pass each).",
         )
         for col in ("candidate", "target loss", "@ epochs", "reached at", "ratio", "ratio w/ teacher",
                     "K-matched at", "K ratio", "gap @ largest common budget", "best-K-on-val ratio (diagnostic)"):
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", overflow="fold")
         for r in comparison_rows(result["comparisons"]):
-            table.add_row(r["candidate"], r["reference_loss"], r["reference_budget"], r["candidate_budget"],
+            table.add_row(Text(r["candidate"]), r["reference_loss"], r["reference_budget"], r["candidate_budget"],
                           r["ratio"], r["teacher_ratio"], r["k_budget"], r["k_ratio"], r["gap"],
                           r["diagnostic_ratio"])
         console.print(table)
@@ -153,6 +156,6 @@ def render_table(result: Mapping, console) -> None:
     for eff in result.get("data_efficiency") or []:
         if eff["multiplier"] is not None:
             console.print(f"{eff['spec']}: data efficiency {eff['multiplier']:.2f}× "
-                          f"({eff['tokens']:,.0f} tokens of fresh data reach its loss {eff['loss']:.4f})")
+                          f"({eff['tokens']:,.0f} tokens of fresh data reach its loss {eff['loss']:.4f})", markup=False)
         else:
-            console.print(f"{eff['spec']}: data efficiency not measurable: {eff['note']}")
+            console.print(f"{eff['spec']}: data efficiency not measurable: {eff['note']}", markup=False)

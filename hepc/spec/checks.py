@@ -12,7 +12,7 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
 
     is_tokens = d.source.kind == "tokens"
     if is_tokens and d.tokenizer != "none":
-        out.append((("data", "tokenizer"), f"must be 'none' for a pre-tokenized source (got {d.tokenizer!r})"))
+        out.append((("data", "tokenizer"), f"must be 'none' for a pre-tokenized source (got {getattr(d.tokenizer, 'kind', d.tokenizer)!r})"))
     if not is_tokens and d.tokenizer == "none":
         out.append((("data", "tokenizer"), "'none' needs a pre-tokenized source (kind: tokens)"))
     if d.source.kind == "text" and d.source.documents != "file":

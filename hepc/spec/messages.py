@@ -120,6 +120,6 @@ def _model_for(annotation: Any, node: Any) -> Any:
         return candidates[0]
     kind = node.get("kind") if isinstance(node, dict) else None
     for c in candidates:
-        if kind in typing.get_args(c.model_fields["kind"].annotation):
+        if "kind" in c.model_fields and kind in typing.get_args(c.model_fields["kind"].annotation):
             return c
     return None

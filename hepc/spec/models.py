@@ -1,14 +1,14 @@
 """The population spec as strict, frozen pydantic models.
 
-Field docstrings become JSON-schema descriptions (`hepc schema`). Cross-field rules that need a
-location of their own live in `hepc.spec.checks`, not in validators here.
+Field docstrings become JSON-schema descriptions (`hepc schema`, read by hepc/spec/schema.py).
+Cross-field rules that need a location of their own live in `hepc.spec.checks`, not in validators here.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Sweeps may vary anything that defines a population, not the experiment's identity or runtime.
@@ -18,7 +18,7 @@ SWEEP_FORBIDDEN_ROOTS = ("version", "name", "runtime", "sweep")
 
 class Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False
     )
 
 
@@ -49,8 +49,24 @@ class RegexDocuments(Strict):
     may be missed."""
 
 
+class JsonlDocuments(Strict):
+    """JSON Lines: every line of a file is a JSON object, one document, its text in field `jsonl`."""
+
+    jsonl: Annotated[str, Field(min_length=1)]
+    """The record's field that holds the document's text (a string), e.g. `text` or `content`."""
+
+
+class ParquetDocuments(Strict):
+    """Parquet: every row of a file is one document, its text in column `parquet` (read with pyarrow,
+    a row group at a time)."""
+
+    parquet: Annotated[str, Field(min_length=1)]
+    """The string column that holds the documents' text, e.g. `text` (FineWeb)."""
+
+
 class TextSource(Strict):
-    """Local text files: one document per file, or several per file with a `documents` rule."""
+    """Local text files: one document per file, several per file with a `documents` rule, or one per
+    record of JSON Lines / row of Parquet files."""
 
     kind: Literal["text"]
     paths: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
@@ -63,10 +79,15 @@ class TextSource(Strict):
     """Python codec of the files (e.g. utf-8, latin-1, utf-16). Nothing is replaced: a byte sequence that
     cannot be decoded in it is an error naming the file and its byte offset. Documents are re-encoded
     as UTF-8."""
-    documents: Literal["file"] | SeparatorDocuments | RegexDocuments = "file"
+    documents: (
+        Literal["file", "jsonl", "parquet"] | SeparatorDocuments | RegexDocuments | JsonlDocuments | ParquetDocuments
+    ) = "file"
     """How files become documents: `file` = one document per file; `{separator: LINE}`: a line equal
-    to LINE ends a document; `{regex: PATTERN}`: matches of PATTERN separate documents. Empty
-    documents (no characters at all) are skipped. A rule other than `file` is part of the corpus key."""
+    to LINE ends a document; `{regex: PATTERN}`: matches of PATTERN separate documents; `{jsonl: FIELD}`
+    (`jsonl` = `{jsonl: text}`): each line of a JSON Lines file is a record, its string FIELD a
+    document; `{parquet: COLUMN}` (`parquet` = `{parquet: text}`): each row of a Parquet file, its
+    string COLUMN a document (`encoding` does not apply: Parquet strings are UTF-8). Empty documents
+    (no characters at all) are skipped. A rule other than `file` is part of the corpus key."""
 
 
 class SyntheticSource(Strict):
@@ -110,14 +131,43 @@ Source = Annotated[
 ]
 
 
+class BpeTokenizer(Strict):
+    """A byte-level BPE (the `tokenizers` library, GPT-2 pre-tokenization) trained on the text of the
+    train split only, never on val or held-out; end-of-text is id 0 and every byte has an id, so any
+    text can be encoded. Losses are nats/token; bits/byte use each split's measured bytes per token."""
+
+    kind: Literal["bpe"]
+    vocab_size: Annotated[int, Field(ge=257, le=262144)]
+    """Size of the id space, end-of-text and the 256 bytes included (so at least 257); also the model's
+    vocabulary. If the train text offers fewer merges (see min_frequency), the last ids stay unused."""
+    min_frequency: Annotated[int, Field(ge=1, le=1000000)] = 2
+    """A pair of tokens is merged only if it occurs at least this often in the train text."""
+
+
+
+def _tokenizer_tag(value) -> str | None:
+    """Which form of `data.tokenizer` a value is: a name (`str`), a BPE mapping (`bpe`), or neither (None)."""
+    if isinstance(value, BpeTokenizer) or (isinstance(value, dict) and value.get("kind") == "bpe"):
+        return "bpe"
+    return None if isinstance(value, dict) else "str"
+
+
 class Data(Strict):
     """The fixed corpus: where it comes from, how it is tokenized and split."""
 
     source: Source
     """Where the documents come from (`kind`: pystdlib, text or synthetic)."""
-    tokenizer: Literal["bytes", "none"] = "bytes"
+    tokenizer: Annotated[
+        Union[Annotated[Literal["bytes", "none"], Tag("str")], Annotated[BpeTokenizer, Tag("bpe")]],
+        Discriminator(
+            _tokenizer_tag,
+            custom_error_type="tokenizer_kind",
+            custom_error_message="must be 'bytes', 'none' or a mapping with kind: bpe",
+        ),
+    ] = "bytes"
     """`bytes`: UTF-8 bytes plus an end-of-text token prefixed to every document (vocab 257);
-    `none`: the source is already tokenized (`kind: tokens`)."""
+    `none`: the source is already tokenized (`kind: tokens`); `{kind: bpe, vocab_size: N}`: a
+    byte-level BPE trained on the train split only (a cached `tokenizer` step the corpus depends on)."""
     train_tokens: Annotated[int, Field(gt=0)]
     """Tokens of the training budget, the held-out slice included (it is carved out of them)."""
     val_tokens: Annotated[int, Field(gt=0)]
@@ -344,6 +394,9 @@ class Runtime(Strict):
     """Data-parallel processes per training cycle (GPUs on CUDA, gloo ranks on CPU); the global batch is unchanged."""
     cpus_per_step: Annotated[int, Field(ge=1)] | None = None
     """CPU cores a step asks for (Ray's resource request, local workers' thread share); null: cores / jobs."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (train loss, ce, kd, lr, wd, tokens/s; val loss per cycle) under the
+    run record (records/<name>/<run>/tensorboard); needs the extra: pip install 'hepc[tensorboard]'."""
 
 
 # --------------------------------------------------------------------------- the spec

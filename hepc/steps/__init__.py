@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-KINDS = ("corpus", "cycle", "score", "prior", "curve", "logits")
+KINDS = ("tokenizer", "corpus", "cycle", "score", "prior", "curve", "logits")
 
 
 @dataclass

@@ -8,11 +8,12 @@ from pathlib import Path
 
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.data import build_corpus
+    from hepc.data.tokenizers import tokenizer_config
 
     p = step.params
     meta = build_corpus(
         step.context["source"],
-        {"kind": p["tokenizer"]},
+        tokenizer_config(p["tokenizer"]),
         train_tokens=p["train_tokens"],
         val_tokens=p["val_tokens"],
         heldout_tokens=p["heldout_tokens"],
@@ -20,7 +21,8 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         max_doc_tokens=p.get("max_doc_tokens"),
         base_dir=Path(step.context["base_dir"]),
         out_dir=out,
+        tokenizer_dir=Path(inputs["tokenizer"]) if inputs.get("tokenizer") else None,
     )
-    return {k: meta[k] for k in ("vocab_size", "tokens", "bytes_per_token") if k in meta} | (
+    return {k: meta[k] for k in ("vocab_size", "tokenizer", "tokens", "bytes_per_token") if k in meta} | (
         {"entropy_rate_nats": meta["entropy_rate_nats"]} if "entropy_rate_nats" in meta else {}
     )

@@ -36,6 +36,9 @@ from hepc.train.schedule import constant_multipliers, cyclic_multipliers, steps_
 # Salts that give the perturbation noise and the dropout stream independent seeds.
 _PERTURB_SALT = 1
 _DROPOUT_SALT = 2
+# Progress reports: after the first step of an attempt, at every logged step, and at least this often
+# between them (so a person sees a rate and an ETA within seconds, whatever log_every_steps is).
+REPORT_EVERY_S = 1.0
 
 
 class CycleInterrupted(Exception):
@@ -187,6 +190,23 @@ def _say(note: Callable[[str], None] | None, text: str) -> None:
         note(text)
     else:
         print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def _progress_info(done: int, steps: int, first_step: int, global_step_start: int, lr: float, wd: float,
+                   tokens_per_s: float, record: dict | None) -> dict:  # fmt: skip
+    """What a cycle reports to `progress`: where it is (`start_step`: where this attempt began, a resumed
+    cycle's checkpoint), its rate since the last report, LR/WD, and at a logged step its losses: `loss`
+    (the objective), `ce` (cross-entropy toward the data, what val measures) and during distillation
+    `kd`; `loss_step` is the global step they were measured at."""
+    info = {
+        "step": done, "steps": steps, "start_step": first_step, "global_step": global_step_start + done,
+        "lr": lr, "wd": wd, "tokens_per_s": tokens_per_s,
+    }  # fmt: skip
+    if record is not None:
+        info.update(loss=record["loss"], ce=record["ce"], loss_step=record["global_step"])
+        if record["kd"] is not None:
+            info["kd"] = record["kd"]
+    return info
 
 
 def _batch_seqs(optimizer: dict, seq_len: int) -> int:
@@ -459,6 +479,7 @@ def _run_cycle(
     stop_after = runtime.get("stop_after_steps")
     net.train()
     t_log, tokens_since_log = time.perf_counter(), 0
+    t_report, tokens_since_report = t_log, 0  # progress: the first step, then every REPORT_EVERY_S
     with deferred_interrupts() as interrupted:
         for s in range(first_step, steps):
             lr_mult, wd_mult = multipliers(s)
@@ -488,31 +509,36 @@ def _run_cycle(
                 loss, ce, kd = dp.mean(loss, ce, kd) if kd is not None else (*dp.mean(loss, ce), None)
             step_losses[s] = loss.detach()
             tokens_since_log += tokens_per_step
+            tokens_since_report += tokens_per_step
 
             done = s + 1
             logged = (log_every and done % log_every == 0) or done == steps
             checkpoint_due = done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after)
+            record = None
             if logged:
                 loss_value = loss.item()  # the one host sync per logged step
                 now = time.perf_counter()
                 tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
                 t_log, tokens_since_log = now, 0
-                records.append(
-                    {
-                        "step": done,
-                        "global_step": global_step_start + done,
-                        "loss": loss_value,
-                        "ce": ce.item(),
-                        "kd": kd.item() if kd is not None else None,
-                        "lr": lr,
-                        "wd": wd,
-                        "tokens_per_s": tokens_per_s,
-                    }
-                )
+                record = {
+                    "step": done,
+                    "global_step": global_step_start + done,
+                    "loss": loss_value,
+                    "ce": ce.item(),
+                    "kd": kd.item() if kd is not None else None,
+                    "lr": lr,
+                    "wd": wd,
+                    "tokens_per_s": tokens_per_s,
+                }
+                records.append(record)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
-                if progress is not None:
-                    progress({"step": done, "steps": steps, "loss": loss_value, "tokens_per_s": tokens_per_s})
+            if progress is not None:  # cheap: a clock read per step; losses only where they were synced anyway
+                now = time.perf_counter()
+                if record is not None or done == first_step + 1 or now - t_report >= REPORT_EVERY_S:
+                    progress(_progress_info(done, steps, first_step, global_step_start, lr, wd,
+                                            tokens_since_report / max(now - t_report, 1e-9), record))  # fmt: skip
+                    t_report, tokens_since_report = now, 0
             # Ctrl-C: stop at this boundary with a checkpoint (also after the last step). Data parallel:
             # rank 0's request is shared, so that every rank stops after this same step.
             stop = interrupted() if dp is None else dp.agree_stop(interrupted(), due=bool(logged or checkpoint_due))
@@ -549,6 +575,15 @@ def _run_cycle(
         "distilled": distill is not None,
         "perturb_scale": perturb_scale,
     }
+    if distill is not None:  # the objective mixes CE and KD: its parts apart (CE is what val measures)
+        last = [
+            r for r in records
+            if isinstance(r.get("step"), int) and r["step"] > steps - tail
+            and isinstance(r.get("ce"), float) and isinstance(r.get("kd"), float)
+        ]  # fmt: skip
+        if last:
+            summary["final_ce"] = sum(r["ce"] for r in last) / len(last)
+            summary["final_kd"] = sum(r["kd"] for r in last) / len(last)
     save_weights(net.state_dict(), out_dir / "model.safetensors")
     save_state({"optimizer": opt.state_dict(), "global_step": global_step_start + steps}, out_dir / "state.pt")
     write_jsonl(out_dir / "metrics.jsonl", records)

@@ -1,0 +1,285 @@
+"""`hepc data SPEC [key=value ...] [--store DIR] [--json]`: the corpus as it will be (or was) built.
+
+For each corpus step of the spec (one per distinct data section of a sweep): per split (val,
+heldout, train) its documents (pieces), source documents, tokens, bytes, bytes per token, the tokens
+dropped where its last piece was cut, and its largest source documents with the file (and line,
+row or document number) they come from; for the source as a whole, its documents, pieces and
+tokens and what the splits leave unused. A corpus committed in the store is read from its
+meta.json (checked against its manifest digest); otherwise it is computed by a dry pass: the corpus
+step's own body runs into a temporary folder outside the store, so the figures are those `hepc run`
+will record, and nothing is written to the store. `plan_data_lines` gives `hepc plan` the same, one
+line per corpus, when the store has it or the source is small (`SMALL_SOURCE_BYTES`).
+
+As hepc.cli_status: a plain function (`data_command`) plus `register(app)`, no `from __future__
+import annotations` (the Typer signature is built inside `register` from hepc.cli's option types).
+"""
+
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+SPLITS = ("val", "heldout", "train")
+SMALL_SOURCE_BYTES = 2 << 20  # `hepc plan` dry-passes an unbuilt text corpus whose files total at most this
+
+
+# --------------------------------------------------------------------------- gathering
+
+
+def corpus_steps(compiled) -> list:
+    """The corpus steps of a compiled spec, each once, in graph order."""
+    return [step for step in compiled.graph if step.kind == "corpus"]
+
+
+def stored_meta(step, store):
+    """(meta.json of the committed corpus, None) or (None, why not): None, None when it is not committed."""
+    from hepc.plan import _corpus_meta
+
+    path = store.find(step)
+    if path is None:
+        return None, None
+    return _corpus_meta(path)
+
+
+def dry_meta(step, graph, store, loaded) -> dict:
+    """The meta.json the corpus step would record, from running its body into a temporary folder.
+
+    Inputs of the step (a trained tokenizer, say) must be committed in the store; a DataError is a
+    located SpecError, as `hepc run` reports it."""
+    from hepc.data.identity import DataError
+    from hepc.errors import HepcError, Problem, SpecError
+    from hepc.steps import RunContext, body
+
+    inputs = {}
+    for role, keys in step.inputs.items():
+        paths = []
+        for key in keys if isinstance(keys, list) else [keys]:
+            upstream = graph[key]
+            path = store.find(upstream)
+            if path is None:
+                raise HepcError(
+                    f"corpus {step.name} needs the {upstream.kind} step {upstream.name}, which is not built yet: "
+                    "`hepc run` builds it (then `hepc data` reads the corpus from the store)"
+                )
+            paths.append(str(path))
+        inputs[role] = paths if isinstance(keys, list) else paths[0]
+    with tempfile.TemporaryDirectory(prefix="hepc-data-") as tmp:
+        out, work = Path(tmp) / "out", Path(tmp) / "work"
+        out.mkdir()
+        work.mkdir()
+        ctx = RunContext(runtime=loaded.spec.runtime.model_dump())
+        try:
+            body("corpus")(step, inputs, out, work, ctx)
+        except DataError as e:
+            raise SpecError([Problem(loaded.where(e.field), e.field, e.message)]) from None
+        return json.loads((out / "meta.json").read_text())
+
+
+def source_bytes(step, base_dir) -> int | None:
+    """Total size of a text source's files (None for other sources or when they cannot be listed)."""
+    from hepc.data.identity import DataError, list_data_files
+
+    source = step.context.get("source") or {}
+    if source.get("kind") != "text":
+        return None
+    try:
+        return sum(f.path.stat().st_size for f in list_data_files(source, Path(base_dir)))
+    except (DataError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------- summarising
+
+
+def where_from(name: str) -> dict:
+    """{'file': ..., 'place': 'line 18' | 'row 3' | 'document 5' | None} from a source document's name."""
+    for pattern, place in ((r"^(.*):line (\d+)$", "line"), (r"^(.*):row (\d+)$", "row"), (r"^(.*)#(\d+)$", "document")):
+        m = re.match(pattern, name, re.DOTALL)
+        if m:
+            return {"file": m.group(1), "place": f"{place} {m.group(2)}"}
+    return {"file": name, "place": None}
+
+
+def summarize(meta: dict) -> dict:
+    """What `hepc data` shows of one corpus's meta.json: per split and for the whole source."""
+    splits = {}
+    for name in SPLITS:
+        split = (meta.get("splits") or {}).get(name) or {}
+        tokens = _int((meta.get("tokens") or {}).get(name))
+        splits[name] = {
+            "documents": _int((meta.get("documents") or {}).get(name)),
+            "source_documents": _int(split.get("source_documents")),
+            "tokens": tokens,
+            "bytes": _int((meta.get("bytes") or {}).get(name)),
+            "bytes_per_token": (meta.get("bytes_per_token") or {}).get(name),
+            "tokens_dropped": _int(split.get("tokens_dropped")),
+            "source_documents_in_other_splits": _int(split.get("source_documents_in_other_splits")),
+            "largest": [
+                {**entry, **where_from(str(entry.get("name")))} for entry in split.get("largest") or [] if isinstance(entry, dict)
+            ],
+        }
+    used = sum(s["tokens"] or 0 for s in splits.values())
+    dropped = _int(meta.get("tokens_dropped"))
+    total = _int(meta.get("source_tokens"))
+    unused = None if total is None or dropped is None else total - used - dropped
+    return {
+        "tokenizer": meta.get("tokenizer"),
+        "vocab_size": meta.get("vocab_size"),
+        "max_doc_tokens": meta.get("max_doc_tokens"),
+        "split_rule": meta.get("split_rule"),
+        "source": {
+            "documents": _int(meta.get("source_documents")),
+            "pieces": _int(meta.get("source_pieces")),
+            "tokens": total,
+            "tokens_in_splits": used,
+            "tokens_dropped": dropped,
+            "tokens_unused": unused,
+        },
+        "splits": splits,
+    }
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def corpus_report(step, graph, store, loaded, *, dry: bool = True) -> dict:
+    """One corpus: its step, where its figures come from ('store' or 'dry pass') and `summarize`'s figures."""
+    meta, problem = stored_meta(step, store)
+    origin = "store"
+    if meta is None:
+        if not dry:
+            return {"corpus": step.name, "key": step.key12, "origin": None, "problem": problem}
+        meta, origin = dry_meta(step, graph, store, loaded), "dry pass"
+    report = {"corpus": step.name, "key": step.key12, "origin": origin}
+    if problem:
+        report["stored_problem"] = problem
+    return report | summarize(meta)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render(report: dict) -> list[str]:
+    origin = {"store": "built (read from the store)", "dry pass": "not built yet: a dry pass over the source, nothing written"}
+    lines = [f"corpus {report['corpus']} ({report['key']}): {origin.get(report['origin'], report['origin'])}"]
+    src = report["source"]
+    cap = report.get("max_doc_tokens")
+    if src["documents"] is not None:
+        cut = f"pieces of at most {cap:,} tokens" if cap else "no cap"
+        lines.append(
+            f"  source: {src['documents']:,} documents -> {src['pieces']:,} pieces ({cut}), "
+            + (f"{src['tokens']:,} tokens" if src["tokens"] is not None else "tokens not counted (bpe encodes only what the splits take)")
+        )
+    header = f"  {'split':<8}{'documents':>11}{'source docs':>13}{'tokens':>13}{'bytes':>13}{'bytes/token':>13}{'dropped':>10}"
+    lines.append(header)
+    for name in SPLITS:
+        s = report["splits"][name]
+        bpt = s["bytes_per_token"]
+        lines.append(
+            f"  {name:<8}{_n(s['documents']):>11}{_n(s['source_documents']):>13}{_n(s['tokens']):>13}"
+            f"{_n(s['bytes']):>13}{(f'{bpt:.3f}' if isinstance(bpt, (int, float)) else '-'):>13}{_n(s['tokens_dropped']):>10}"
+        )
+    if src["tokens_dropped"] is not None:
+        text = f"  dropped: {src['tokens_dropped']:,} tokens, only where a split's last piece was cut to fit it exactly"
+        if src["tokens_unused"] is not None:
+            text += f"; unused: {src['tokens_unused']:,} tokens of the source that no split needed"
+        lines.append(text)
+    shared = [f"{n} {report['splits'][n]['source_documents_in_other_splits']:,}" for n in SPLITS
+              if report["splits"][n]["source_documents_in_other_splits"]]
+    if shared:
+        lines.append(f"  source documents with pieces in another split too: {', '.join(shared)}")
+    numbered = any(e.get("place") for n in SPLITS for e in report["splits"][n]["largest"])
+    note = "; line n counts from 1, row n and document n from 0" if numbered else ""
+    lines.append(f"  largest source documents per split (tokens in the split{note}):")
+    for name in SPLITS:
+        for entry in report["splits"][name]["largest"]:
+            place = f", {entry['place']}" if entry.get("place") else ""
+            pieces = entry.get("pieces", 1)
+            lines.append(
+                f"    {name:<8}{entry.get('tokens', 0):>9,} tokens  {entry['file']}{place}"
+                + (f"  ({pieces:,} pieces)" if pieces != 1 else "")
+            )
+    return lines
+
+
+def _n(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def one_line(report: dict) -> str:
+    """'val 612 docs 20,000 tokens · heldout … · train …' for `hepc plan`."""
+    parts = [f"{n} {_n(report['splits'][n]['documents'])} documents {_n(report['splits'][n]['tokens'])} tokens" for n in SPLITS]
+    src = report["source"]
+    tail = f" (of {src['documents']:,} source documents)" if src["documents"] is not None else ""
+    return " · ".join(parts) + tail
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def data_command(spec: str, overrides=None, store: str | None = None, json_out: bool = False) -> int:
+    from hepc.cli import _check_inputs, _load, _store, _warn
+
+    loaded, compiled = _load(spec, overrides, strict_data=True)
+    _warn(compiled)
+    _check_inputs(loaded, compiled)
+    the_store = _store(store, loaded)
+    steps = corpus_steps(compiled)
+    reports = []
+    for step in steps:
+        if stored_meta(step, the_store)[0] is None and not json_out:
+            print(f"corpus {step.name}: not in the store; counting by a dry pass over the source ...", file=sys.stderr, flush=True)
+        reports.append(corpus_report(step, compiled.graph, the_store, loaded))
+    if json_out:
+        print(json.dumps({"spec": spec, "corpora": reports}, indent=1))
+        return 0
+    print("\n\n".join("\n".join(render(r)) for r in reports))
+    return 0
+
+
+def plan_data_lines(the_plan, the_store, loaded) -> list[str]:
+    """`hepc plan`'s corpus lines (hepc.plan.split_lines), with a not-yet-built corpus of a small text
+    source summarised by a dry pass in one line; a dry pass that fails leaves its line as it was."""
+    from hepc.errors import HepcError
+    from hepc.plan import split_lines
+
+    lines = split_lines(the_plan, the_store)
+    graph = {planned.step.key: planned.step for planned in the_plan.steps}
+    for planned in the_plan.steps:
+        step = planned.step
+        if step.kind != "corpus" or planned.status == "cached":
+            continue
+        size = source_bytes(step, loaded.base_dir)
+        if size is None or size > SMALL_SOURCE_BYTES:
+            continue
+        try:
+            report = corpus_report(step, graph, the_store, loaded)
+        except (HepcError, OSError):  # the plan stands without its summary; `hepc data` says what is wrong
+            continue
+        label = f"corpus {step.name}: not built yet"
+        lines = [
+            f"corpus {step.name}: not built yet; a dry pass gives {one_line(report)}" if line.startswith(label) else line
+            for line in lines
+        ]
+    return lines
+
+
+def register(app) -> None:
+    """Add `data` to the hepc Typer app (hepc.cli calls this at its end)."""
+    import typer
+
+    from hepc.cli import JsonOpt, Overrides, SpecArg, StoreOpt, user_errors
+
+    existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
+    if "data" in existing:
+        return  # already registered
+
+    @app.command()
+    @user_errors
+    def data(spec: SpecArg, overrides: Overrides = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+        """The corpus as it will be (or was) built: per split documents, tokens, bytes, dropped tokens, largest documents."""
+        code = data_command(spec, overrides, store, json_out)
+        if code:
+            raise typer.Exit(code)

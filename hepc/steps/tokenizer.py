@@ -1,0 +1,29 @@
+"""tokenizer: train a byte-level BPE on the train split of the corpus's split rule, never on val or
+held-out (hepc/data/bpe_training.py); writes tokenizer.json (the `tokenizers` library's own format)
+and meta.json (the config, end-of-text id, the merges learned and which pieces it was trained on)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run(step, inputs, out: Path, work: Path, ctx) -> dict:
+    from hepc.data.bpe_training import train_on_train_split
+    from hepc.data.tokenizers import TOKENIZER_FILE
+
+    p = step.params
+    tokenizer, record = train_on_train_split(
+        step.context["source"],
+        p["tokenizer"],
+        train_tokens=p["train_tokens"],
+        val_tokens=p["val_tokens"],
+        heldout_tokens=p["heldout_tokens"],
+        seed=p["seed"],
+        max_doc_tokens=p.get("max_doc_tokens"),
+        base_dir=Path(step.context["base_dir"]),
+    )
+    (out / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
+    meta = {"tokenizer": tokenizer.config, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, **record}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {k: meta[k] for k in ("vocab_size", "learned_vocab", "trained_pieces", "trained_bytes", "rounds")}
