@@ -507,6 +507,9 @@ register(app)
 from hepc import cli_status  # noqa: E402  (status)
 
 cli_status.register(app)
+from hepc import cli_use  # noqa: E402  (sample, score, export, eval)
+
+cli_use.register(app)
 from hepc import cli_data  # noqa: E402  (data)
 
 cli_data.register(app)

@@ -1,0 +1,168 @@
+"""`hepc export`: a self-contained folder of the top-K ensemble, loadable without the store.
+
+    DIR/hepc-ensemble.json        manifest: format, K, aggregate, model config, tokenizer, document rule,
+                                  members (key, trajectory, cycle, weights, file, sha256), every file's
+                                  sha256, provenance (spec, its sha256, prior key, store) and val figures
+    DIR/members/<name>-<key12>.safetensors   the K snapshots, as the store holds them
+    DIR/tokenizer.json            the tokenizer (bytes: its kind and ids; a trained one: its own file)
+    DIR/README.md                 the card: where it came from, its members and weights, val figures, usage
+
+Written into a temporary folder next to DIR and renamed into place: DIR appears whole or not at all.
+An existing DIR is refused unless `force`, and even then only an earlier export (or an empty folder)
+is replaced, so a mistyped --out never deletes unrelated files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from hepc.errors import HepcError
+from hepc.use.source import EXPORT_FORMAT, MANIFEST, Resolved, dumps, is_export, sha256_file
+from hepc.use.text import BYTES_TOKENIZER_FILE
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise HepcError(f"--out {out}: exists and is not a folder; choose another path")
+    if out.exists():
+        if not force:
+            raise HepcError(f"--out {out}: already exists; use --force to replace it (nothing was written)")
+        if any(out.iterdir()) and not is_export(out):
+            raise HepcError(f"--out {out}: a folder that is not an exported ensemble; --force replaces only an "
+                            "earlier export (or an empty folder); choose another path")
+    if not out.parent.is_dir():
+        raise HepcError(f"--out {out}: its parent folder {out.parent} does not exist")
+
+
+def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
+    """Write the folder; returns its path. HepcError (nothing written) for a target that may not be used."""
+    out = Path(out)
+    _check_target(out, force)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "members").mkdir(parents=True)
+        files, rows = {}, []
+        for m in resolved.members:
+            rel = f"members/{m.name}-{m.key[:12]}.safetensors"
+            shutil.copyfile(m.path, tmp / rel)
+            digest = sha256_file(tmp / rel)
+            files[rel] = digest
+            rows.append({"key": m.key, "name": m.name, "trajectory": m.trajectory, "cycle": m.cycle,
+                         "weight": m.weight, "prior_weight": m.prior_weight, "val_loss": m.val_loss,
+                         "file": rel, "sha256": digest, "bytes": (tmp / rel).stat().st_size})
+        tok = _write_tokenizer(resolved, tokenizer, tmp)
+        files[tok["file"]] = sha256_file(tmp / tok["file"])
+        manifest = {
+            "format": "hepc-ensemble",
+            "version": EXPORT_FORMAT,
+            "k": resolved.k,
+            "aggregate": resolved.aggregate,
+            "model": resolved.model,
+            "tokenizer": tok,
+            "max_doc_tokens": resolved.max_doc_tokens,
+            "source": resolved.source,
+            "members": rows,
+            "weights": [m.weight for m in resolved.members],
+            "files": files,
+            "provenance": resolved.provenance,
+            "figures": resolved.figures,
+        }
+        (tmp / MANIFEST).write_text(dumps(manifest))
+        (tmp / "README.md").write_text(card(manifest))
+        _fsync_tree(tmp)
+        if out.exists():  # --force over an earlier export: swap, then delete the old one
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_tokenizer(resolved: Resolved, tokenizer, folder: Path) -> dict:
+    kind = resolved.tokenizer_config.get("kind")
+    if kind == "bytes":
+        (folder / "tokenizer.json").write_text(dumps(BYTES_TOKENIZER_FILE))
+        return {"kind": "bytes", "file": "tokenizer.json", "eot_id": BYTES_TOKENIZER_FILE["eot_id"]}
+    if kind == "none":
+        record = {"kind": "none", "vocab_size": resolved.model["vocab_size"], "eot_id": resolved.eot_id}
+        (folder / "tokenizer.json").write_text(dumps(record))
+        return {"kind": "none", "file": "tokenizer.json", "eot_id": resolved.eot_id}
+    to_json = getattr(tokenizer, "to_json", None)  # a trained tokenizer (BPE): the library's own tokenizer.json
+    if to_json is None:
+        raise HepcError(f"tokenizer kind {kind!r} cannot be exported by this hepc")
+    (folder / "tokenizer.json").write_text(to_json(), encoding="utf-8")
+    return {"kind": kind, "file": "tokenizer.json", "eot_id": int(tokenizer.eot_id),
+            "config": dict(getattr(tokenizer, "config", None) or resolved.tokenizer_config)}
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def card(manifest: dict) -> str:
+    """The README of an exported folder: provenance, members and weights, val figures, how to use it."""
+    prov, fig = manifest["provenance"], manifest.get("figures") or {}
+    lines = [
+        f"# {prov.get('spec_name')}: top-{manifest['k']} ensemble (hepc export)",
+        "",
+        (f"{manifest['k']} snapshots of a q0 population of {prov.get('population_size')}, combined by weighted "
+        f"{manifest['aggregate']} averaging with the learned prior's top-{manifest['k']} weights (renormalised)."),
+        "",
+        "## Provenance",
+        "",
+        f"- spec: `{prov.get('spec')}` (sha256 `{prov.get('spec_sha256')}`)"
+        + (f", overrides `{' '.join(prov['overrides'])}`" if prov.get("overrides") else ""),
+        (f"- population: {prov.get('population') or '(the spec itself)'}; prior: {json.dumps(prov.get('prior'))}, "
+        f"step key `{prov.get('prior_key')}`"),
+        f"- corpus step key `{prov.get('corpus_key')}`; store `{prov.get('store')}`",
+        f"- model: {json.dumps(manifest['model'])}; tokenizer: {manifest['tokenizer']['kind']}",
+        "",
+        "## Members",
+        "",
+        "| member | cycle step key | weight | val loss (nats/token) |",
+        "|---|---|---:|---:|",
+    ]
+    for m in manifest["members"]:
+        lines.append(f"| {m['name']} | `{m['key']}` | {m['weight']:.4f} | {_fmt(m.get('val_loss'))} |")
+    lines += ["", "## Validation", ""]
+    if fig.get("val_loss") is not None:
+        lines.append(f"This ensemble (K={manifest['k']}): val loss {_fmt(fig['val_loss'])} nats/token, "
+                     f"{_fmt(fig.get('val_bpb'))} bits/byte on {fig.get('val_tokens')} val tokens.")
+    if fig.get("best_single"):
+        b = fig["best_single"]
+        lines.append(f"Best single snapshot of the population: {b['name']}, val loss {_fmt(b['val_loss'])}.")
+    if fig.get("ensembles"):
+        lines += ["", "| K | val loss | val bpb |", "|---:|---:|---:|"]
+        for e in fig["ensembles"]:
+            lines.append(f"| {e['k']}{' (all)' if e['k_label'] == 'all' else ''} | {_fmt(e['val_loss'])} | "
+                         f"{_fmt(e.get('val_bpb'))} |")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import hepc",
+        "ens = hepc.load_ensemble(\"THIS_FOLDER\")   # every file checked against its sha256",
+        "print(ens.log_prob(\"def main():\\n\"))",
+        "```",
+        "",
+        "`hepc sample THIS_FOLDER --prompt TEXT`, `hepc score THIS_FOLDER FILE...` work on this folder too.",
+        "",
+    ]
+    return "\n".join(lines)
