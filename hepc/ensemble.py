@@ -831,9 +831,11 @@ def fit_prior_shrinkage(P: np.ndarray, doc_starts: np.ndarray | None = None, *,
     when a cycle improves its objective by less than ``tol`` nats/token, or after ``iters`` cycles.
     Every fit starts from uniform weights. Memory: one float64 copy of P plus a few float64 arrays
     of (fits × N). ``steps`` of the result counts EM updates (matrix-product pairs), ``history`` is
-    empty and ``solver`` is "map-em". Measured at paper scale (480 members × 131,072 tokens, float32
-    P, the default 11 strengths and 5 folds: 60 fits): 48 updates, 12 s on one CPU core, about as
-    long as ``fit_prior``'s 300 AdamW steps (13 s), peak memory 0.9 GiB with P itself.
+    empty and ``solver`` is "map-em". Its time depends on the data: at paper scale (480 members ×
+    131,072 tokens, float32 P, the default 11 strengths and 5 folds: 60 fits) one set of
+    probabilities took 48 updates and 12 s on one CPU core, the synthetic ones of
+    ``bench/prior_scale.py`` 90 updates and 161 s on a loaded machine (docs/benchmarks.md); peak
+    memory about 0.9 GiB with P itself.
     """
     P64 = np.ascontiguousarray(_fit_matrix(P))
     M, N = P64.shape
