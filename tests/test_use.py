@@ -234,6 +234,8 @@ def test_bad_inputs_exit_2_and_write_nothing(pop, tmp_path):
     assert r.returncode == 2
     assert "not trained yet" in r.stderr and "cycle t1-c003" in r.stderr and "prior p2xc3" in r.stderr
     assert f"`hepc run {spec} population.cycles=3`" in r.stderr
+    r = cli("score", spec, "--store", store / "elsewhere", __file__, store=store, check=False)
+    assert r.returncode == 2 and f"`hepc run {spec} --store {store / 'elsewhere'}`" in r.stderr, r.stderr
     # an existing export target without --force: refused, left as it was
     out.mkdir()
     (out / "keep.txt").write_text("mine")

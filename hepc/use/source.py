@@ -94,8 +94,14 @@ def is_export(path) -> bool:
 # ---------------------------------------------------------------------------------------------- store
 
 
-def _command(spec_path: str, overrides) -> str:
-    return " ".join(["hepc run", spec_path, *[str(o) for o in overrides or []]])
+def _command(spec_path: str, overrides, store=None) -> str:
+    """The `hepc run` that trains what is missing; names the store when one was given explicitly."""
+    import shlex
+
+    words = ["hepc", "run", spec_path, *[str(o) for o in overrides or []]]
+    if store is not None:
+        words += ["--store", str(store)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _population(compiled, label: str | None):
@@ -145,7 +151,7 @@ def from_spec(spec, k, *, overrides=None, store=None, population: str | None = N
         raise HepcError(
             f"spec '{compiled.spec.name}'{which}: the population is not trained yet: {len(missing)} of "
             f"{len(needed)} steps are not in store {the_store.root} ({', '.join(names)}{more}); "
-            f"run `{_command(str(spec), overrides)}` first"
+            f"run `{_command(str(spec), overrides, store)}` first"
         )
 
     prior_dir = the_store.find_intact(graph[pop.prior_key])
