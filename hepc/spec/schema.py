@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from itertools import pairwise
 
 
 def attribute_docs(module) -> dict[str, dict[str, str]]:
@@ -18,8 +19,7 @@ def attribute_docs(module) -> dict[str, dict[str, str]]:
         if not isinstance(node, ast.ClassDef):
             continue
         docs: dict[str, str] = {}
-        body = node.body
-        for stmt, after in zip(body, body[1:]):
+        for stmt, after in pairwise(node.body):
             if (
                 isinstance(stmt, ast.AnnAssign)
                 and isinstance(stmt.target, ast.Name)
