@@ -111,7 +111,12 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
             continue
         reason = _binary(head[:HEAD], source.encoding, final=size <= HEAD)
         if reason:
-            hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)" if file.name.endswith(".parquet") else ""
+            if file.name.endswith(".parquet"):
+                hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)"
+            elif b"\x00" not in head[:HEAD]:  # no NUL byte: maybe text in another encoding
+                hint = " (text in another encoding? set `data.source.encoding`; not text? leave it out with `exclude`)"
+            else:
+                hint = " (leave it out with `exclude`)"
             add(errors, file.where, f"'{file.name}' looks binary, not {source.encoding} text: {reason}{hint}")
             continue
         if jsonl is not None:
