@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from data_helpers import TINY, spec_file
 from typer.testing import CliRunner
 
 from hepc.cli import app
@@ -13,8 +14,6 @@ from hepc.compile import compile_spec
 from hepc.spec.load import load_spec
 from hepc.store import Store
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
-SOURCE_LINE = "  source: {kind: synthetic, alphabet_size: 16, order: 2, concentration: 0.2, doc_tokens: 200, seed: 0}\n"
 SPLITS = ("val", "heldout", "train")
 
 
@@ -31,14 +30,6 @@ def percent_folder(folder: Path, files: int = 20, entries: int = 200) -> int:
     return total
 
 
-def spec_file(tmp_path: Path, source: str, **data) -> Path:
-    sizes = {"train_tokens": 12000, "val_tokens": 2000, "heldout_tokens": 1000, **data}
-    text = TINY.read_text().replace(SOURCE_LINE, f"  source: {source}\n")
-    for key, value in sizes.items():
-        text = re.sub(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
-    path = tmp_path / "spec.yaml"
-    path.write_text(text)
-    return path
 
 
 def hepc(*args: str):

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import spec_file
 from typer.testing import CliRunner
 
 from hepc.cli import app
@@ -19,8 +20,6 @@ from hepc.data.identity import DataFile, source_identity
 from hepc.spec.load import load_spec
 
 BYTES = {"kind": "bytes"}
-TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
-SOURCE_LINE = "  source: {kind: synthetic, alphabet_size: 16, order: 2, concentration: 0.2, doc_tokens: 200, seed: 0}\n"
 
 
 def records(n: int, seed: int = 0) -> list[str]:
@@ -131,14 +130,6 @@ def test_a_dictionary_encoded_parquet_column_reads_as_text(tmp_path):
 # --------------------------------------------------------------------------- keys
 
 
-def spec_file(tmp_path: Path, source: str, **data) -> Path:
-    sizes = {"train_tokens": 12000, "val_tokens": 2000, "heldout_tokens": 1000, **data}
-    text = TINY.read_text().replace(SOURCE_LINE, f"  source: {source}\n")
-    for key, value in sizes.items():
-        text = re.sub(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
-    path = tmp_path / "spec.yaml"
-    path.write_text(text)
-    return path
 
 
 def corpus_key(tmp_path, source: str) -> str:

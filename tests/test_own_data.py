@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import spec_file
 
 from hepc.compile import compile_spec
 from hepc.data import DataError, build_corpus
@@ -20,8 +21,6 @@ from hepc.errors import SpecError
 from hepc.spec.load import load_spec
 
 BYTES = {"kind": "bytes"}
-TINY = Path(__file__).parent / "fixtures" / "tiny.yaml"
-SOURCE_LINE = "  source: {kind: synthetic, alphabet_size: 16, order: 2, concentration: 0.2, doc_tokens: 200, seed: 0}\n"
 
 
 def fortune_folder(folder: Path, files: int = 20, entries: int = 200) -> dict[str, str]:
@@ -167,14 +166,6 @@ def test_default_rule_keeps_the_identity_and_a_rule_changes_it(tmp_path):
     assert len({json.dumps(x, sort_keys=True) for x in (source_identity(plain, tmp_path), by_sep, by_regex)}) == 3
 
 
-def spec_file(tmp_path: Path, source: str, **data) -> Path:
-    sizes = {"train_tokens": 12000, "val_tokens": 2000, "heldout_tokens": 1000, **data}
-    text = TINY.read_text().replace(SOURCE_LINE, f"  source: {source}\n")
-    for key, value in sizes.items():
-        text = re.sub(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
-    path = tmp_path / "spec.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_corpus_key_changes_with_a_rule_only(tmp_path):
