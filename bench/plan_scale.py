@@ -48,7 +48,7 @@ def main() -> None:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "hepc.cli", "plan", args.spec, "--json", "--data-elsewhere", "--store", store],
+                [sys.executable, "-m", "hepc.cli", "plan", args.spec, "--json", "--store", store],
                 check=True, capture_output=True,
             )
             cli.append(time.perf_counter() - t0)

@@ -144,11 +144,16 @@ def _stdout():
     return console if console.is_terminal else Console(soft_wrap=True, width=160)
 
 
-def _load(spec: str, overrides, *, strict_data: bool = False):
+def _load(spec: str, overrides, *, strict_data: bool = False, data_elsewhere: bool | None = None):
+    """The loaded spec and its graph. strict_data: data that is not here is an error (located, exit 2).
+    validate and plan pass their --data-elsewhere flag as `data_elsewhere`: then data that lives
+    elsewhere (the flag, or the spec's runtime.data_elsewhere) is only a warning. `run` never passes it."""
     from hepc.compile import compile_spec
     from hepc.spec.load import load_spec
 
     loaded = load_spec(spec, overrides or [])
+    if data_elsewhere is not None and (data_elsewhere or loaded.spec.runtime.data_elsewhere):
+        strict_data = False
     return loaded, compile_spec(loaded, strict_data=strict_data)
 
 
@@ -188,7 +193,7 @@ def _check_inputs(loaded, compiled) -> None:
 @user_errors
 def validate(spec: SpecArg, overrides: Overrides = None, data_elsewhere: ElsewhereOpt = False) -> None:
     """Check a spec (and overrides) and its data without running anything."""
-    loaded, compiled = _load(spec, overrides, strict_data=not data_elsewhere)
+    loaded, compiled = _load(spec, overrides, strict_data=True, data_elsewhere=data_elsewhere)
     _check_extras(loaded)
     _warn(compiled)
     _check_inputs(loaded, compiled)
@@ -214,7 +219,7 @@ def plan(
     """Show what `hepc run` would do: each step cached (=), new (+), resumable (~) or failed before (!)."""
     from hepc.plan import SYMBOLS, make_plan
 
-    loaded, compiled = _load(spec, overrides, strict_data=not data_elsewhere)
+    loaded, compiled = _load(spec, overrides, strict_data=True, data_elsewhere=data_elsewhere)
     _warn(compiled)
     _check_inputs(loaded, compiled)
     the_store = _store(store, loaded)

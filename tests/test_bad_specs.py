@@ -267,6 +267,25 @@ def test_missing_data_is_an_error_unless_it_lives_elsewhere(command, tmp_path, m
     assert "warning: data not available here" in out.stderr and "file not found" in out.stderr, out.show()
 
 
+def test_a_spec_can_say_its_data_lives_elsewhere(tmp_path, monkeypatch):
+    """runtime.data_elsewhere (specs/paper-1.8b.yaml's shards live on the GPU machines): validate and
+    plan warn where the data is missing, as --data-elsewhere does; run still refuses, writing nothing."""
+    paper = "specs/paper-1.8b.yaml"
+    for command in ("validate", "plan"):
+        out = invoke(command, paper, tmp_path / "store", monkeypatch, subprocess_=False)
+        assert out.code == 0, out.show()
+        assert "warning: data not available here: data.source.paths[0]" in out.stderr, out.show()
+    spec = tmp_path / "elsewhere.yaml"
+    text = (BAD / "data_missing_file.yaml").read_text().replace("no_such_file.txt", str(tmp_path / "no_such_file.txt"))
+    spec.write_text(text.replace("runtime: {", "runtime: {data_elsewhere: true, "))
+    out = invoke("validate", str(spec), tmp_path / "store", monkeypatch, subprocess_=False)
+    assert out.code == 0 and "warning: data not available here" in out.stderr, out.show()
+    out = invoke("run", str(spec), tmp_path / "store", monkeypatch, subprocess_=False)
+    assert out.code == 2 and re.match(rf"error: {re.escape(str(spec))}:\d+:\d+: data.source.paths\[0\]: file not found",
+                                      out.stderr), out.show()
+    assert_store_untouched(tmp_path / "store")
+
+
 @pytest.mark.parametrize("variant", ["top-level", "anchor"])
 def test_yaml_merge_keys_never_crash(variant, tmp_path):
     """`<<` merge keys are either supported (exit 0) or a located error (exit 2), never a traceback."""

@@ -30,7 +30,7 @@ def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "hepc.cli", "plan", str(root / "specs" / "paper-1.8b.yaml"), "--data-elsewhere", "--store", str(tmp_path)]
+    command = [sys.executable, "-m", "hepc.cli", "plan", str(root / "specs" / "paper-1.8b.yaml"), "--store", str(tmp_path)]
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()  # 1,443 plan lines: far more than a pipe holds
     proc.stdout.close()

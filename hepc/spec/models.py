@@ -394,6 +394,9 @@ class Runtime(Strict):
     """Data-parallel processes per training cycle (GPUs on CUDA, gloo ranks on CPU); the global batch is unchanged."""
     cpus_per_step: Annotated[int, Field(ge=1)] | None = None
     """CPU cores a step asks for (Ray's resource request, local workers' thread share); null: cores / jobs."""
+    data_elsewhere: bool = False
+    """The data lives on another machine (a cluster's disk): where it is not found here, `validate` and
+    `plan` warn instead of exiting 2 (as with --data-elsewhere); `run` always needs it."""
     tensorboard: bool = False
     """Also write TensorBoard event files (train loss, ce, kd, lr, wd, tokens/s; val loss per cycle) under the
     run record (records/<name>/<run>/tensorboard); needs the extra: pip install 'hepc[tensorboard]'."""
