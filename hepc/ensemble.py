@@ -384,6 +384,18 @@ def _finish(P64: np.ndarray, best_w: np.ndarray, best_step: int, history: list[f
                      history=history, best_step=best_step, solver=solver)
 
 
+def _adamw_settings(steps, lr: float, clip: float) -> int:
+    """The AdamW fit's settings checked (shared by ``fit_prior`` and ``fit_prior_prefixes``); the step count."""
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be ≥ 0, got {steps}")
+    if not (lr > 0.0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    if not clip > 0.0:
+        raise ValueError(f"clip must be > 0 (math.inf disables clipping), got {clip}")
+    return steps
+
+
 def fit_prior(P: np.ndarray, *, steps: int = 300, lr: float = 0.5, clip: float = 1.0,
               seed: int = 0) -> FitResult:
     """Fit the learned prior on held-out probabilities P (M×N), docs/method.md §6.3.
@@ -403,13 +415,7 @@ def fit_prior(P: np.ndarray, *, steps: int = 300, lr: float = 0.5, clip: float =
     least as good, so ``result.nll ≤ result.uniform_nll`` always. Memory: one float64 copy of P.
     """
     P64 = _fit_matrix(P)
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
-    if not (lr > 0.0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if not clip > 0.0:
-        raise ValueError(f"clip must be > 0 (math.inf disables clipping), got {clip}")
+    steps = _adamw_settings(steps, lr, clip)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
 
     M = P64.shape[0]
@@ -464,24 +470,18 @@ def fit_prior_prefixes(P: np.ndarray, lengths: Sequence[int], *, steps: int = 30
     js = [int(j) for j in lengths]
     if any(j < 1 or j > M for j in js):
         raise ValueError(f"lengths must be prefix lengths in [1, {M}], got {list(lengths)!r}")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
-    if not (lr > 0.0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if not clip > 0.0:
-        raise ValueError(f"clip must be > 0 (math.inf disables clipping), got {clip}")
+    steps = _adamw_settings(steps, lr, clip)
     unique = sorted(set(js))
     if batch is None:
         batch = max(js) * N >= _BATCH_MIN_ELEMENTS
     per_batch = max(1, _BATCH_ELEMENTS // N) if batch else 1
     done: dict[int, FitResult] = {}
     for b in range(0, len(unique), per_batch):
-        batch = unique[b:b + per_batch]
-        if len(batch) == 1:
-            done[batch[0]] = fit_prior(P64[:batch[0]], steps=steps, lr=lr, clip=clip, seed=seed)
+        group = unique[b:b + per_batch]
+        if len(group) == 1:
+            done[group[0]] = fit_prior(P64[:group[0]], steps=steps, lr=lr, clip=clip, seed=seed)
         else:
-            done.update(zip(batch, _adamw_batch(P64, batch, steps, lr, clip, seed)))
+            done.update(zip(group, _adamw_batch(P64, group, steps, lr, clip, seed)))
     return [done[j] for j in js]
 
 

@@ -39,8 +39,23 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.int32)
 
 
+class _TextTokens:
+    """What the text tokenizers share: byte counts of ids (via `token_bytes`) and end-of-text first."""
+
+    def byte_stats(self, ids: np.ndarray) -> tuple[int, float | None]:
+        """(UTF-8 bytes `ids` stand for, bytes per token; None when there are no ids): exact per split."""
+        n_bytes = int(self.token_bytes[ids].sum())
+        return n_bytes, (n_bytes / ids.size if ids.size else None)
+
+    def _eot_first(self, ids) -> np.ndarray:
+        out = np.empty(len(ids) + 1, dtype=token_dtype(self.vocab_size))
+        out[0] = self.eot_id
+        out[1:] = ids
+        return out
+
+
 @dataclass(frozen=True)
-class BytesTokenizer:
+class BytesTokenizer(_TextTokens):
     """UTF-8 bytes -> ids 0..255, plus end-of-text (id 256, zero bytes) before each document."""
 
     vocab_size: int = 257
@@ -57,19 +72,11 @@ class BytesTokenizer:
         lengths[self.eot_id] = 0
         return lengths
 
-    def byte_stats(self, ids: np.ndarray) -> tuple[int, float | None]:
-        """(UTF-8 bytes `ids` stand for, bytes per token; None when there are no ids)."""
-        n_bytes = int(self.token_bytes[ids].sum())
-        return n_bytes, (n_bytes / ids.size if ids.size else None)
-
     def encode(self, document: bytes | str) -> np.ndarray:
         """End-of-text, then the document's UTF-8 bytes (a str is encoded as UTF-8)."""
         if isinstance(document, str):
             document = document.encode("utf-8")
-        ids = np.empty(len(document) + 1, dtype=token_dtype(self.vocab_size))
-        ids[0] = self.eot_id
-        ids[1:] = np.frombuffer(document, dtype=np.uint8)
-        return ids
+        return self._eot_first(np.frombuffer(document, dtype=np.uint8))
 
     def decode(self, ids) -> str:
         """Text of `ids` with end-of-text written as `<|endoftext|>` (for samples and debugging)."""
@@ -129,7 +136,7 @@ def utf8_text(data: bytes) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class BpeTokenizer:
+class BpeTokenizer(_TextTokens):
     """Tokenizer `bpe`: a trained byte-level BPE (`tokenizers.Tokenizer`); end-of-text first in every document.
 
     Text that happens to contain `<|endoftext|>` is encoded as ordinary text, never as end-of-text."""
@@ -159,19 +166,10 @@ class BpeTokenizer:
         lengths[self.eot_id] = 0
         return lengths
 
-    def byte_stats(self, ids: np.ndarray) -> tuple[int, float | None]:
-        """(UTF-8 bytes `ids` stand for, bytes per token; None when there are no ids): exact per split."""
-        n_bytes = int(self.token_bytes[ids].sum())
-        return n_bytes, (n_bytes / ids.size if ids.size else None)
-
     def encode(self, document: bytes | str) -> np.ndarray:
         """End-of-text, then the ids of the document's text (bytes: see `utf8_text`)."""
         text = utf8_text(document) if isinstance(document, (bytes, bytearray, memoryview)) else document
-        ids = self.hf.encode(text).ids
-        out = np.empty(len(ids) + 1, dtype=token_dtype(self.vocab_size))
-        out[0] = self.eot_id
-        out[1:] = ids
-        return out
+        return self._eot_first(self.hf.encode(text).ids)
 
     def decode(self, ids) -> str:
         """Text of `ids` with end-of-text written as `<|endoftext|>` (bytes that are no whole UTF-8

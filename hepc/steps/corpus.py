@@ -6,20 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def split_args(step) -> dict:
+    """The split rule of a corpus (or tokenizer) step: sizes, seed, piece cap, where paths are relative to."""
+    p = step.params
+    return {
+        "train_tokens": p["train_tokens"],
+        "val_tokens": p["val_tokens"],
+        "heldout_tokens": p["heldout_tokens"],
+        "seed": p["seed"],
+        "max_doc_tokens": p.get("max_doc_tokens"),
+        "base_dir": Path(step.context["base_dir"]),
+    }
+
+
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.data import build_corpus
     from hepc.data.tokenizers import tokenizer_config
 
-    p = step.params
     meta = build_corpus(
         step.context["source"],
-        tokenizer_config(p["tokenizer"]),
-        train_tokens=p["train_tokens"],
-        val_tokens=p["val_tokens"],
-        heldout_tokens=p["heldout_tokens"],
-        seed=p["seed"],
-        max_doc_tokens=p.get("max_doc_tokens"),
-        base_dir=Path(step.context["base_dir"]),
+        tokenizer_config(step.params["tokenizer"]),
+        **split_args(step),
         out_dir=out,
         tokenizer_dir=Path(inputs["tokenizer"]) if inputs.get("tokenizer") else None,
     )

@@ -11,18 +11,9 @@ from pathlib import Path
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.data.bpe_training import train_on_train_split
     from hepc.data.tokenizers import TOKENIZER_FILE
+    from hepc.steps.corpus import split_args
 
-    p = step.params
-    tokenizer, record = train_on_train_split(
-        step.context["source"],
-        p["tokenizer"],
-        train_tokens=p["train_tokens"],
-        val_tokens=p["val_tokens"],
-        heldout_tokens=p["heldout_tokens"],
-        seed=p["seed"],
-        max_doc_tokens=p.get("max_doc_tokens"),
-        base_dir=Path(step.context["base_dir"]),
-    )
+    tokenizer, record = train_on_train_split(step.context["source"], step.params["tokenizer"], **split_args(step))
     (out / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
     meta = {"tokenizer": tokenizer.config, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, **record}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
