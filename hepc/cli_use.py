@@ -61,11 +61,11 @@ def export_command(spec, k, out, force=False, store=None, overrides=None, popula
 
     from hepc.use.export import _check_target, export
     from hepc.use.source import resolve
-    from hepc.use.text import make_tokenizer
+    from hepc.use.text import ensemble_tokenizer
 
     _check_target(Path(out), force)  # before anything is read
     res = resolve(spec, k, overrides=overrides or None, store=store, population=population, prior=prior)
-    tok = make_tokenizer(res.tokenizer_config, res.model["vocab_size"], res.eot_id, res.tokenizer)
+    tok = ensemble_tokenizer(res.tokenizer_config, res.model["vocab_size"], res.eot_id, res.tokenizer)
     path = export(res, tok, out, force=force)
     print(path)
     return 0

@@ -301,3 +301,20 @@ def test_a_store_folder_loads_without_its_spec(pop):
     assert from_store.score(val) == from_spec.score(val)
     r = cli("score", store, "--prior", "0000000000", str(ROOT / "README.md"), store=store, check=False)
     assert r.returncode == 2 and "0 fitted priors match" in r.stderr
+
+
+def test_score_reads_files_with_the_corpus_document_rule(tmp_path):
+    """`hepc score` reads a file as the corpus read its files: the separator rule splits it, a JSON
+    Lines rule takes the named field of each record, any other source one document per file."""
+    from hepc.errors import HepcError
+    from hepc.use.text import file_documents
+
+    (tmp_path / "q.txt").write_text("first\n%\nsecond one\n%\n")
+    (tmp_path / "r.jsonl").write_text('{"text": "alpha"}\n\n{"text": "beta gamma", "id": 2}\n')
+    text = {"kind": "text", "paths": ["*.txt"]}
+    assert file_documents(tmp_path / "q.txt", {**text, "documents": {"separator": "%"}}) == [b"first\n", b"second one\n"]
+    assert file_documents(tmp_path / "q.txt", text) == [b"first\n%\nsecond one\n%\n"]
+    assert file_documents(tmp_path / "r.jsonl", {**text, "documents": "jsonl"}) == [b"alpha", b"beta gamma"]
+    assert file_documents(tmp_path / "q.txt", {"kind": "pystdlib"}) == [b"first\n%\nsecond one\n%\n"]
+    with pytest.raises(HepcError, match=r"r.jsonl.*line 1.*no field 'body'"):
+        file_documents(tmp_path / "r.jsonl", {**text, "documents": {"jsonl": "body"}})

@@ -24,7 +24,7 @@ import torch
 
 from hepc.errors import HepcError
 from hepc.use.source import Resolved
-from hepc.use.text import document_tokens, make_tokenizer
+from hepc.use.text import document_tokens, ensemble_tokenizer
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -51,7 +51,7 @@ class Ensemble:
         if int(max_resident) < 1:
             raise HepcError(f"max_resident: must be at least 1 (got {max_resident})")
         self.max_resident = min(self.k, int(max_resident))
-        self.tokenizer = make_tokenizer(resolved.tokenizer_config, m["vocab_size"], resolved.eot_id,
+        self.tokenizer = ensemble_tokenizer(resolved.tokenizer_config, m["vocab_size"], resolved.eot_id,
                                         resolved.tokenizer)
         threads = threads if threads is not None else resolved.threads
         if threads is not None:  # torch CPU threads: the argument, else the spec's runtime.threads

@@ -368,10 +368,10 @@ def from_store_dir(root, k, *, prior: str | None = None) -> Resolved:
     tokenizer = None
     kind = (meta.get("tokenizer") or {}).get("kind")
     if kind not in ("bytes", "none", None):
-        from hepc.use.text import make_tokenizer
+        from hepc.use.text import ensemble_tokenizer
 
         tok_dir = _object(store, "tokenizer", store.manifest(corpus_dir)["inputs"]["tokenizer"])
-        tokenizer = make_tokenizer({**meta["tokenizer"], "file": str(tok_dir / "tokenizer.json")},
+        tokenizer = ensemble_tokenizer({**meta["tokenizer"], "file": str(tok_dir / "tokenizer.json")},
                                    int(meta["vocab_size"]), meta.get("eot_id"))
     model = cycle_params["model"]
     return Resolved(

@@ -31,7 +31,7 @@ class NoTextTokenizer:
     decode = encode
 
 
-def make_tokenizer(config: dict, vocab_size: int, eot_id: int | None, built=None):
+def ensemble_tokenizer(config: dict, vocab_size: int, eot_id: int | None, built=None):
     """The tokenizer of a resolved ensemble: one built from the store, else from its config."""
     if built is not None:
         return built
@@ -43,11 +43,8 @@ def make_tokenizer(config: dict, vocab_size: int, eot_id: int | None, built=None
     if kind == "none":
         return NoTextTokenizer(vocab_size, eot_id)
     if config.get("file"):  # an exported trained tokenizer (its tokenizer.json)
-        try:
-            from hepc.data.tokenizers import tokenizer_from_file
-        except ImportError:
-            raise HepcError(f"tokenizer kind {kind!r} cannot be loaded by this hepc") from None
         from hepc.data.identity import DataError
+        from hepc.data.tokenizers import tokenizer_from_file
 
         try:
             return tokenizer_from_file(Path(config["file"]), {k: v for k, v in config.items() if k != "file"})
@@ -72,32 +69,32 @@ def document_tokens(tokenizer, document: bytes | str, max_doc_tokens: int | None
 
 
 def file_documents(path: Path, source: dict | None) -> list[bytes]:
-    """The documents of a text file, as UTF-8 bytes: the whole file, or the source's `documents` rule
-    when the population was trained on a `text` source with one (its `encoding` too)."""
-    from hepc.data.sources import document_splitter
+    """The documents of a text file, as UTF-8 bytes, read as the corpus reads its files: a population
+    trained on a `text` source uses that source's reader (its `documents` rule, JSON Lines field or
+    Parquet column, and `encoding`); any other is one UTF-8 document per file."""
+    import glob
+
+    from hepc.data.identity import DataError
+    from hepc.data.sources import iter_named_documents
 
     path = Path(path)
     source = source or {}
-    encoding = source.get("encoding", "utf-8") if source.get("kind") == "text" else "utf-8"
+    if source.get("kind") != "text":
+        try:
+            raw = path.read_bytes()
+            raw.decode("utf-8")
+            return [raw]
+        except OSError as e:
+            raise HepcError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+        except UnicodeDecodeError as e:
+            raise HepcError(f"{path}: cannot decode as utf-8 ({e})") from None
+    if not path.is_file():
+        raise HepcError(f"{path}: no such file")
+    one_file = {**source, "paths": [glob.escape(str(path.resolve()))], "exclude": []}
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise HepcError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
-    try:
-        text = raw.decode(encoding)
-    except (UnicodeDecodeError, LookupError) as e:
-        raise HepcError(f"{path}: cannot decode as {encoding} ({e})") from None
-    from hepc.data.identity import DataError
-
-    try:
-        splitter = document_splitter(source) if source.get("kind") == "text" else None
+        return [b"".join(chunks) for _, chunks in iter_named_documents(one_file, Path.cwd())]
     except DataError as e:
-        raise HepcError(str(e)) from None
-    if splitter is None:
-        return [text.encode("utf-8")]
-    from hepc.data.sources import _split_documents
-
-    return [b"".join(doc) for doc in _split_documents(iter([text.encode("utf-8")]), splitter)]
+        raise HepcError(f"{path}: {e.message}") from None
 
 
 def file_tokens(tokenizer, path: Path, source: dict | None, max_doc_tokens: int | None) -> tuple[np.ndarray, int]:
