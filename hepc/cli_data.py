@@ -240,30 +240,23 @@ def data_command(spec: str, overrides=None, store: str | None = None, json_out: 
 
 
 def plan_data_lines(the_plan, the_store, loaded) -> list[str]:
-    """`hepc plan`'s corpus lines (hepc.plan.split_lines), with a not-yet-built corpus of a small text
-    source summarised by a dry pass in one line; a dry pass that fails leaves its line as it was."""
+    """`hepc plan`'s corpus lines (hepc.plan.split_lines), a not-yet-built corpus of a small text source
+    summarised by a dry pass in one line; a dry pass that fails leaves the plain line."""
     from hepc.errors import HepcError
     from hepc.plan import split_lines
 
-    lines = split_lines(the_plan, the_store)
     graph = {planned.step.key: planned.step for planned in the_plan.steps}
-    for planned in the_plan.steps:
-        step = planned.step
-        if step.kind != "corpus" or planned.status == "cached":
-            continue
+
+    def dry_pass(step) -> str | None:
         size = source_bytes(step, loaded.base_dir)
         if size is None or size > SMALL_SOURCE_BYTES:
-            continue
+            return None
         try:
-            report = corpus_report(step, graph, the_store, loaded)
+            return f"a dry pass gives {one_line(corpus_report(step, graph, the_store, loaded))}"
         except (HepcError, OSError):  # the plan stands without its summary; `hepc data` says what is wrong
-            continue
-        label = f"corpus {step.name}: not built yet"
-        lines = [
-            f"corpus {step.name}: not built yet; a dry pass gives {one_line(report)}" if line.startswith(label) else line
-            for line in lines
-        ]
-    return lines
+            return None
+
+    return split_lines(the_plan, the_store, unbuilt=dry_pass)
 
 
 def register(app) -> None:

@@ -108,10 +108,10 @@ def make_plan(compiled: Compiled, store: Store) -> Plan:
     return Plan(compiled, out)
 
 
-def split_lines(plan: Plan, store: Store) -> list[str]:
+def split_lines(plan: Plan, store: Store, unbuilt=None) -> list[str]:
     """One line per split of each corpus in the plan: documents and tokens, from its committed meta.json
     (checked against the digest its manifest records; nothing is written), or one line saying that
-    the corpus is not built yet."""
+    the corpus is not built yet (`unbuilt(step)`, when given, may summarise it instead: a str or None)."""
     lines = []
     for planned in plan.steps:
         if planned.step.kind != "corpus":
@@ -119,7 +119,9 @@ def split_lines(plan: Plan, store: Store) -> list[str]:
         label = f"corpus {planned.step.name}"
         path = store.find(planned.step) if planned.status == "cached" else None
         if path is None:
-            lines.append(f"{label}: not built yet (its splits show here once `hepc run` has built it)")
+            summary = unbuilt(planned.step) if unbuilt is not None else None
+            lines.append(f"{label}: not built yet" + (
+                f"; {summary}" if summary else " (its splits show here once `hepc run` has built it)"))
             continue
         meta, problem = _corpus_meta(path)
         if meta is None:

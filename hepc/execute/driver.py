@@ -122,8 +122,7 @@ def execute(
     progress = StepProgress(
         len(todo), quiet=quiet or not todo, costs={p.step.key: costs[p.step.key] for p in todo}, sinks=sinks
     )
-    runner = _Runner(compiled.graph, store, runtime, record, progress, backend)
-    runner.costs = costs
+    runner = _Runner(compiled.graph, store, runtime, record, progress, backend, costs)
     try:
         with _sigterm_interrupts():
             if todo:
@@ -198,7 +197,8 @@ class _Runner:
     """The scheduling loop: hands ready steps to the backend, turns what comes back into the run
     record, the display and the set of committed steps."""
 
-    def __init__(self, graph, store: Store, runtime: dict, record, progress: StepProgress, backend):
+    def __init__(self, graph, store: Store, runtime: dict, record, progress: StepProgress, backend,
+                 costs: dict[str, float]):  # fmt: skip
         self.graph, self.store, self.runtime, self.record, self.progress = graph, store, runtime, record, progress
         self.backend = backend
         self.order: list[StepSpec] = graph.order()
@@ -209,7 +209,7 @@ class _Runner:
         self.waiting: dict[str, object] = {}  # key → holder we told the user about
         self.suspect: dict[str, str] = {}  # key → why its lease is suspect (see store_lease)
         self.ran = 0
-        self.costs: dict[str, float] = {}  # key → estimated cost (execute sets it)
+        self.costs = costs  # key → estimated cost of every step (a recomputed input is added at its cost)
         self.here = Attempt(store, runtime, self._emit_for(None))  # the driver's own checks
         backend.bind(self._emit_for)
 
