@@ -26,7 +26,8 @@ from hepc.errors import StoreError, printable
 from hepc.safe_io import TooLarge, read_json
 from hepc.store import MARKER, Store
 from hepc.throughput import done_fraction as resumed
-from hepc.throughput import estimate, human_duration, measure_for, pending_steps, plural
+from hepc.throughput import estimate, human_duration, measure_for, pending_steps
+from hepc.wording import count
 
 LIVE = "live.json"
 LIVE_LIMIT = 64 << 10  # a live.json is a few hundred bytes
@@ -340,7 +341,7 @@ def render_lines(st: dict, *, stamp: bool = False) -> list[str]:
         for e in held:
             counts[e["state"]] = counts.get(e["state"], 0) + 1
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        lines.append(f"{head}: {plural(len(held), 'lease')} ({states})")
+        lines.append(f"{head}: {count(len(held), 'lease')} ({states})")
     width = max((len(printable(f"{e['kind'] or '?'} {e['name'] or e['key'][:12]}")) for e in held), default=0)
     for e in held:
         what = printable(f"{e['kind'] or '?'} {e['name'] or e['key'][:12]}")
@@ -375,7 +376,7 @@ def eta_line(st: dict) -> str:
         return f"ETA: unknown: {est['basis']}"
     live = st["live_workers"]
     if live:
-        workers = f"divided across {plural(live, 'live worker')}"
+        workers = f"divided across {count(live, 'live worker')}"
     else:
         workers = "for 1 worker (no live worker right now)"
     bound = " at least" if est["partial"] else ""

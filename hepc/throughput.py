@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hepc.safe_io import read_json
+from hepc.wording import count
 
 MANIFEST_LIMIT = 4 << 20  # a cycle or score manifest is a few KB
 SUMMARY_LIMIT = 1 << 20
@@ -449,17 +450,13 @@ def human_duration(seconds: float) -> str:
     return f"{d} d {h} h" if h else f"{d} d"
 
 
-def plural(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
-
-
 def _throughput_text(rates: list[dict]) -> str:
     if len(rates) == 1:
         r = rates[0]
         where = "an unrecorded device" if r["unknown_device"] else " and ".join(r["devices"])
         n = "/".join(map(str, r["threads"]))
         threads = f" ({n} thread{'' if n == '1' else 's'})" if r["threads"] and not r["unknown_device"] else ""
-        return f"{r['tokens_per_s']:,.0f} tok/s measured on {where}{threads} over {plural(r['samples'], 'cycle')}"
+        return f"{r['tokens_per_s']:,.0f} tok/s measured on {where}{threads} over {count(r['samples'], 'cycle')}"
     lo = min(r["tokens_per_s"] for r in rates)
     hi = max(r["tokens_per_s"] for r in rates)
     return f"measured throughput of {len(rates)} model shapes ({lo:,.0f}-{hi:,.0f} tok/s)"
@@ -475,16 +472,16 @@ def describe(est: dict) -> str:
     parts = []
     queued = est["cycles_estimated"] - est["cycles_in_flight"]
     if est["throughput"] and queued:
-        parts.append(f"{plural(queued, 'cycle')} at {_throughput_text(est['throughput'])}")
+        parts.append(f"{count(queued, 'cycle')} at {_throughput_text(est['throughput'])}")
     if est["in_flight"]:
         n = est["in_flight"]
-        parts.append(f"{plural(n, 'step')} in flight, by {'its' if n == 1 else 'their'} own progress")
+        parts.append(f"{count(n, 'step')} in flight, by {'its' if n == 1 else 'their'} own progress")
     if est["measured_kinds"]:
         n = sum(est["measured_kinds"].values())
-        parts.append(f"{plural(n, 'other step')} at measured wall times")
+        parts.append(f"{count(n, 'other step')} at measured wall times")
     if est["cycles_unmeasured"]:
         parts.append(
-            f"not counted: {plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet "
+            f"not counted: {count(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet "
             f"({'; '.join(est['unmeasured_shapes'])})"
         )
     if est["unmeasured_kinds"]:
@@ -549,17 +546,17 @@ def plan_line(est: dict) -> str:
     """`estimated wall time: ~1 h 12 min for 38 cycles at 7,450 tok/s measured on cpu (1 worker; …)`."""
     workers = est["workers"]
     if est.get("workers_from") == "runtime.jobs":
-        how = f"{plural(workers, 'worker')}, runtime.jobs"
+        how = f"{count(workers, 'worker')}, runtime.jobs"
     else:
         how = "1 worker; --jobs N divides the training part"
-    what = f"{plural(est['cycles_estimated'], 'cycle')} at {_throughput_text(est['throughput'])}"
+    what = f"{count(est['cycles_estimated'], 'cycle')} at {_throughput_text(est['throughput'])}"
     if est["measured_kinds"]:
-        what += f", plus {plural(sum(est['measured_kinds'].values()), 'other step')} at measured wall times"
+        what += f", plus {count(sum(est['measured_kinds'].values()), 'other step')} at measured wall times"
     extra = []
     if est["unmeasured_kinds"]:
         left = ", ".join(f"{n} {k}" for k, n in sorted(est["unmeasured_kinds"].items()))
         extra.append(f"left out, not measured yet: {left}")
     if est["cycles_unmeasured"]:
-        extra.append(f"left out: {plural(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet")
+        extra.append(f"left out: {count(est['cycles_unmeasured'], 'cycle')} of a model shape not measured yet")
     tail = f"; {'; '.join(extra)}" if extra else ""
     return f"estimated wall time: ~{human_duration(est['eta_s'])} for {what} ({how}){tail}"
