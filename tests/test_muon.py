@@ -90,8 +90,8 @@ def test_gaussian_gradient_and_the_rectangular_scale():
         opt = muon_class()([p], lr=0.1, weight_decay=0.0)
         p.grad = grad
         opt.step()
-        rms = p.detach().pow(2).mean().sqrt() / 0.1
-        expected = singular_values(orthogonalize(grad)).pow(2).sum().div(rows * cols).sqrt()
+        rms = p.detach().pow(2).mean().sqrt().item() / 0.1  # plain floats: pytest.approx never sees a tensor
+        expected = singular_values(orthogonalize(grad)).pow(2).sum().div(rows * cols).sqrt().item()
         assert rms == pytest.approx(expected * math.sqrt(max(1.0, rows / cols)), rel=0.02)
 
 

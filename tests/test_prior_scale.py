@@ -129,8 +129,12 @@ def test_batched_prefix_fits_equal_separate_fits():
         assert fit.weights.shape == (j,)
         assert fit.nll == pytest.approx(alone.nll, rel=1e-10)
         np.testing.assert_allclose(fit.weights, alone.weights, atol=1e-9)
-        assert fit.best_step == alone.best_step and fit.steps == alone.steps == 300
-        assert len(fit.history) == 301
+        # The same AdamW run: every step's objective equal to rounding. (Which step is best is not
+        # compared: once a fit has converged its objective is flat to the last bits, and another
+        # summation order may pick another step of the plateau.)
+        assert fit.steps == alone.steps == 300 and len(fit.history) == len(alone.history) == 301
+        np.testing.assert_allclose(fit.history, alone.history, rtol=1e-12)
+        assert fit.history[fit.best_step] == pytest.approx(alone.history[alone.best_step], rel=1e-12)
         assert fit.nll <= fit.uniform_nll  # never worse than uniform on its fit data
     with pytest.raises(ValueError):
         fit_prior_prefixes(P, [10])
