@@ -1,10 +1,12 @@
 """`hepc data SPEC [key=value ...] [--store DIR] [--json]`: the corpus as it will be (or was) built.
 
-For each corpus step of the spec (one per distinct data section of a sweep): per split (val,
-heldout, train) its documents (pieces), source documents, tokens, bytes, bytes per token, the tokens
-dropped where its last piece was cut, and its largest source documents with the file (and line,
-row or document number) they come from; for the source as a whole, its documents, pieces and
-tokens and what the splits leave unused. A corpus committed in the store is read from its
+For each corpus step of the spec (one per distinct data section of a sweep): per split (val, test
+when there is one, heldout, train) its documents (pieces), source documents, tokens, bytes, bytes per
+token, the share of its largest document, the tokens dropped where the document that filled it was
+cut, and its largest source documents with the file (and line, row or document number) they come
+from; for the source as a whole, its documents, pieces and tokens, the exact duplicates dropped
+before carving, and what the splits leave unused. A split one document holds more than 5 % of is
+flagged. A corpus committed in the store is read from its
 meta.json (checked against its manifest digest); otherwise it is computed by a dry pass: the corpus
 step's own body runs into a temporary folder outside the store, so the figures are those `hepc run`
 will record, and nothing is written to the store. `plan_data_lines` gives `hepc plan` the same, one
@@ -20,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SPLITS = ("val", "heldout", "train")
+from hepc.plan import present_splits
+
 SMALL_SOURCE_BYTES = 2 << 20  # `hepc plan` dry-passes an unbuilt text corpus whose files total at most this
 
 
@@ -104,7 +107,7 @@ def where_from(name: str) -> dict:
 def summarize(meta: dict) -> dict:
     """What `hepc data` shows of one corpus's meta.json: per split and for the whole source."""
     splits = {}
-    for name in SPLITS:
+    for name in present_splits(meta):
         split = (meta.get("splits") or {}).get(name) or {}
         tokens = _int((meta.get("tokens") or {}).get(name))
         splits[name] = {
@@ -115,6 +118,7 @@ def summarize(meta: dict) -> dict:
             "bytes_per_token": (meta.get("bytes_per_token") or {}).get(name),
             "tokens_dropped": _int(split.get("tokens_dropped")),
             "source_documents_in_other_splits": _int(split.get("source_documents_in_other_splits")),
+            "largest_share": split.get("largest_share") if isinstance(split.get("largest_share"), float) else None,
             "largest": [
                 {**entry, **where_from(str(entry.get("name")))} for entry in split.get("largest") or [] if isinstance(entry, dict)
             ],
@@ -135,6 +139,7 @@ def summarize(meta: dict) -> dict:
             "tokens_in_splits": used,
             "tokens_dropped": dropped,
             "tokens_unused": unused,
+            "duplicates": meta.get("duplicates") if isinstance(meta.get("duplicates"), dict) else None,
         },
         "splits": splits,
     }
@@ -172,28 +177,37 @@ def render(report: dict) -> list[str]:
             f"  source: {src['documents']:,} documents -> {src['pieces']:,} pieces ({cut}), "
             + (f"{src['tokens']:,} tokens" if src["tokens"] is not None else "tokens not counted (bpe encodes only what the splits take)")
         )
-    header = f"  {'split':<8}{'documents':>11}{'source docs':>13}{'tokens':>13}{'bytes':>13}{'bytes/token':>13}{'dropped':>10}"
+    header = (f"  {'split':<8}{'documents':>11}{'source docs':>13}{'tokens':>13}{'bytes':>13}{'bytes/token':>13}"
+              f"{'largest':>9}{'dropped':>10}")
     lines.append(header)
-    for name in SPLITS:
+    splits = list(report["splits"])
+    for name in splits:
         s = report["splits"][name]
-        bpt = s["bytes_per_token"]
+        bpt, share = s["bytes_per_token"], s.get("largest_share")
         lines.append(
             f"  {name:<8}{_n(s['documents']):>11}{_n(s['source_documents']):>13}{_n(s['tokens']):>13}"
-            f"{_n(s['bytes']):>13}{(f'{bpt:.3f}' if isinstance(bpt, (int, float)) else '-'):>13}{_n(s['tokens_dropped']):>10}"
+            f"{_n(s['bytes']):>13}{(f'{bpt:.3f}' if isinstance(bpt, (int, float)) else '-'):>13}"
+            f"{(f'{share:.1%}' if share is not None else '-'):>9}{_n(s['tokens_dropped']):>10}"
         )
+    duplicates = src.get("duplicates") or {}
+    if duplicates.get("documents"):
+        lines.append(f"  duplicates: {duplicates['documents']:,} exact copies of other documents "
+                     f"({_n(duplicates.get('tokens'))} tokens) dropped before carving")
     if src["tokens_dropped"] is not None:
-        text = f"  dropped: {src['tokens_dropped']:,} tokens, only where a split's last piece was cut to fit it exactly"
+        text = (f"  dropped: {src['tokens_dropped']:,} tokens, only the rest of the document that filled a split "
+                "(cut there so the split is exact)")
         if src["tokens_unused"] is not None:
             text += f"; unused: {src['tokens_unused']:,} tokens of the source that no split needed"
         lines.append(text)
-    shared = [f"{n} {report['splits'][n]['source_documents_in_other_splits']:,}" for n in SPLITS
+    shared = [f"{n} {report['splits'][n]['source_documents_in_other_splits']:,}" for n in splits
               if report["splits"][n]["source_documents_in_other_splits"]]
     if shared:
         lines.append(f"  source documents with pieces in another split too: {', '.join(shared)}")
-    numbered = any(e.get("place") for n in SPLITS for e in report["splits"][n]["largest"])
+    lines.extend(f"  warning: {text}" for text in share_warnings(report))
+    numbered = any(e.get("place") for n in splits for e in report["splits"][n]["largest"])
     note = "; line n counts from 1, row n and document n from 0" if numbered else ""
     lines.append(f"  largest source documents per split (tokens in the split{note}):")
-    for name in SPLITS:
+    for name in splits:
         for entry in report["splits"][name]["largest"]:
             place = f", {entry['place']}" if entry.get("place") else ""
             pieces = entry.get("pieces", 1)
@@ -204,13 +218,30 @@ def render(report: dict) -> list[str]:
     return lines
 
 
+def share_warnings(report: dict) -> list[str]:
+    """One line per split whose largest document holds more than SHARE_WARNING of it."""
+    from hepc.data.carve import SHARE_WARNING
+
+    out = []
+    for name, split in report["splits"].items():
+        share = split.get("largest_share")
+        if share is not None and share > SHARE_WARNING and split["largest"]:
+            top = split["largest"][0]
+            out.append(f"one document is {share:.0%} of {name} ({top['file']}"
+                       + (f", {top['place']}" if top.get("place") else "")
+                       + f"): a split of few documents is noisy; a `documents` rule that makes smaller documents, "
+                       "or a larger split, spreads it")
+    return out
+
+
 def _n(value) -> str:
     return "-" if value is None else f"{value:,}"
 
 
 def one_line(report: dict) -> str:
     """'val 612 docs 20,000 tokens · heldout … · train …' for `hepc plan`."""
-    parts = [f"{n} {_n(report['splits'][n]['documents'])} documents {_n(report['splits'][n]['tokens'])} tokens" for n in SPLITS]
+    parts = [f"{n} {_n(report['splits'][n]['documents'])} documents {_n(report['splits'][n]['tokens'])} tokens"
+             for n in report["splits"]]
     src = report["source"]
     tail = f" (of {src['documents']:,} source documents)" if src["documents"] is not None else ""
     return " · ".join(parts) + tail

@@ -38,7 +38,7 @@ from hepc.train.schedule import perturb_scale, steps_per_cycle
 SCORER_VERSION = 1
 BPE_TRAINER = "tokenizers-bytelevel-bpe/1"  # names the BPE training rule (hepc/data/bpe_training.py) in tokenizer keys
 TOKENIZER_VOCAB = {"bytes": 257}
-SPLITS = ("heldout", "val")
+SPLITS = ("heldout", "val")  # every snapshot is scored on these; on "test" too when data.test_tokens > 0
 
 
 def vocab_size(spec: Spec) -> int:
@@ -186,6 +186,9 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
         "seed": d.seed,
         "max_doc_tokens": d.max_doc_tokens,
     }
+    if d.test_tokens:  # a field added later stays out of the key at its default
+        split_rule["test_tokens"] = d.test_tokens
+    splits = SPLITS + (("test",) if d.test_tokens else ())
     data_context = {"source": d.source.model_dump(), "base_dir": str(loaded.base_dir.resolve())}
     corpus_inputs, tokenizer = {}, d.tokenizer
     if isinstance(d.tokenizer, BpeTokenizer):  # trained on the train split of this very split rule
@@ -210,7 +213,7 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
         )
     )
 
-    trained_tokens = d.train_tokens - d.heldout_tokens
+    trained_tokens = d.train_tokens if d.train_on_heldout else d.train_tokens - d.heldout_tokens
     steps_in_cycle = steps_per_cycle(pop.epochs_per_cycle, trained_tokens, opt.batch_tokens)
     tokens_in_cycle = steps_in_cycle * opt.batch_tokens
     train_flops = train_flops_per_token(vocab, m.n_layer, m.d_model, d.seq_len)
@@ -238,6 +241,8 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
                 ),
                 "perturb_scale": round(scale, 12),
             }
+            if d.train_on_heldout:  # left out at its default: every other key stays as it was
+                params["train_splits"] = ["train", "heldout"]
             inputs = {"corpus": corpus.key}
             if prev is not None:
                 inputs["prev"] = prev.key
@@ -257,8 +262,8 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
                 )
             )
             scores = {}
-            for split in SPLITS:
-                split_tokens = d.heldout_tokens if split == "heldout" else d.val_tokens
+            for split in splits:
+                split_tokens = {"heldout": d.heldout_tokens, "val": d.val_tokens, "test": d.test_tokens}[split]
                 s = graph.add(
                     make_step(
                         "score",
@@ -278,7 +283,7 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
         "budgets": list(spec.prior.budgets),
         "members": [[mb.trajectory, mb.cycle, mb.cost_epochs] for mb in members],
     }
-    prior_inputs = {split: [mb.score_keys[split] for mb in members] for split in SPLITS}
+    prior_inputs = {split: [mb.score_keys[split] for mb in members] for split in splits}
     if spec.prior.kind == "shrinkage":  # its CV folds are whole held-out documents (heldout_docs.npy)
         prior_inputs["corpus"] = corpus.key
     name = f"p{pop.trajectories}xc{pop.cycles}"

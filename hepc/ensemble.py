@@ -1026,7 +1026,7 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
                points: list[int] | None = None, doc_starts: np.ndarray | None = None,
                folds: int = SHRINKAGE_FOLDS, strengths: Sequence[float] = SHRINKAGE_STRENGTHS,
                em_iters: int = SHRINKAGE_EM_ITERS, fits: list[dict] | None = None,
-               chunk: int | None = None) -> list[dict]:
+               chunk: int | None = None, P_test=None) -> list[dict]:
     """Loss-vs-budget curve of the top-K ensemble (docs/method.md §8.1).
 
     ``order[j]`` is the population row (of both P_fit and P_val) that becomes available j-th, at
@@ -1043,6 +1043,9 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
        score ``ensemble_loss`` on P_val. All points' ensembles are scored together in one pass over
        P_val (``ensemble_losses``, ``chunk`` columns at a time): P_val may be a memory map or a
        ``RowStack`` of per-member files, and is never held in memory whole.
+
+    With ``P_test`` (the test split's rows, same population) every row also gets a "test_loss": the
+    same ensembles, chosen without looking at val or test, scored on test in a pass of its own.
 
     Ties in the weights (always, with the uniform prior) go to the member that became available first.
     Returns one dict per (point, k), in point order then ``ks`` order:
@@ -1118,4 +1121,10 @@ def loss_curve(P_fit: np.ndarray, P_val: np.ndarray, order: list[int], costs: li
     # Every ensemble of every point scored in one pass over val, a column block at a time.
     for row, loss in zip(out, ensemble_losses(P_val, chosen, chunk=chunk)):
         row["val_loss"] = loss
+    if P_test is not None:
+        P_test = _check_probs(P_test, "P_test")
+        if P_test.shape[0] != P_val.shape[0]:
+            raise ValueError(f"P_test must have the population's {P_val.shape[0]} rows, got {P_test.shape[0]}")
+        for row, loss in zip(out, ensemble_losses(P_test, chosen, chunk=chunk)):
+            row["test_loss"] = loss
     return out

@@ -11,7 +11,7 @@ from hepc.store import Store
 from hepc.verify import file_digest, read_manifest
 from hepc.wording import count, shorten
 
-SPLITS = ("val", "heldout", "train")
+SPLITS = ("val", "test", "heldout", "train")
 META_LIMIT = 4 << 20  # a corpus meta.json is a few KB
 
 SYMBOLS = {"cached": "=", "new": "+", "resumable": "~", "failed": "!"}
@@ -128,9 +128,15 @@ def split_lines(plan: Plan, store: Store, unbuilt=None) -> list[str]:
             lines.append(f"{label}: splits not shown: {problem} (`hepc run` recomputes a damaged object)")
             continue
         width = max(len(name) for name in SPLITS)
-        for name in SPLITS:
+        for name in present_splits(meta):
             lines.append(f"{label}: {name:<{width}} {_split_line(meta, name)}")
     return lines
+
+
+def present_splits(meta: dict) -> list[str]:
+    """The splits a corpus has, in carving order: test only when it holds tokens (older corpora have none)."""
+    tokens = meta.get("tokens") if isinstance(meta.get("tokens"), dict) else {}
+    return [name for name in SPLITS if name != "test" or tokens.get("test")]
 
 
 def _corpus_meta(path) -> tuple[dict | None, str]:
@@ -163,7 +169,8 @@ def _split_line(meta: dict, name: str) -> str:
         largest = split.get("largest")
         if isinstance(largest, list) and largest and isinstance(largest[0], dict):
             top = largest[0]
-            details.append(f"largest: {shorten(str(top.get('name')), 60)} ({count(top.get('tokens', 0), 'token')})")
+            share = f", {top.get('tokens', 0) / tokens:.0%}" if tokens else ""
+            details.append(f"largest: {shorten(str(top.get('name')), 60)} ({count(top.get('tokens', 0), 'token')}{share})")
         if details:
             line += f"  ({'; '.join(details)})"
     return line

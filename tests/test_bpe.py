@@ -121,7 +121,7 @@ def test_the_tokenizer_never_sees_val_or_heldout_text(tmp_path):
 def test_bpe_corpus_is_exact_and_bits_per_byte_are_per_split(tmp_path):
     tok, _, meta, _ = build(tmp_path)
     corpus = tmp_path / "corpus"
-    assert meta["tokens"] == {"val": 1500, "heldout": 1000, "train": 7000}
+    assert meta["tokens"] == {"val": 1500, "test": 0, "heldout": 1000, "train": 7000}
     assert meta["vocab_size"] == tok.vocab_size == 1024 and meta["eot_id"] == tok.eot_id == 0
     assert meta["tokenizer"] == {"kind": "bpe", "vocab_size": 1024, "min_frequency": 2}
     for split in ("val", "heldout", "train"):
@@ -154,7 +154,7 @@ def test_cut_document_matches_the_corpus_rule(tmp_path):
         [256, ids[10]],
     ]
     assert [p.tolist() for p in cut_document(tok, "abc", 4)] == [ids[:4]]
-    words = write_corpus(tmp_path / "docs", files=6)
+    words = write_corpus(tmp_path / "docs", files=24)
     source = {"kind": "text", "paths": ["docs/*.txt"]}
     sizes = {"train_tokens": 2500, "val_tokens": 300, "heldout_tokens": 200, "seed": 0}
     bpe, record = train_on_train_split(
@@ -165,7 +165,7 @@ def test_cut_document_matches_the_corpus_rule(tmp_path):
     (tmp_path / "tok" / "meta.json").write_text(json.dumps(record))
     meta = build_corpus(source, {"kind": "bpe", "vocab_size": 400}, base_dir=tmp_path, out_dir=tmp_path / "c",
                         max_doc_tokens=64, tokenizer_dir=tmp_path / "tok", **sizes)  # fmt: skip
-    assert meta["tokens_dropped"] >= 0 and meta["documents"]["train"] > 6  # files were cut into pieces
+    assert meta["tokens_dropped"] >= 0 and meta["documents"]["train"] > meta["splits"]["train"]["source_documents"]  # cut
     train = np.load(tmp_path / "c" / "train.npy")
     stored = {tuple(p.tolist()) for p in np.split(train, np.load(tmp_path / "c" / "train_docs.npy")[1:])}
     expected = {

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from data_helpers import TINY, spec_file
 from typer.testing import CliRunner
 
@@ -92,10 +93,11 @@ def test_a_percent_separated_folder_shows_thousands_of_documents_and_nothing_dro
     assert f"source: {src['documents']:,} documents -> {src['pieces']:,} pieces" in out
     for name in SPLITS:
         s = splits[name]
-        row = re.search(rf"(?m)^  {name}\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)$", out)
+        row = re.search(rf"(?m)^  {name}\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d,]+)$", out)
         assert row, out
-        assert [int(x.replace(",", "")) for x in row.groups()[:4]] + [int(row.group(6).replace(",", ""))] == [
+        assert [int(x.replace(",", "")) for x in row.groups()[:4]] + [int(row.group(7).replace(",", ""))] == [
             s["documents"], s["source_documents"], s["tokens"], s["bytes"], s["tokens_dropped"]]
+        assert float(row.group(6)) == pytest.approx(100 * s["largest_share"], abs=0.05)
     assert f"{top['file']}, {top['place']}" in out
     assert not store.exists()
 

@@ -55,8 +55,8 @@ def test_pystdlib_corpus_exact_deterministic_and_well_formed(tmp_path):
     for name in a:
         np.testing.assert_array_equal(a[name], again[name])
     assert meta == json.loads((out / "meta.json").read_text())
-    assert meta["tokens"] == {"val": 8_000, "heldout": 6_000, "train": 34_000}
-    assert {n: len(a[n]) for n in ("val", "heldout", "train")} == meta["tokens"]
+    assert meta["tokens"] == {"val": 8_000, "test": 0, "heldout": 6_000, "train": 34_000}
+    assert {n: len(a[n]) for n in ("val", "heldout", "train")} == {n: meta["tokens"][n] for n in ("val", "heldout", "train")}
     assert all(a[n].dtype == np.uint16 and a[n][0] == EOT for n in ("val", "heldout", "train"))
     assert meta["vocab_size"] == 257 and meta["eot_id"] == EOT and meta["tokenizer"] == BYTES
     for n in ("val", "heldout", "train"):
@@ -83,16 +83,22 @@ def test_pystdlib_400k_builds_fast(tmp_path):
     assert meta["tokens"]["train"] == 370_000
 
 
-def test_splits_are_disjoint_by_document(tmp_path, marked_docs):
-    """Without a cap every document is one piece: no document is in two splits."""
+@pytest.mark.parametrize("cap", [None, 16])
+def test_splits_are_disjoint_by_document(tmp_path, marked_docs, cap):
+    """With or without a cap (pieces of 16 tokens) no document is in two splits."""
     source = {"kind": "text", "paths": ["docs/*.txt"], "encoding": "utf-8"}
     meta, a, _ = build(tmp_path, source, base_dir=marked_docs, train_tokens=4_000, val_tokens=1_000, heldout_tokens=1_000,
-                       max_doc_tokens=None)
-    assert meta["max_doc_tokens"] is None and meta["source_pieces"] == meta["source_documents"] == 40
-    seen = {n: markers(a[n]) for n in ("val", "heldout", "train")}
+                       test_tokens=500, max_doc_tokens=cap)
+    assert meta["max_doc_tokens"] == cap and meta["source_documents"] == 40
+    assert meta["source_pieces"] == 40 if cap is None else meta["source_pieces"] > 400
+    a["test"] = np.load(tmp_path / "c" / "test.npy")
+    seen = {n: markers(a[n]) for n in ("val", "test", "heldout", "train")}
     assert all(seen.values())
-    assert not (seen["val"] & seen["heldout"]) and not (seen["val"] & seen["train"]) and not (seen["heldout"] & seen["train"])
-    assert meta["tokens"] == {"val": 1_000, "heldout": 1_000, "train": 3_000}
+    for n in seen:  # a document's marker is in its first piece: with a cap, whole documents are recognised
+        for m in seen:  # by their text; every piece of a document is in its split
+            assert n == m or not (seen[n] & seen[m])
+    assert all(meta["splits"][n]["source_documents_in_other_splits"] == 0 for n in seen)
+    assert meta["tokens"] == {"val": 1_000, "test": 500, "heldout": 1_000, "train": 3_000}
 
 
 def test_more_train_tokens_keeps_val_and_heldout_and_extends_train(tmp_path, marked_docs):
@@ -124,20 +130,20 @@ def test_bad_sizes(tmp_path):
 
 def test_text_encoding(tmp_path):
     for i in range(3):
-        (tmp_path / f"{i}.txt").write_bytes("café".encode("latin-1"))
+        (tmp_path / f"{i}.txt").write_bytes(f"caf{'é' * (i + 1)}".encode("latin-1"))
     source = {"kind": "text", "paths": ["*.txt"], "encoding": "latin-1"}
-    meta, a, _ = build(tmp_path, source, base_dir=tmp_path, train_tokens=3, val_tokens=6, heldout_tokens=1)
-    assert BytesTokenizer().decode(a["val"]) == "<|endoftext|>café"  # re-encoded as UTF-8: 5 bytes + EOT
-    assert meta["tokens"] == {"val": 6, "heldout": 1, "train": 2} and meta["bytes"]["val"] == 5
+    meta, a, _ = build(tmp_path, source, base_dir=tmp_path, train_tokens=3, val_tokens=8, heldout_tokens=1)
+    assert set(BytesTokenizer().decode(a["val"]).split("<|endoftext|>")) <= {"", "café", "caféé", "cafééé"}
+    assert meta["tokens"] == {"val": 8, "test": 0, "heldout": 1, "train": 2} and meta["bytes"]["val"] < 8
     with pytest.raises(DataError) as err:
-        build(tmp_path, {**source, "encoding": "utf-8"}, "u", base_dir=tmp_path, train_tokens=3, val_tokens=6, heldout_tokens=1)
+        build(tmp_path, {**source, "encoding": "utf-8"}, "u", base_dir=tmp_path, train_tokens=3, val_tokens=8, heldout_tokens=1)
     assert err.value.field == "data.source.encoding"
 
 
 def test_synthetic_corpus(tmp_path):
     source = {"kind": "synthetic", "alphabet_size": 16, "order": 2, "concentration": 0.1, "doc_tokens": 100, "seed": 3}
     meta, a, _ = build(tmp_path, source)
-    assert meta["tokens"] == {"val": 8_000, "heldout": 6_000, "train": 34_000}
+    assert meta["tokens"] == {"val": 8_000, "test": 0, "heldout": 6_000, "train": 34_000}
     assert 0 < meta["entropy_rate_nats"] < np.log(16)
     assert meta["entropy_rate_bits_per_token"] == pytest.approx(meta["entropy_rate_nats"] / np.log(2))
     assert meta["bytes_per_token"]["val"] == pytest.approx(100 / 101, abs=1e-3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hepc.data import DataError, build_corpus, source_identity
-from hepc.data.corpus import piece_keys
+from hepc.data.carve import doc_keys
+from hepc.data.pieces import ids_digest
 from hepc.data.shards import HEADER_MAGIC, document_starts, iter_documents
 from hepc.data.tokenizers import make_tokenizer
 
@@ -107,17 +108,17 @@ def test_every_format_gives_the_same_exact_disjoint_corpus(tmp_path, ext):
     meta, a, out = build(tmp_path, tokens_cfg(f"fmt/{pattern}"), "fmt")
     for name in ref:
         np.testing.assert_array_equal(a[name], ref[name])
-    assert meta["tokens"] == {"val": 1_000, "heldout": 600, "train": 3_400}
-    assert {n: len(a[n]) for n in ("val", "heldout", "train")} == meta["tokens"]
+    assert meta["tokens"] == {"val": 1_000, "test": 0, "heldout": 600, "train": 3_400}
+    assert {n: len(a[n]) for n in ("val", "heldout", "train")} == {n: meta["tokens"][n] for n in ("val", "heldout", "train")}
     assert all(a[n].dtype == np.uint16 for n in ("val", "heldout", "train")) and meta["dtype"] == "uint16"
     seen = check_documents(a, docs)
     assert set(seen.values()) == {"val", "heldout", "train"}
     assert meta["vocab_size"] == VOCAB and meta["eot_id"] == EOT and meta["tokenizer"] == NONE
-    assert meta["documents"] == {n: len(pieces(a[n])) for n in ("val", "heldout", "train")}
+    assert meta["documents"] == {n: len(pieces(a[n])) for n in ("val", "heldout", "train")} | {"test": 0}
     np.testing.assert_array_equal(a["train_docs"], np.flatnonzero(a["train"] == EOT))
     # no bytes_per_token configured: null, and meta.json is still valid JSON
-    assert meta["bytes_per_token"] == {"val": None, "heldout": None, "train": None}
-    assert meta["bytes"] == {"val": None, "heldout": None, "train": None}
+    assert meta["bytes_per_token"] == {"val": None, "test": None, "heldout": None, "train": None}
+    assert meta["bytes"] == {"val": None, "test": None, "heldout": None, "train": None}
     assert json.loads((out / "meta.json").read_text()) == meta
 
 
@@ -149,13 +150,13 @@ def test_seed_deterministic_and_more_train_extends(tmp_path):
 def test_bytes_per_token_is_reported_as_configured(tmp_path):
     write_stream(tmp_path / "s", make_docs())
     meta, _, out = build(tmp_path, tokens_cfg("s/*.npy", bytes_per_token=4.25))
-    assert meta["bytes_per_token"] == {"val": 4.25, "heldout": 4.25, "train": 4.25}
+    assert meta["bytes_per_token"] == {"val": 4.25, "test": 4.25, "heldout": 4.25, "train": 4.25}
     assert meta["bytes"]["val"] == round(1_000 * 4.25)
     assert json.loads((out / "meta.json").read_text()) == meta
 
 
 def test_large_vocab_is_stored_as_int32(tmp_path):
-    write_shard(tmp_path / "big.npy", np.tile([70_000 - 1, 5, 65_536], 100))
+    write_shard(tmp_path / "big.npy", np.stack([np.full(100, 70_000 - 1), np.arange(100), np.full(100, 65_536)], 1).ravel())
     source = {**tokens_cfg("big.npy"), "vocab_size": 70_000, "eot_id": 69_999}
     meta, a, _ = build(tmp_path, source, train_tokens=150, val_tokens=60, heldout_tokens=30)
     assert meta["dtype"] == "int32" and a["train"].dtype == np.int32 and 65_536 in a["train"]
@@ -171,12 +172,12 @@ def test_val_paths_gives_the_first_val_tokens_unshuffled(tmp_path):
     source = tokens_cfg("s/*.npy", val_paths=["v/*.bin"])
     meta, a, _ = build(tmp_path, source)
     np.testing.assert_array_equal(a["val"], val_stream[:1_000])
-    assert meta["tokens"] == {"val": 1_000, "heldout": 600, "train": 3_400}
+    assert meta["tokens"] == {"val": 1_000, "test": 0, "heldout": 600, "train": 3_400}
     assert meta["documents"]["val"] == int((val_stream[:1_000] == EOT).sum())
     # nothing is carved from train for val: heldout and train are what the carving gives them first
     seen = check_documents({**a, "val": np.array([EOT], np.uint16)}, docs)
     assert set(seen.values()) == {"heldout", "train"}
-    first = docs[int(np.argmin(piece_keys(np.arange(N_DOCS), 0, 0)))]  # the carve order's first piece
+    first = docs[int(np.argmin(doc_keys([ids_digest(d) for d in docs], 0)))]  # the carve order's first document
     np.testing.assert_array_equal(a["heldout"][: len(first)], first)
     assert source_identity(source, tmp_path)["val_files"][0]["name"] == "v/val_000.bin"
 
@@ -324,4 +325,4 @@ def test_five_million_tokens_build_fast(tmp_path):
     start = time.perf_counter()
     meta, _, _ = build(tmp_path, source, train_tokens=4_000_000, val_tokens=500_000, heldout_tokens=100_000)
     assert time.perf_counter() - start < 3
-    assert meta["tokens"] == {"val": 500_000, "heldout": 100_000, "train": 3_900_000}
+    assert meta["tokens"] == {"val": 500_000, "test": 0, "heldout": 100_000, "train": 3_900_000}

@@ -107,6 +107,33 @@ def test_data_fields_change_everything(override):
     assert len(changed(override)) == len(compiled().graph)
 
 
+def test_a_test_split_changes_the_corpus_and_adds_test_scores():
+    """data.test_tokens = 0 (the default) stays out of every key; a test split is a new corpus, every
+    snapshot gains a test score step, and the prior and curve read them."""
+    assert compiled("data.test_tokens=0").graph.steps.keys() == compiled().graph.steps.keys()
+    c = compiled("data.test_tokens=1500")
+    base = compiled()
+    assert not set(c.graph.steps) & set(base.graph.steps)
+    kinds = [s.kind for s in c.graph]
+    assert kinds.count("score") == 3 * len(c.populations[0].members)
+    pop = c.populations[0]
+    assert all(set(m.score_keys) == {"heldout", "val", "test"} for m in pop.members)
+    assert c.graph[pop.prior_key].inputs["test"] == [m.score_keys["test"] for m in pop.members]
+
+
+def test_training_on_heldout_changes_only_cycles_and_what_follows():
+    """train_on_heldout (uniform prior) keeps the corpus: val and test stay the very same arrays."""
+    base = compiled("prior.kind=uniform")
+    c = compiled("prior.kind=uniform", "data.train_on_heldout=true")
+    assert base.populations[0].corpus_key == c.populations[0].corpus_key
+    changed_kinds = {s.kind for s in c.graph if s.key not in base.graph.steps}
+    assert changed_kinds == {"cycle", "score", "prior", "curve"}
+    cycle = c.graph[c.populations[0].members[0].cycle_key]
+    assert cycle.params["train_splits"] == ["train", "heldout"]
+    assert c.populations[0].totals["trained_tokens_per_epoch"] == 12000
+    assert base.populations[0].totals["trained_tokens_per_epoch"] == 11000
+
+
 def test_seed_shifts_trajectories():
     """Trajectory p uses seed + p, so seed 1's first trajectory is seed 0's second: shared by key."""
     a, b = compiled(), compiled("seed=1")

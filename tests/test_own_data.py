@@ -106,21 +106,22 @@ def test_separator_rule_skips_empty_documents_and_keeps_line_endings(tmp_path):
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
 def test_document_spanning_read_chunks_comes_out_whole(tmp_path, monkeypatch, chunk):
     long_doc = "".join(f"line {i} of the long entry\n" for i in range(400))  # ~10 KB, many chunks
-    text = "short\n%\n" + long_doc + "%\nx\n%\n" + long_doc.upper()
+    entries = [f"entry {i:02d}\n" for i in range(20)]
+    text = "short\n%\n" + long_doc + "%\nx\n%\n" + long_doc.upper() + "".join("%\n" + e for e in entries)
     (tmp_path / "a.txt").write_text(text)
     source = {"kind": "text", "paths": ["a.txt"], "documents": {"separator": "%"}}
     monkeypatch.setattr(data_sources, "_CHUNK", chunk)
     monkeypatch.setattr(data_sources, "_HOLD", 5)  # separators are found across chunk ends all the same
-    expected = [d.encode() for d in ("short\n", long_doc, "x\n", long_doc.upper())]
+    expected = [d.encode() for d in ("short\n", long_doc, "x\n", long_doc.upper(), *entries)]
     got = [b"".join(chunks) for _, chunks in data_sources.iter_named_documents(source, tmp_path)]
     assert got == expected
-    # and the corpus built with tiny chunks is the corpus built with the default ones
-    small, small_arrays = build(tmp_path, source, tmp_path, "small", train_tokens=10_000, val_tokens=4_000,
-                                heldout_tokens=2_000)
+    # and the corpus built with tiny chunks is the corpus built with the default ones (whatever split the
+    # two long documents fill, the entries leave room for the others)
+    sizes = {"train_tokens": 60, "val_tokens": 40, "heldout_tokens": 20}
+    small, small_arrays = build(tmp_path, source, tmp_path, "small", **sizes)
     monkeypatch.undo()
-    big, big_arrays = build(tmp_path, source, tmp_path, "big", train_tokens=10_000, val_tokens=4_000,
-                            heldout_tokens=2_000)
-    assert small["source_documents"] == big["source_documents"] == 4
+    big, big_arrays = build(tmp_path, source, tmp_path, "big", **sizes)
+    assert small["source_documents"] == big["source_documents"] == 24
     for name in small_arrays:
         assert np.array_equal(small_arrays[name], big_arrays[name])
 
@@ -296,8 +297,8 @@ import sys
 from pathlib import Path
 from hepc.data.corpus import build_corpus
 base, rule = Path(sys.argv[1]), {"separator": {"separator": "%"}, "regex": {"regex": "\\\\n%\\\\n"}}[sys.argv[2]]
-meta = build_corpus({"kind": "text", "paths": ["*.txt"], "documents": rule}, {"kind": "bytes"}, train_tokens=24_000,
-                    val_tokens=4_000, heldout_tokens=2_000, seed=0, base_dir=base, out_dir=base / "out")
+meta = build_corpus({"kind": "text", "paths": ["*.txt"], "documents": rule}, {"kind": "bytes"}, train_tokens=12_000,
+                    val_tokens=3_000, heldout_tokens=1_000, seed=0, base_dir=base, out_dir=base / "out")
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
 print(meta["source_documents"], meta["source_tokens"], hwm)
 """

@@ -1,17 +1,17 @@
 """A BPE tokenizer trained on the train split only, and the corpus pieces it tokenizes.
 
-The split rule (hepc/data/corpus.py) orders a source's pieces and carves val, held-out and train
-from that order by their sizes in tokens, so which pieces train takes depends on the tokenizer,
-and the tokenizer is to be trained on train alone. The pieces are therefore fixed before any BPE
-exists: a document is cut every `max_doc_tokens - 1` *bytes* (each piece then has at most
+The split rule (hepc/data/carve.py) orders a source's documents and carves val, test, held-out and
+train from that order by their sizes in tokens, so which documents train takes depends on the
+tokenizer, and the tokenizer is to be trained on train alone. The pieces are therefore fixed before
+any BPE exists: a document is cut every `max_doc_tokens - 1` *bytes* (each piece then has at most
 `max_doc_tokens` BPE tokens, its end-of-text included), and the pieces are ordered exactly as for
 the `bytes` tokenizer (same keys, same order). Then, in rounds:
 
 1. Round 0 carves the order with byte counts (the bytes tokenizer's carve): train is a window
    [s, e) of the order.
 2. A BPE is trained on the text of the pieces [s, e); the order is carved again with its token
-   counts, giving val + held-out = the pieces before a, train = [a, b).
-3. If a > s, the BPE saw val or held-out pieces: s moves past a (by 1% of a, at least one piece,
+   counts, giving val + test + held-out = the pieces before a, train = [a, b).
+3. If a > s, the BPE saw val, test or held-out pieces: s moves past a (by 1% of a, at least one piece,
    so that a retrained BPE that compresses val a little worse still fits), e to b, and again
    from step 2. Otherwise it is valid, and the closer [s, e) is to its own train split [a, b)
    the better: done when they differ by at most 2% of train's pieces (at least one) or [a, b)
@@ -20,9 +20,9 @@ the `bytes` tokenizer (same keys, same order). Then, in rounds:
 The best valid BPE is kept; none after MAX_ROUNDS rounds is an error. A few rounds in practice.
 
 The corpus step tokenizes with the final BPE and carves the same order with the same counts, so it
-gets the same a; it checks that every val and held-out piece comes before the first piece the BPE
-was trained on and records the check in meta.json. The BPE saw the pieces [s, e): never val or
-held-out, usually all of train but a few pieces, perhaps a few past train's end (the record says
+gets the same a; it checks that every val, test and held-out piece comes before the first piece the
+BPE was trained on and records the check in meta.json. The BPE saw the pieces [s, e): never val, test
+or held-out, usually all of train but a few pieces, perhaps a few past train's end (the record says
 how many of each). Everything is deterministic: the same source, split rule and config give the
 same tokenizer.json.
 
@@ -38,16 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
-from hepc.data.corpus import (
+from hepc.data.carve import (
     DEFAULT_MAX_DOC_TOKENS,
+    NotEnough,
     Piece,
-    _carve,
-    _check_sizes,
-    _file_source,
-    _Source,
-    _synthetic_source,
+    PieceSource,
+    carve,
+    check_sizes,
+    not_enough_error,
+    split_targets,
 )
 from hepc.data.identity import DataError
+from hepc.data.pieces import file_source, synthetic_source
 from hepc.data.tokenizers import BpeTokenizer, tokenizer_config, train_bpe, utf8_text
 
 BYTES_PER_TOKEN_BOUND = 8
@@ -93,15 +95,15 @@ class _Replay:
         return len(self.seen)
 
 
-def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict) -> _Source:
+def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict) -> PieceSource:
     """The source's pieces in corpus order as UTF-8 bytes, enough for splits of `targets` BPE tokens."""
     kind = source_cfg.get("kind")
     if kind == "tokens":
         raise DataError("must be 'none' for a pre-tokenized source (got a bpe tokenizer)", "data.tokenizer")
     if kind == "synthetic":
-        return _synthetic_source(source_cfg, _RawBytes(), seed)
+        return synthetic_source(source_cfg, _RawBytes(), seed)
     scaled = {name: n * BYTES_PER_TOKEN_BOUND for name, n in targets.items()}
-    raw = _file_source(source_cfg, _RawBytes(), base_dir, seed, cap, scaled)
+    raw = file_source(source_cfg, _RawBytes(), base_dir, seed, cap, scaled)
     if cap:
         raw.rule = raw.rule.replace(
             f"pieces of at most {cap} tokens",
@@ -110,20 +112,35 @@ def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, tar
     return raw
 
 
-def bpe_pieces(raw: _Source, pieces, tokenizer: BpeTokenizer) -> _Source:
-    """`pieces` (raw, in corpus order) encoded with `tokenizer`, one at a time as they are read.
+def bpe_pieces(raw: PieceSource, pieces, tokenizer: BpeTokenizer) -> PieceSource:
+    """`pieces` (raw, in corpus order) encoded with `tokenizer`, a document at a time as they are read.
 
-    When they run out the source's total in tokens is set (for the carve's message); when they run
-    out before the source does (a split needing more than BYTES_PER_TOKEN_BOUND bytes per token),
-    that is an error."""
-    out = _Source(pieces=(), name=raw.name, rule=raw.rule, documents=raw.documents, pieces_total=raw.pieces_total)
+    A piece's `rest` counts the BPE tokens of its document's later pieces that were read (a document
+    longer than any split is read only as far as a split can take). When the pieces run out the
+    source's total in tokens is set (for the carve's message); when they run out before the source
+    does (a split needing more than BYTES_PER_TOKEN_BOUND bytes per token), that is an error."""
+    out = PieceSource(pieces=(), name=raw.name, rule=raw.rule, documents=raw.documents,
+                      pieces_total=raw.pieces_total, duplicates=raw.duplicates)
+
+    def documents() -> Iterator[list[Piece]]:
+        group: list[Piece] = []
+        for p in pieces:
+            if group and p.doc != group[-1].doc:
+                yield group
+                group = []
+            group.append(p)
+        if group:
+            yield group
 
     def encoded() -> Iterator[Piece]:
         count, total, n_bytes = 0, 0, 0
-        for p in pieces:
-            ids = tokenizer.encode(p.ids[1:].tobytes())
-            count, total, n_bytes = count + 1, total + ids.size, n_bytes + p.ids.size - 1
-            yield Piece(p.key, p.doc, p.index, int(ids.size), ids)
+        for group in documents():
+            ids = [tokenizer.encode(p.ids[1:].tobytes()) for p in group]
+            rest = sum(x.size for x in ids)
+            for p, x in zip(group, ids):
+                rest -= x.size
+                count, total, n_bytes = count + 1, total + x.size, n_bytes + p.ids.size - 1
+                yield Piece(p.key, p.doc, p.index, int(x.size), x, p.digest, rest)
         if raw.pieces_total is not None and count < raw.pieces_total:
             raise DataError(
                 f"the splits need more than {BYTES_PER_TOKEN_BOUND} bytes per token under this tokenizer (the first "
@@ -139,17 +156,19 @@ def bpe_pieces(raw: _Source, pieces, tokenizer: BpeTokenizer) -> _Source:
 
 def corpus_source(
     source_cfg: dict, tokenizer: BpeTokenizer, base_dir: Path, seed: int, cap: int | None, targets: dict
-) -> _Source:
+) -> PieceSource:
     """The pieces a BPE corpus carves, in corpus order, encoded with its trained tokenizer."""
     raw = raw_source(source_cfg, base_dir, seed, cap, targets)
     return bpe_pieces(raw, raw.pieces, tokenizer)
 
 
-def _window(source: _Source, targets: dict, train_tokens: int, val_tokens: int) -> tuple[int, int]:
-    """(a, b): val and held-out take the first a pieces of the order, train the pieces [a, b)."""
-    taken, _ = _carve(source.pieces, targets, source, True, train_tokens, val_tokens)
-    a = len(taken["val"]) + len(taken["heldout"])
-    return a, a + len(taken["train"])
+def _window(source: PieceSource, targets: dict) -> tuple[int, int]:
+    """(a, b): val, test and held-out come before position a of the order, train is the pieces [a, b)."""
+    try:
+        carved = carve(source.pieces, targets)
+    except NotEnough as e:
+        raise not_enough_error(source, e, targets, True) from None
+    return carved.spans["train"]
 
 
 def train_on_train_split(
@@ -162,16 +181,17 @@ def train_on_train_split(
     seed: int,
     base_dir: Path,
     max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS,
+    test_tokens: int = 0,
 ) -> tuple[BpeTokenizer, dict]:
     """(the BPE trained on the train split only, a record of what it was trained on) — see the module docstring."""
-    _check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens)
+    check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens, test_tokens)
     cfg = tokenizer_config(tokenizer_cfg)
-    targets = {"val": val_tokens, "heldout": heldout_tokens, "train": train_tokens - heldout_tokens}
+    targets = split_targets(train_tokens, val_tokens, heldout_tokens, test_tokens)
     cap = None if source_cfg.get("kind") == "synthetic" else max_doc_tokens
     raw = raw_source(source_cfg, Path(base_dir), seed, cap, targets)
     order = _Replay(raw.pieces)
-    byte_counts = _Source(order, raw.name, raw.rule, raw.documents, raw.pieces_total, raw.tokens)
-    s, e = _window(byte_counts, targets, train_tokens, val_tokens)
+    byte_counts = PieceSource(order, raw.name, raw.rule, raw.documents, raw.pieces_total, raw.tokens, raw.duplicates)
+    s, e = _window(byte_counts, targets)
     best, tried = None, set()
     for rounds in range(1, MAX_ROUNDS + 1):
         e = min(e, order.read_to(e))
@@ -183,8 +203,8 @@ def train_on_train_split(
         tried.add((s, e))
         texts = [utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(s, e)]
         tokenizer = train_bpe(texts, cfg["vocab_size"], cfg.get("min_frequency", 2))
-        a, b = _window(bpe_pieces(raw, order, tokenizer), targets, train_tokens, val_tokens)
-        if a > s:  # it saw val or held-out pieces: start past them
+        a, b = _window(bpe_pieces(raw, order, tokenizer), targets)
+        if a > s:  # it saw val, test or held-out pieces: start past them
             s = a + max(1, a // 100)
             e = max(b, s + 1)
             continue
@@ -219,16 +239,16 @@ def train_on_train_split(
 
 
 def check_unseen(taken: dict, tokenizer_dir: Path) -> dict:
-    """The corpus's check that no val or held-out piece is one the BPE was trained on: every one
-    comes before the first trained piece in the corpus order. Returns what meta.json records."""
+    """The corpus's check that no val, test or held-out piece is one the BPE was trained on: every
+    one comes before the first trained piece in the corpus order. Returns what meta.json records."""
     import json
 
     record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
     first = record["first_trained_piece"]
     bound = (first["key"], first["doc"], first["index"])
-    seen = [piece.order for name in ("val", "heldout") for piece, _ in taken[name] if piece.order >= bound]
+    seen = [piece.order for name in ("val", "test", "heldout") for piece, _ in taken[name] if piece.order >= bound]
     if seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
-        raise RuntimeError(f"{len(seen)} val/held-out pieces are among those the tokenizer was trained on")
+        raise RuntimeError(f"{len(seen)} val/test/held-out pieces are among those the tokenizer was trained on")
     return {
         "trained_pieces": record["trained_pieces"],
         "trained_bytes": record["trained_bytes"],

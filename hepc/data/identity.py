@@ -220,7 +220,8 @@ def file_digest(path: Path) -> str:
 def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source") -> dict:
     """A JSON-serialisable description of the source's content, for content-hashed cache keys.
 
-    pystdlib: the Python version and a digest of the sorted (path, size) listing (no file is read);
+    pystdlib: the Python version and a digest of the sorted (path, size) listing (no file is read), plus
+    the `documents` rule when it is not the default `file`;
     text: each file's name and content digest (after `exclude`), plus the encoding and the `documents`
     rule when it is not the default `file`; tokens: the same for the train
     and validation shards, plus vocab_size and eot_id (bytes_per_token only labels bits per byte,
@@ -234,7 +235,11 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
         digest = xxhash.xxh3_128()
         for rel, size in listing:
             digest.update(f"{rel}\t{size}\n".encode())
-        return {"kind": "pystdlib", "python": sys.version, "files": len(listing), "listing": digest.hexdigest()}
+        identity = {"kind": "pystdlib", "python": sys.version, "files": len(listing), "listing": digest.hexdigest()}
+        documents = documents_rule(source_cfg)
+        if documents != "file":  # the default rule is left out: existing keys stay as they were
+            identity["documents"] = documents
+        return identity
     if kind == "text":
         files = _file_digests(source_cfg, base_dir, field, "paths")
         identity = {"kind": "text", "encoding": source_cfg.get("encoding", "utf-8"), "files": files}

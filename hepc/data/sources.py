@@ -94,7 +94,11 @@ def iter_named_documents(
     if kind == "pystdlib":
         root = stdlib_root()
         listing = list_pystdlib(bool(source_cfg.get("include_tests", False)), root)
-        return ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
+        splitter = document_splitter(source_cfg, field)
+        whole = ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
+        if splitter is None:
+            return whole
+        return ((f"{rel}#{j}", doc) for rel, chunks in whole for j, doc in enumerate(_split_documents(chunks, splitter)))
     if kind == "text":
         files = list_data_files(source_cfg, base_dir, field)
         encoding = _check_encoding(source_cfg, field)

@@ -5,6 +5,12 @@ from __future__ import annotations
 from hepc.spec.models import Spec
 
 
+def trained_tokens(spec: Spec) -> int:
+    """Tokens one epoch trains on: train_tokens, less the held-out slice unless it is trained on too."""
+    d = spec.data
+    return d.train_tokens if d.train_on_heldout else d.train_tokens - d.heldout_tokens
+
+
 def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
     """Return (path, message) for every inconsistency between fields of an otherwise valid spec."""
     out: list[tuple[tuple, str]] = []
@@ -15,7 +21,7 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
         out.append((("data", "tokenizer"), f"must be 'none' for a pre-tokenized source (got {getattr(d.tokenizer, 'kind', d.tokenizer)!r})"))
     if not is_tokens and d.tokenizer == "none":
         out.append((("data", "tokenizer"), "'none' needs a pre-tokenized source (kind: tokens)"))
-    if d.source.kind == "text" and d.source.documents != "file":
+    if d.source.kind in ("text", "pystdlib") and d.source.documents != "file":
         from hepc.data.identity import DataError
         from hepc.data.sources import document_splitter
 
@@ -42,6 +48,13 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
         out.append((("data", "val_tokens"), f"must be >= seq_len + 1 = {d.seq_len + 1} (got {d.val_tokens})"))
     if d.heldout_tokens < 2:
         out.append((("data", "heldout_tokens"), f"must be >= 2 (got {d.heldout_tokens})"))
+    if 0 < d.test_tokens < d.seq_len + 1:
+        out.append((("data", "test_tokens"), f"must be 0 (no test split) or >= seq_len + 1 = {d.seq_len + 1} (got {d.test_tokens})"))
+    if d.train_on_heldout and spec.prior.kind != "uniform":
+        out.append(
+            (("data", "train_on_heldout"),
+             f"needs prior.kind uniform: a {spec.prior.kind} prior is fit on the held-out slice, which must not be trained on")
+        )
 
     if m.d_model % m.n_head != 0:
         out.append((("model", "n_head"), f"must divide model.d_model ({m.d_model}) (got {m.n_head})"))
@@ -56,11 +69,11 @@ def consistency_problems(spec: Spec) -> list[tuple[tuple, str]]:
             (("optimizer", "batch_tokens"),
              f"must be a multiple of data.seq_len ({d.seq_len}) (got {o.batch_tokens})")
         )
-    elif o.batch_tokens // d.seq_len > (d.train_tokens - d.heldout_tokens) // (d.seq_len + 1) > 0:
+    elif o.batch_tokens // d.seq_len > trained_tokens(spec) // (d.seq_len + 1) > 0:
         out.append(
             (("optimizer", "batch_tokens"),
              (f"is larger than one epoch of training sequences "
-              f"({(d.train_tokens - d.heldout_tokens) // (d.seq_len + 1)} × {d.seq_len} tokens)"))
+              f"({trained_tokens(spec) // (d.seq_len + 1)} × {d.seq_len} tokens)"))
         )
 
     if o.kind != "muon":  # a Muon setting given another value than its default, with kind adamw

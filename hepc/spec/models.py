@@ -25,14 +25,6 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
-class PyStdlibSource(Strict):
-    """The installed Python standard library's `.py` files, one document per file."""
-
-    kind: Literal["pystdlib"]
-    include_tests: bool = False
-    """Also use the standard library's own test suites (excluded by default)."""
-
-
 class SeparatorDocuments(Strict):
     """A line equal to `separator` (its line ending aside) ends a document; it is part of no document."""
 
@@ -47,6 +39,19 @@ class RegexDocuments(Strict):
     """The separator pattern, e.g. `\\n\\s*\\n` for blank lines; it must not match the empty string. The
     text is searched a chunk at a time with 64 Ki characters held back, so a separator longer than that
     may be missed."""
+
+
+class PyStdlibSource(Strict):
+    """The installed Python standard library's `.py` files: one document per file, or several per file
+    with a `documents` rule."""
+
+    kind: Literal["pystdlib"]
+    include_tests: bool = False
+    """Also use the standard library's own test suites (excluded by default)."""
+    documents: Literal["file"] | SeparatorDocuments | RegexDocuments = "file"
+    """How files become documents, as for `text` sources: `file`, `{separator: LINE}` or `{regex:
+    PATTERN}`; specs/repro splits before every top-level definition and method, so that its splits
+    hold many small documents. A rule other than `file` is part of the corpus key."""
 
 
 class JsonlDocuments(Strict):
@@ -173,16 +178,24 @@ class Data(Strict):
     val_tokens: Annotated[int, Field(gt=0)]
     """Tokens of the validation split (whole documents, never trained on)."""
     heldout_tokens: Annotated[int, Field(gt=0)]
-    """Tokens carved out of train (whole documents) to fit the learned prior; never trained on."""
+    """Tokens carved out of train (whole documents) to fit the learned prior; never trained on (unless
+    `train_on_heldout`)."""
+    test_tokens: Annotated[int, Field(ge=0)] = 0
+    """Tokens of the test split (whole documents, carved right after val): nothing is fit, selected,
+    stopped early or tuned on it; `hepc results / compare / report --split test` show it. 0 = none."""
+    train_on_heldout: bool = False
+    """Train on the held-out slice too (all of train_tokens): for a population whose prior needs no
+    held-out data (`prior.kind: uniform`), so that a baseline trains on exactly the data a q0 population
+    consumes (train for its members, held-out for its prior) while val and test stay the same."""
     seq_len: Annotated[int, Field(ge=8, le=65536)]
     """Context length in tokens."""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the document shuffle that decides the splits."""
     max_doc_tokens: Annotated[int, Field(ge=2)] | None = 512
-    """Longest document in tokens, its end-of-text included: a longer one is cut into pieces of at
-    most this many tokens (each starting with an end-of-text), which the splits take independently,
-    so that no file dominates a split (docs/data-splits.md). null: no cap. The synthetic source's
-    documents are never cut (choose its doc_tokens)."""
+    """Longest training sequence a document gives, in tokens, its end-of-text included: a longer
+    document is cut into pieces of at most this many tokens (each starting with an end-of-text). The
+    pieces of a document stay in its split (docs/data-splits.md). null: no cap. The synthetic
+    source's documents are never cut (choose its doc_tokens)."""
 
 
 # --------------------------------------------------------------------------- model / optimizer

@@ -1,5 +1,5 @@
-"""corpus: read the source, tokenize, cut documents at max_doc_tokens, carve val / held-out / train
-(docs/data-splits.md)."""
+"""corpus: read the source, tokenize, cut documents at max_doc_tokens, carve val / test / held-out /
+train by whole documents (docs/data-splits.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def split_args(step) -> dict:
         "train_tokens": p["train_tokens"],
         "val_tokens": p["val_tokens"],
         "heldout_tokens": p["heldout_tokens"],
+        "test_tokens": p.get("test_tokens", 0),
         "seed": p["seed"],
         "max_doc_tokens": p.get("max_doc_tokens"),
         "base_dir": Path(step.context["base_dir"]),

@@ -1,5 +1,6 @@
 """curve: loss vs budget. Snapshot (p, c) is available at ((c−1)·P + p)·E epochs (round-robin);
-at each point the prior is refit on the snapshots available so far and top-K is scored on val.
+at each point the prior is refit on the snapshots available so far (on held-out only) and top-K is
+scored on val, and on test when the corpus has one (the same ensembles: test chooses nothing).
 The shrinkage prior re-runs its cross-validation at every point; curve.json's `fits` lists each
 point's fit (held-out NLL vs uniform, and the chosen strength). The learned prior's fits at all points
 run batched (``fit_prior_prefixes``); val stays on disk and every point's ensembles are scored in one
@@ -34,9 +35,17 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     else:
         options = {"steps": prior["steps"], "lr": prior["lr"]}
     fits: list[dict] = []
-    rows = loss_curve(fit_P, val_P, order, costs, budgets, prior=prior["kind"], points=points, fits=fits, **options)
+    test_P = stream_scores(inputs["test"]) if inputs.get("test") else None  # scored, never chosen on
+    rows = loss_curve(fit_P, val_P, order, costs, budgets, prior=prior["kind"], points=points, fits=fits,
+                      P_test=test_P, **options)
+    first_test = score_summary(inputs["test"][0]) if test_P is not None else None
     for r in rows:
         r["val_bpb"] = bpb_of(r["val_loss"], first)
+        if first_test is not None:
+            r["test_bpb"] = bpb_of(r["test_loss"], first_test)
     (out / "curve.json").write_text(json.dumps({"points": rows, "fits": fits}, indent=1) + "\n")
     final = [r for r in rows if r["members"] == len(order)]
-    return {"points": len(rows), "final_best_val_loss": min(r["val_loss"] for r in final)}
+    summary = {"points": len(rows), "final_best_val_loss": min(r["val_loss"] for r in final)}
+    if test_P is not None:
+        summary["final_test_loss_k_all"] = [r["test_loss"] for r in final][-1]
+    return summary

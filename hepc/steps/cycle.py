@@ -19,6 +19,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         trajectory_seed=p["trajectory_seed"],
         epochs_per_cycle=p["epochs_per_cycle"],
         seq_len=p["seq_len"],
+        train_splits=tuple(p.get("train_splits", ("train",))),
         corpus_dir=inputs["corpus"],
         prev_dir=inputs.get("prev"),
         out_dir=out,

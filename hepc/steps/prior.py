@@ -4,7 +4,8 @@ Learned prior = softmax weights minimising the mixture NLL on held-out (docs/met
 weight, renormalised, no refit (§6.5); weighted probability averaging on val (§6.2, §6.6). The
 `shrinkage` prior pulls the same fit toward uniform, its strength chosen by cross-validation over
 held-out documents (``hepc.ensemble.fit_prior_shrinkage``, §6.4). Every fit also reports its val NLL next
-to the uniform prior's: a report only, val chooses nothing.
+to the uniform prior's (and its test NLL when the corpus has a test split): a report only, val and test
+choose nothing.
 """
 
 from __future__ import annotations
@@ -102,17 +103,23 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     fit_P, val_P = load_scores(inputs["heldout"]), stream_scores(inputs["val"])
     val_summaries = [score_summary(f) for f in inputs["val"]]
     heldout_summaries = [score_summary(f) for f in inputs["heldout"]]
+    test_summaries = [score_summary(f) for f in inputs.get("test") or []]
     m = fit_P.shape[0]
 
+    # The weights see held-out only: val and test are scored with them, never fit or chosen on.
     weights, fit_info = fit_weights(prior, fit_P, heldout_documents(inputs))
     # Reported, never used to choose: the prior's val NLL with every member, against uniform's.
     everyone = np.arange(m)
     chosen = [top_k(weights, m if label == "all" else int(label)) for label in budgets]
+    scored = [(everyone, weights), (everyone, uniform_weights(m)), *chosen]
     # One pass over val (read from disk a column block at a time) scores every ensemble.
-    val_nll, uniform_val_nll, *losses = ensemble_losses(
-        val_P, [(everyone, weights), (everyone, uniform_weights(m)), *chosen])
+    val_nll, uniform_val_nll, *losses = ensemble_losses(val_P, scored)
     fit_info["val_nll"] = val_nll
     fit_info["uniform_val_nll"] = uniform_val_nll
+    test_losses = None
+    if test_summaries:
+        fit_info["test_nll"], fit_info["uniform_test_nll"], *test_losses = ensemble_losses(
+            stream_scores(inputs["test"]), scored)
 
     members = []
     for i, (t, c, cost) in enumerate(step.params["members"]):
@@ -125,8 +132,11 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
             "val_loss": val_summaries[i]["loss"],
             "val_bpb": val_summaries[i]["bpb"],
         })
+        if test_summaries:
+            members[-1]["test_loss"] = test_summaries[i]["loss"]
+            members[-1]["test_bpb"] = test_summaries[i]["bpb"]
     ensembles = []
-    for label, (idx, w), loss in zip(budgets, chosen, losses):
+    for j, (label, (idx, w), loss) in enumerate(zip(budgets, chosen, losses)):
         ensembles.append({
             "k": len(idx),
             "k_label": label,
@@ -135,6 +145,9 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
             "val_loss": loss,
             "val_bpb": bpb_of(loss, val_summaries[0]),
         })
+        if test_losses is not None:
+            ensembles[-1]["test_loss"] = test_losses[j]
+            ensembles[-1]["test_bpb"] = bpb_of(test_losses[j], test_summaries[0])
     result = {"prior": prior, "fit": fit_info, "members": members, "ensembles": ensembles}
     (out / "prior.json").write_text(json.dumps(result, indent=1) + "\n")
     best_single = min(members, key=lambda r: r["val_loss"])
@@ -148,6 +161,9 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         "val_nll": fit_info["val_nll"],
         "uniform_val_nll": fit_info["uniform_val_nll"],
     }
+    if test_losses is not None:
+        summary["test_nll"] = fit_info["test_nll"]
+        summary["uniform_test_nll"] = fit_info["uniform_test_nll"]
     if "strength" in fit_info:
         summary["strength"] = fit_info["strength"]
         summary["fold_rule"] = fit_info["fold_rule"]

@@ -232,6 +232,7 @@ def train_cycle(
     out_dir: Path,
     work_dir: Path,
     runtime: dict,
+    train_splits: tuple[str, ...] = ("train",),
     progress: Callable[[dict], None] | None = None,
     note: Callable[[str], None] | None = None,
     guard: Callable[[], None] | None = None,
@@ -264,7 +265,7 @@ def train_cycle(
         "model": model, "optimizer": optimizer, "schedule": schedule, "distill": distill,
         "perturb_scale": perturb_scale, "cycle_index": cycle_index, "trajectory_seed": trajectory_seed,
         "epochs_per_cycle": epochs_per_cycle, "seq_len": seq_len, "corpus_dir": corpus_dir, "prev_dir": prev_dir,
-        "out_dir": out_dir, "work_dir": work_dir, "runtime": runtime,
+        "out_dir": out_dir, "work_dir": work_dir, "runtime": runtime, "train_splits": tuple(train_splits),
     }  # fmt: skip
     world = int(runtime.get("gpus_per_step") or 1)
     if world == 1:
@@ -282,6 +283,17 @@ def train_cycle(
     finally:
         if shared:
             torch.set_num_threads(threads)  # this process's own default again
+
+
+def training_tokens(corpus_dir: Path, splits: tuple[str, ...] = ("train",)) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids a cycle trains on and the start offsets of their pieces: the corpus's train split,
+    followed by its held-out slice when `splits` names it too (data.train_on_heldout)."""
+    arrays = [np.load(corpus_dir / f"{name}.npy", mmap_mode="r") for name in splits]
+    starts = [np.load(corpus_dir / f"{name}_docs.npy") for name in splits]
+    if len(arrays) == 1:
+        return arrays[0], starts[0]
+    offsets = np.cumsum([0] + [a.size for a in arrays[:-1]])
+    return np.concatenate(arrays), np.concatenate([s + o for s, o in zip(starts, offsets)]).astype(np.int64)
 
 
 def _rank_main(rank: ddp.Rank, cycle: dict) -> None:
@@ -308,6 +320,7 @@ def _run_cycle(
     out_dir: Path,
     work_dir: Path,
     runtime: dict,
+    train_splits: tuple[str, ...],
     progress: Callable[[dict], None] | None,
     note: Callable[[str], None] | None,
     guard: Callable[[], None] | None,
@@ -325,8 +338,7 @@ def _run_cycle(
 
     # ---- data -------------------------------------------------------------------------------------------
     meta = json.loads((corpus_dir / "meta.json").read_text())
-    train = np.load(corpus_dir / "train.npy", mmap_mode="r")
-    doc_starts = np.load(corpus_dir / "train_docs.npy")
+    train, doc_starts = training_tokens(corpus_dir, train_splits)
     batch_seqs = _batch_seqs(optimizer, seq_len)
     tokens_per_step = batch_seqs * seq_len  # == batch_tokens when it is a multiple of seq_len
     batches = BatchSource(train, doc_starts, seq_len=seq_len, batch_seqs=batch_seqs, seed=trajectory_seed)
