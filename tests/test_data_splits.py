@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xxhash
 from cli_helpers import TINY, hepc
+from data_helpers import reference_corpus
 
 from hepc.compile import compile_spec
 from hepc.data import build_corpus
 from hepc.data import sources as data_sources
-from hepc.data.carve import DEFAULT_MAX_DOC_TOKENS, doc_keys, n_pieces
+from hepc.data.carve import DEFAULT_MAX_DOC_TOKENS, n_pieces
 from hepc.data.identity import list_pystdlib, stdlib_root
 from hepc.data.shards import document_starts
 from hepc.data.synthetic import iter_documents as synthetic_documents
@@ -56,44 +56,8 @@ def stdlib_docs() -> list[tuple[str, bytes]]:
     return [(rel, (root / rel).read_bytes()) for rel, _ in list_pystdlib(False, root)]
 
 
-def reference(docs: list[tuple[str, bytes]], cap: int | None, seed: int, sizes: dict) -> tuple[dict, dict]:
-    """The documented rule applied to whole documents (name, UTF-8 bytes) in listing order.
-
-    Returns the arrays (and *_docs offsets) and, per split, the names of its documents."""
-    width = None if cap is None else cap - 1
-    digests = [xxhash.xxh3_128_intdigest(text) for _, text in docs]
-    keys = doc_keys(digests, seed)
-    order, seen = [], set()
-    for i in sorted(range(len(docs)), key=lambda i: (int(keys[i]), i)):
-        if digests[i] not in seen:  # an exact duplicate: the first copy in this order stands for all
-            seen.add(digests[i])
-            order.append(i)
-    ordered = iter(order)
-    targets = {"val": sizes["val_tokens"], "test": sizes.get("test_tokens", 0), "heldout": sizes["heldout_tokens"],
-               "train": sizes["train_tokens"] - sizes["heldout_tokens"]}
-    arrays, names = {}, {}
-    for split, target in targets.items():
-        parts, taken, filled = [], [], 0
-        while filled < target:
-            name, text = docs[next(ordered)]
-            taken.append(name)
-            count = n_pieces(len(text) + 1, cap)
-            for k in range(count):
-                body = text if width is None else text[k * width : (k + 1) * width]
-                ids = np.concatenate([[EOT], np.frombuffer(body, np.uint8)]).astype(np.uint16)
-                parts.append(ids[: target - filled])
-                filled += len(parts[-1])
-                if filled >= target:
-                    break  # the rest of this document is in no split
-        arrays[split] = np.concatenate(parts) if parts else np.zeros(0, np.uint16)
-        lengths = np.array([len(p) for p in parts], dtype=np.int64)
-        arrays[f"{split}_docs"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if parts else lengths
-        names[split] = taken
-    return arrays, names
-
-
 def assert_rule(tmp_path, meta, a, docs, cap, seed, sizes):
-    expected, names = reference(docs, cap, seed, sizes)
+    expected, names, _ = reference_corpus(docs, cap, seed, sizes)
     for key, array in expected.items():
         np.testing.assert_array_equal(a[key], array, err_msg=key)
     every = [name for split in SPLITS for name in names[split]]

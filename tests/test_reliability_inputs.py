@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import reference_corpus
 
 from hepc.data import DataError, build_corpus, identity, source_identity
 from hepc.data import sources as data_sources
-from hepc.data.corpus import DEFAULT_MAX_DOC_TOKENS, name_key, piece_keys
+from hepc.data.carve import DEFAULT_MAX_DOC_TOKENS
 from hepc.data.sources import Prefix, iter_documents
 from hepc.errors import SpecError
 from hepc.spec.load import load_spec
@@ -136,43 +137,9 @@ def test_spec_crlf_and_bad_utf8_read_as_before(tmp_path):
 
 def whole_file_corpus(folder: Path, encoding: str, seed: int, sizes: dict, cap: int = DEFAULT_MAX_DOC_TOKENS) -> tuple[dict, dict]:
     """The corpus as a straightforward reader builds it (the rule of docs/data-splits.md): each whole
-    file decoded and re-encoded as UTF-8, cut into pieces (end-of-text, then up to cap - 1 bytes), all
-    pieces sorted by their key, and the splits filled in turn. (arrays, meta subset)."""
-    files = sorted(folder.glob("*.txt"))
-    pieces = []
-    for doc, path in enumerate(files):
-        text = path.read_bytes().decode(encoding).encode("utf-8")
-        count = max(1, -(-len(text) // (cap - 1)))
-        keys = piece_keys(name_key(path.name), np.arange(count), seed)
-        for k in range(count):
-            body = np.frombuffer(text[k * (cap - 1) : (k + 1) * (cap - 1)], np.uint8)
-            pieces.append(((int(keys[k]), doc, k), np.concatenate([[EOT], body]).astype(np.uint16)))
-    ordered = iter(piece for _, piece in sorted(pieces, key=lambda item: item[0]))
-    train = sizes["train_tokens"] - sizes["heldout_tokens"]
-    targets = {"val": sizes["val_tokens"], "heldout": sizes["heldout_tokens"], "train": train}
-    taken = {name: [] for name in targets}
-    dropped = 0
-    for name, target in targets.items():
-        filled = 0
-        while filled < target:
-            piece = next(ordered)
-            part = piece[: target - filled]
-            dropped += len(piece) - len(part)
-            taken[name].append(part)
-            filled += len(part)
-    arrays = {name: np.concatenate(p) for name, p in taken.items()}
-    for name, parts in taken.items():
-        lengths = np.array([len(p) for p in parts], dtype=np.int64)
-        arrays[f"{name}_docs"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    meta = {
-        "tokens": {n: int(arrays[n].size) for n in targets},
-        "bytes": {n: int((arrays[n] != EOT).sum()) for n in targets},
-        "documents": {n: len(taken[n]) for n in targets},
-        "tokens_dropped": dropped,
-        "source_documents": len(files),
-        "source_pieces": len(pieces),
-        "source_tokens": sum(len(piece) for _, piece in pieces),
-    }
+    file decoded and re-encoded as UTF-8, then the rule applied plainly (tests/data_helpers.py)."""
+    docs = [(path.name, path.read_bytes().decode(encoding).encode("utf-8")) for path in sorted(folder.glob("*.txt"))]
+    arrays, _, meta = reference_corpus(docs, cap, seed, sizes)
     return arrays, meta
 
 

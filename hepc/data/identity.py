@@ -12,6 +12,7 @@ opened: only regular files are data, and opening one never blocks (a FIFO would 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import stat
@@ -49,6 +50,13 @@ class DataError(Exception):
 def stdlib_root() -> Path:
     """The running interpreter's standard-library directory."""
     return Path(sysconfig.get_paths()["stdlib"])
+
+
+def pystdlib_listing(source_cfg: dict, root: Path | None = None) -> list[tuple[str, int]]:
+    """`list_pystdlib` with a pystdlib source's settings: its test suites or not, less its `exclude` patterns."""
+    listing = list_pystdlib(bool(source_cfg.get("include_tests", False)), root)
+    exclude = source_cfg.get("exclude") or []
+    return [(rel, size) for rel, size in listing if not any(fnmatch.fnmatchcase(rel, pattern) for pattern in exclude)]
 
 
 def list_pystdlib(include_tests: bool = False, root: Path | None = None) -> list[tuple[str, int]]:
@@ -220,7 +228,8 @@ def file_digest(path: Path) -> str:
 def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source") -> dict:
     """A JSON-serialisable description of the source's content, for content-hashed cache keys.
 
-    pystdlib: the Python version and a digest of the sorted (path, size) listing (no file is read), plus
+    pystdlib: the Python version and a digest of the sorted (path, size) listing after `exclude` (no file
+    is read), plus
     the `documents` rule when it is not the default `file`;
     text: each file's name and content digest (after `exclude`), plus the encoding and the `documents`
     rule when it is not the default `file`; tokens: the same for the train
@@ -229,7 +238,7 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     """
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
-        listing = list_pystdlib(bool(source_cfg.get("include_tests", False)))
+        listing = pystdlib_listing(source_cfg)
         if not listing:
             raise DataError(f"no standard-library .py files found under {stdlib_root()}", f"{field}.kind")
         digest = xxhash.xxh3_128()

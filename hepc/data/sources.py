@@ -40,6 +40,7 @@ from hepc.data.identity import (
     list_data_files,
     list_pystdlib,
     open_regular,
+    pystdlib_listing,
     read_error,
     stdlib_root,
 )
@@ -93,7 +94,7 @@ def iter_named_documents(
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
         root = stdlib_root()
-        listing = list_pystdlib(bool(source_cfg.get("include_tests", False)), root)
+        listing = pystdlib_listing(source_cfg, root)
         splitter = document_splitter(source_cfg, field)
         whole = ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
         if splitter is None:

@@ -48,6 +48,9 @@ class PyStdlibSource(Strict):
     kind: Literal["pystdlib"]
     include_tests: bool = False
     """Also use the standard library's own test suites (excluded by default)."""
+    exclude: list[Annotated[str, Field(min_length=1)]] = []
+    """Library-relative paths or glob patterns (`fnmatch`, `*` also crosses `/`) of files left out, e.g.
+    `encodings/*` (code-page tables); the listing after them is part of the corpus key."""
     documents: Literal["file"] | SeparatorDocuments | RegexDocuments = "file"
     """How files become documents, as for `text` sources: `file`, `{separator: LINE}` or `{regex:
     PATTERN}`; specs/repro splits before every top-level definition and method, so that its splits
