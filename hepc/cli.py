@@ -50,6 +50,32 @@ RefDataOpt = Annotated[
     ),
 ]
 SPECS_HELP = "each followed by its own key=value overrides (or SPEC::key=value), e.g. q0.yaml population.cycles=8"
+FamilyOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--family", help="NAME=SPEC: SPEC belongs to family NAME (repeat to join several specs into one, "
+                 "tuned on val together); these families come first, the first is the baseline."),
+]
+def _check_split(value: str) -> str:
+    if value not in ("val", "test"):
+        raise typer.BadParameter(f"must be val or test (got {value!r})")
+    return value
+
+
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="Where figures are read: val (where everything is chosen) or test.",
+                      callback=_check_split)
+]
+
+
+def _split_result(compute):
+    """A comparison whose families lack the split asked for is one located error, not a traceback."""
+    from hepc.errors import SpecError
+    from hepc.report.families import MissingSplit
+
+    try:
+        return compute()
+    except MissingSplit as e:
+        raise SpecError(f"--split: {e}") from None
 
 
 def _plain_flags() -> None:
@@ -239,7 +265,9 @@ def plan(
         lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<{kind_width}} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
     from hepc.cli_data import plan_data_lines  # split_lines, plus a dry-pass summary of a small unbuilt corpus
 
-    print("\n".join(lines + plan_data_lines(the_plan, the_store, loaded)))
+    from hepc.plan import schedule_lines
+
+    print("\n".join(lines + schedule_lines(compiled) + plan_data_lines(the_plan, the_store, loaded)))
     print(the_plan.summary_line())
     if estimate is not None:
         print(plan_line(estimate))
@@ -318,12 +346,14 @@ def results(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     members: MembersOpt = False,
+    split: SplitOpt = "val",
 ) -> None:
-    """Print a finished population's ensembles, loss curve and best member (every member with --members)."""
-    from hepc.results import collect, render
+    """Print a finished population's ensembles, loss curve and best member (every member with --members),
+    on val or on test (--split test: the same choices, made on val, read on test)."""
+    from hepc.results import collect, on_split, render
 
     loaded, compiled = _load(spec, overrides)
-    res = collect(compiled, _store(store, loaded))
+    res = on_split(collect(compiled, _store(store, loaded)), split)
     if json_out:
         print(json.dumps(res, indent=1))
     else:
@@ -386,6 +416,26 @@ def _collect_named(specs: list[str], store: Optional[str]) -> list[tuple]:
     return [(loaded, res, name) for (loaded, res), name in zip(collected, names)]
 
 
+def _families(specs: list[str] | None, family: list[str] | None, store: Optional[str], split: str) -> list[tuple]:
+    """(name, [results], [loaded]) of each family of `compare`/`report`: the `--family NAME=SPEC` groups in
+    order, then each positional spec; refused when their val (or `split`) tokens differ."""
+    from hepc.cli_specs import check_same_splits, family_args
+
+    groups: dict[str, tuple[list, list]] = {}
+    for name, ref in family_args(family):
+        loaded, res = _collect(ref, store)
+        groups.setdefault(name, ([], []))[0].append(res)
+        groups[name][1].append(loaded)
+    out = [(name, results, loaded) for name, (results, loaded) in groups.items()]
+    out += [(name, [res], [loaded]) for loaded, res, name in (_collect_named(specs, store) if specs else [])]
+    if len(out) < 1:
+        from hepc.errors import SpecError
+
+        raise SpecError("give at least one spec (positional) or --family NAME=SPEC")
+    check_same_splits([(name, res) for name, results, _ in out for res in results], split)
+    return out
+
+
 def _references(specs: list[str] | None, store: str | None) -> list | None:
     """Results of the `--reference-data` specs, joined by `hepc compare` into one token envelope."""
     from hepc.cli_specs import spec_args
@@ -397,23 +447,30 @@ def _references(specs: list[str] | None, store: str | None) -> list | None:
 @user_errors
 def compare(
     specs: Annotated[
-        list[str], typer.Argument(help=f"Specs to compare, {SPECS_HELP}; the first is the baseline.", show_default=False)
-    ],
+        Optional[list[str]],
+        typer.Argument(help=f"Specs to compare, {SPECS_HELP}; the first family is the baseline.", show_default=False),
+    ] = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write the curves as a PNG here.")] = None,
     reference_data: RefDataOpt = None,
+    family: FamilyOpt = None,
+    split: SplitOpt = "val",
 ) -> None:
-    """Curves of several specs side by side: epochs-to-match, matched-K ratio, loss gaps."""
+    """Families of specs side by side: epochs-to-match, matched-K ratio, loss gaps, paired seeds.
+
+    A spec's sweep is a family of configurations (seeds apart); --family NAME=SPEC puts several specs in
+    one. Each family's curve takes, at every budget, its configuration of lowest val loss; figures are on
+    --split (test: nothing is chosen on it). The first family (--family ones first) is the baseline."""
     from hepc.report.side_by_side import compare_results, render_table
 
-    named = [(name, res) for _, res, name in _collect_named(specs, store)]
+    families = _families(specs, family, store, split)
     reference = _references(reference_data, store)
-    result = compare_results(named, reference)
+    result = _split_result(lambda: compare_results([(name, results) for name, results, _ in families], reference, split))
     if plot:
         from hepc.report.plots import plot_curves
 
-        plot_curves(result["curves"], plot, "val loss vs budget (K = all, weights from held-out)")
+        plot_curves(result["curves"], plot, f"{split} loss vs budget (K = all, weights from held-out; chosen on val)")
     if json_out:
         print(json.dumps(result, indent=1))
     else:
@@ -430,25 +487,28 @@ def report(
     out: Annotated[str, typer.Option("--out", help="Folder for report.html, curves.png, summary.json.")],
     store: StoreOpt = None,
     reference_data: RefDataOpt = None,
+    family: FamilyOpt = None,
+    split: SplitOpt = "val",
 ) -> None:
     """A self-contained HTML report: resolved specs, curves, comparison table, members, learned weights."""
     from hepc.report.render import render_report
     from hepc.report.side_by_side import compare_results
     from hepc.spec.load import to_yaml
 
-    collected = _collect_named(specs, store)
-    named = [(name, res) for _, res, name in collected]
+    families = _families(specs, family, store, split)
     reference = _references(reference_data, store)
-    result = compare_results(named, reference)
+    result = _split_result(lambda: compare_results([(name, results) for name, results, _ in families], reference, split))
     context = {
-        "title": "hepc: " + " vs ".join(name for name, _ in named),
-        "specs": [{"name": name, "text": to_yaml(l.spec)} for l, _, name in collected],
+        "title": "hepc: " + " vs ".join(name for name, _, _ in families),
+        "split": split,
+        "specs": [{"name": name, "text": to_yaml(l.spec)} for name, _, loaded in families for l in loaded],
         "comparisons": result["comparisons"],
         "curves": {k: [tuple(p) for p in v] for k, v in result["curves"].items()},
-        "curves_title": "val loss vs budget (K = all, weights from held-out)",
-        "populations": [res for _, res in named],
+        "curves_title": f"{split} loss vs budget (K = all, weights from held-out; configurations chosen on val)",
+        "populations": [res for _, results, _ in families for res in results],
         "data_efficiency": result["data_efficiency"],
-        "summary": {"finals": result["finals"], "baseline": result["baseline"]},
+        "summary": {"finals": result["finals"], "baseline": result["baseline"], "split": split,
+                    "warnings": result["warnings"]},
     }
     path = render_report(context, out)
     print(path)

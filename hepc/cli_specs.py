@@ -71,3 +71,38 @@ def display_names(names: list[str], specs: list[SpecRef]) -> list[str]:
             text, n = f"{base} #{n}", n + 1
         out.append(text)
     return out
+
+
+def family_args(options: list[str] | None) -> list[tuple[str, SpecRef]]:
+    """`--family NAME=SPEC` options (SPEC may carry `::key=value` overrides) as (name, spec) pairs, in order."""
+    out, problems = [], []
+    for opt in options or []:
+        name, sep, spec = opt.partition("=")
+        if not sep or not name or not spec or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            problems.append(Problem(f"--family '{opt}'", "", "expected NAME=SPEC, e.g. --family tuned=specs/repro/ensemble.yaml"))
+            continue
+        out.extend((name, ref) for ref in spec_args([spec]))
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def check_same_splits(named: list[tuple[str, dict]], split: str) -> None:
+    """Refuse (SpecError) to compare results whose val tokens differ, or whose `split` tokens differ:
+    a gap between losses on different data is no comparison. `named`: (name, `collect` output)."""
+    from hepc.report.curves import flatten_results
+
+    seen: dict[str, tuple[str, str]] = {}
+    for name, res in named:
+        for pop in flatten_results(res):
+            digests = pop.get("split_digests") or {}
+            for which in dict.fromkeys(("val", split)):
+                digest = digests.get(which)
+                if digest is None:
+                    continue
+                first = seen.setdefault(which, (name, digest))
+                if first[1] != digest:
+                    raise SpecError(
+                        f"{first[0]} and {name} are scored on different {which} tokens (another corpus, tokenizer or "
+                        f"split): their losses cannot be compared; give them the same data section"
+                    )

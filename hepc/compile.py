@@ -33,7 +33,7 @@ from hepc.hashing import key_fields
 from hepc.sizes import param_count, train_flops_per_token
 from hepc.spec.load import LoadedSpec, Variant
 from hepc.spec.models import BpeTokenizer, Spec
-from hepc.train.schedule import perturb_scale, steps_per_cycle
+from hepc.train.schedule import decay_efolds, perturb_scale, steps_per_cycle
 
 SCORER_VERSION = 1
 BPE_TRAINER = "tokenizers-bytelevel-bpe/1"  # names the BPE training rule (hepc/data/bpe_training.py) in tokenizer keys
@@ -303,8 +303,12 @@ def _compile_population(graph: Graph, loaded: LoadedSpec, variant: Variant, iden
             )
         ).key
 
+    efolds = {"adamw": round(decay_efolds(schedule, steps_in_cycle, opt.lr, opt.weight_decay), 6)}
+    if opt.kind == "muon":
+        efolds["muon"] = round(decay_efolds(schedule, steps_in_cycle, opt.muon_lr, opt.weight_decay), 6)
     totals = {
         "params": param_count(vocab, m.n_layer, m.d_model),
+        "wd_efolds_per_cycle": efolds,
         "members": len(members),
         "epochs": len(members) * pop.epochs_per_cycle,
         "steps_per_cycle": steps_in_cycle,

@@ -133,6 +133,23 @@ def split_lines(plan: Plan, store: Store, unbuilt=None) -> list[str]:
     return lines
 
 
+def schedule_lines(compiled: Compiled) -> list[str]:
+    """One line per population: each trajectory's weight decay integrated over a cycle (∫ lr·wd from the
+    actual schedule, in e-folds) — the room the anti-correlated schedule has to act."""
+    lines = []
+    for pop in compiled.populations:
+        t, sched = pop.totals, pop.spec.population.schedule
+        efolds = t["wd_efolds_per_cycle"]
+        which = (f"Muon matrices {efolds['muon']:.2f}, AdamW (embedding, head) {efolds['adamw']:.2f}" if "muon" in efolds
+                 else f"{efolds['adamw']:.2f}")
+        text = (f"weight decay per cycle, each trajectory: {which} e-folds "
+                f"(∫ lr·wd over the cycle's {count(t['steps_per_cycle'], 'step')}, {sched.kind} schedule)")
+        lines.append((pop.label, text))
+    if len({text for _, text in lines}) == 1:  # the same for every population: said once
+        return [lines[0][1]]
+    return [f"population {label}: {text}" if label else text for label, text in lines]
+
+
 def present_splits(meta: dict) -> list[str]:
     """The splits a corpus has, in carving order: test only when it holds tokens (older corpora have none)."""
     tokens = meta.get("tokens") if isinstance(meta.get("tokens"), dict) else {}

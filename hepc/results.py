@@ -34,7 +34,7 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         )
     prior = store.read_object_json(prior_dir, "prior.json")
     curve = store.read_object_json(curve_dir, "curve.json")
-    members = prior["members"]
+    members = [{**m, **chain_figures(store, graph[mb.cycle_key])} for m, mb in zip(prior["members"], pop.members)]
     ensembles, aggregate = prior["ensembles"], "probability"
     if pop.logits_key is not None:
         logits_dir = store.find_intact(graph[pop.logits_key])
@@ -48,11 +48,15 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
     best_ensemble = min(ensembles, key=lambda e: e["val_loss"])
     corpus_dir = store.find_intact(graph[pop.corpus_key])
     corpus = store.manifest(corpus_dir)["summary"] if corpus_dir else {}
+    digests = (store.read_object_json(corpus_dir, "meta.json").get("digests") or {}) if corpus_dir else {}
     return {
         "spec": compiled.spec.name,
         "label": pop.label,
         "values": pop.values,
+        "seed": pop.spec.seed,
         "budget_epochs": pop.totals["epochs"],
+        "trained_tokens_per_epoch": pop.totals["trained_tokens_per_epoch"],
+        "split_digests": digests,
         "prior": prior["prior"],
         "fit": prior["fit"],
         "members": members,
@@ -64,6 +68,17 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
         "corpus": corpus,
         "teacher_costs": teacher_costs(pop, graph),
     }
+
+
+def chain_figures(store: Store, cycle) -> dict:
+    """What a member's cycle recorded of its training, to read a chain cycle by cycle beside its val
+    loss: `train_ce` (the training cross-entropy over the cycle's last tenth of steps, dropout on) and,
+    for a distilled cycle, `train_kd` (its T²·KL to the teacher over the same steps)."""
+    path = store.find(cycle)
+    summary = (store.manifest(path) or {}).get("summary") or {} if path is not None else {}
+    ce = summary.get("final_ce", summary.get("final_loss"))
+    return {"train_ce": ce if isinstance(ce, float) else None,
+            "train_kd": summary.get("final_kd") if isinstance(summary.get("final_kd"), float) else None}
 
 
 def teacher_costs(pop: Population, graph) -> list[list[float]]:
@@ -91,6 +106,33 @@ def _logit_final_points(points: list[dict], ensembles: list[dict], n_members: in
         e = logit.get(str(p["k_label"])) if p["members"] == n_members else None
         out.append(p if e is None else {**p, "val_loss": e["val_loss"], "val_bpb": e["val_bpb"], "aggregate": "logit"})
     return out
+
+
+def on_split(results: dict, split: str) -> dict:
+    """The results read on `split` ("val" or "test"): every `val_loss`/`val_bpb` of the members, ensembles
+    and curve points replaced by that split's, with `split` set. The best member and the best ensemble
+    stay the ones chosen on val, shown with their `split` figures. A HepcError when it was not scored there."""
+    if split == "val":
+        return {**results, "split": "val"} if "populations" not in results else results
+    if "populations" in results:
+        return {**results, "populations": [on_split(p, split) for p in results["populations"]]}
+
+    def read(row: dict) -> dict:
+        if f"{split}_loss" not in row:
+            raise HepcError(f"spec '{results['spec']}' has no {split} split (data.{split}_tokens is 0): "
+                            f"nothing was scored on {split}")
+        return {**row, "val_loss": row[f"{split}_loss"], "val_bpb": row.get(f"{split}_bpb")}
+
+    members = [read(m) for m in results["members"]]
+    ensembles = [read(e) for e in results["ensembles"]]
+    best = results["best_single"]
+    chosen = next(m for m in members if (m["trajectory"], m["cycle"]) == (best["trajectory"], best["cycle"]))
+    best_e = results["best_ensemble"]
+    chosen_e = next(e for e in ensembles if e["k_label"] == best_e["k_label"])
+    return {**results, "split": split, "members": members, "ensembles": ensembles,
+            "curve": [read(p) for p in results["curve"]],
+            "best_single": {k: chosen[k] for k in ("trajectory", "cycle", "val_loss", "val_bpb")},
+            "best_ensemble": {k: chosen_e[k] for k in ("k", "k_label", "val_loss", "val_bpb")}}
 
 
 def populations(results: dict) -> list[dict]:
@@ -126,7 +168,7 @@ def shown_budgets(budgets: list[float], limit: int = CURVE_ROWS) -> list[float]:
     return [budgets[i] for i in sorted(picks)]
 
 
-def curve_table(points: list[dict], title: str):
+def curve_table(points: list[dict], title: str, split: str = "val"):
     """The loss-vs-budget curve as a rich table: one row per budget (epochs summed over the members
     trained by then), one column per K the prior evaluated (val loss, nats/token). K = all (or the
     largest K) at each budget is the headline curve that `hepc compare` uses."""
@@ -145,7 +187,7 @@ def curve_table(points: list[dict], title: str):
         members[b] = max(members.get(b, 0), int(p["members"]))
     more = "" if len(shown) == len(budgets) else f"; {len(shown)} of {len(budgets)} budgets shown (--json has all)"
     table = Table(
-        title=Text(f"{title}: loss vs budget (val loss, nats/token)"),
+        title=Text(f"{title}: loss vs budget ({split} loss, nats/token)"),
         caption=Text(f"K = {headline} is the headline curve (weights fitted on held-out){more}"),
     )
     table.add_column("budget (epochs)", justify="right")
@@ -164,23 +206,27 @@ def render_population(results: dict, console, *, members: bool = False) -> None:
 
     title = results["spec"] + (f" [{results['label']}]" if results.get("label") else "")
     fmt = _fmt
+    split = results.get("split", "val")
     if members:
-        table = Table(title=Text(f"{title}: members (val loss, nats/token)"))
-        for col in ("traj", "cycle", "cost (epochs)", "weight", "val loss", "val bpb"):
+        table = Table(title=Text(f"{title}: members ({split} loss, nats/token)"),
+                      caption=Text("train CE / KD: the cycle's training loss parts over its last tenth of steps "
+                                   "(dropout on): a chain whose train CE falls while its members' loss rises memorises"))
+        for col in ("traj", "cycle", "cost (epochs)", "weight", "train CE", "train KD", f"{split} loss", f"{split} bpb"):
             table.add_column(col, justify="right")
         for m in results["members"]:
             table.add_row(
                 str(m["trajectory"]), str(m["cycle"]), f"{m['cost_epochs']:g}", f"{m['weight']:.3f}",
-                f"{m['val_loss']:.4f}", fmt(m["val_bpb"]),
+                fmt(m.get("train_ce")), fmt(m.get("train_kd")), f"{m['val_loss']:.4f}", fmt(m["val_bpb"]),
             )
         console.print(table)
 
     prior, aggregate = results["prior"]["kind"], results["aggregate"]
     ens = Table(
         title=Text(f"{title}: ensembles ({prior} prior, weighted {aggregate} averaging)"),
-        caption=Text(f"val loss in {loss_unit(results.get('corpus'))}; vs best single = ensemble − best single snapshot ({SIGN_NOTE})"),
+        caption=Text(f"{split} loss in {loss_unit(results.get('corpus'))}; vs best single = ensemble − best single snapshot "
+                     f"({SIGN_NOTE}){'; best single chosen on val' if split != 'val' else ''}"),
     )
-    for col in ("K", "val loss", "val bpb", "vs best single"):
+    for col in ("K", f"{split} loss", f"{split} bpb", "vs best single"):
         ens.add_column(col, justify="right")
     best = results["best_single"]["val_loss"]
     ens.add_row("1 (best single)", f"{best:.4f}", fmt(results["best_single"]["val_bpb"]), "")
@@ -189,17 +235,17 @@ def render_population(results: dict, console, *, members: bool = False) -> None:
         ens.add_row(label, f"{e['val_loss']:.4f}", fmt(e["val_bpb"]), f"{e['val_loss'] - best:+.4f}")
     console.print(ens)
     if results["curve"]:
-        console.print(curve_table(results["curve"], title))
+        console.print(curve_table(results["curve"], title, split))
     else:
         console.print(Text("curve: no points"))
     s = results["best_single"]
     console.print(Text(
-        f"best member: trajectory {s['trajectory']} cycle {s['cycle']}, val loss {s['val_loss']:.4f} "
+        f"best member (on val): trajectory {s['trajectory']} cycle {s['cycle']}, {split} loss {s['val_loss']:.4f} "
         f"(of {count(len(results['members']), 'member')}; `--members` lists them all)"
     ))
     b = results["best_ensemble"]
     console.print(Text(
-        f"budget {count(results['budget_epochs'], 'epoch')}: best ensemble K={b['k']} val loss {b['val_loss']:.4f} "
+        f"budget {count(results['budget_epochs'], 'epoch')}: best ensemble (on val) K={b['k']} {split} loss {b['val_loss']:.4f} "
         f"vs best single snapshot {best:.4f} ({b['val_loss'] - best:+.4f} nats, {SIGN_NOTE}); "
         + fit_line(results["fit"])
     ))
@@ -211,6 +257,8 @@ def fit_line(fit: dict) -> str:
     line = f"prior fit on held-out {fit['nll']:.4f} vs uniform {fit['uniform_nll']:.4f}"
     if fit.get("val_nll") is not None and fit.get("uniform_val_nll") is not None:
         line += f"; prior on val {fit['val_nll']:.4f} vs uniform {fit['uniform_val_nll']:.4f}"
+    if fit.get("test_nll") is not None:
+        line += f"; on test {fit['test_nll']:.4f} vs uniform {fit['uniform_test_nll']:.4f}"
     if fit.get("strength") is not None:
         folds = f"{fit.get('folds')}-fold CV over {fit.get('fold_rule')}" if fit.get("folds") else "no CV"
         line += f" (shrinkage λ={fit['strength']:g}, {folds})"

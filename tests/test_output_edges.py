@@ -142,7 +142,7 @@ def test_report_takes_overrides_and_states_the_sign(swept, tmp_path):
     base = str(folder / "base.yaml")
     hepc("report", base, base, "population.epochs_per_cycle=0.5", "--out", str(tmp_path / "r"), store=store)
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "<caption>Gap = candidate loss − reference loss" in html and "negative = better" in html
+    assert "Gap = candidate loss − reference loss" in html and "negative = better" in html
     assert "tiny (population.epochs_per_cycle=0.5)" in html
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     gap = summary["comparisons"][0]["loss_gap_at_equal_budget"]["at_largest_common_budget"]

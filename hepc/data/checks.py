@@ -6,7 +6,7 @@ or special file), `exclude` (an entry that matches nothing is a warning; removin
 error), the encoding (unknown: error), and for text the first 64 KiB of every file (NUL characters or
 bytes that do not decode in the declared encoding: binary, an error naming the file, located at the
 `paths` entry that reached it); an empty file is a warning, all files empty an error. Last, whether
-the files can hold the splits (val_tokens + train_tokens, heldout included in train) with the bytes
+the files can hold the splits (val_tokens + test_tokens + train_tokens, heldout included in train) with the bytes
 tokenizer: exact for the default `file` rule in UTF-8, an upper bound otherwise (4 UTF-8 bytes per
 file byte, one end-of-text per byte), so that only a corpus that is surely too small is refused.
 
@@ -55,6 +55,10 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         out.append(Problem(where(path) if where else "", path, message))
 
     source = spec.data.source
+    if source.kind == "pystdlib" and source.documents == "file":
+        from hepc.data.identity import pystdlib_listing
+
+        _check_share(spec, pystdlib_listing(source.model_dump()), add, warnings)
     if source.kind not in ("text", "tokens"):
         return errors, warnings
     cfg = source.model_dump()
@@ -96,6 +100,7 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         return errors, warnings
     jsonl = rule["jsonl"] if isinstance(rule, dict) and "jsonl" in rule else None
     sizes: list[int] = []
+    named: list[tuple[str, int]] = []
     for file in files:
         try:
             with open_regular(file.path) as f:
@@ -125,11 +130,33 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
                 add(errors, file.where, f"'{file.name}' {problem}")
                 continue
         sizes.append(size)
+        named.append((file.name, size))
     if files and not sizes and not errors:
         add(errors, f"{FIELD}.paths", f"every file is empty ({len(files)} listed): there are no documents")
     if sizes and not errors:
         _check_room(spec, source, sizes, add, errors)
+        if rule == "file":
+            _check_share(spec, named, add, warnings)
     return errors, warnings
+
+
+def _check_share(spec, named: list[tuple[str, int]], add, warnings: list[Problem]) -> None:
+    """A warning when the largest document (a whole file: its size in bytes bounds its tokens) could be
+    more than SHARE_WARNING of the smallest split: a document stays whole in one split."""
+    from hepc.data.carve import SHARE_WARNING
+
+    d = spec.data
+    splits = {"val": d.val_tokens, "test": d.test_tokens, "heldout": d.heldout_tokens, "train": d.train_tokens - d.heldout_tokens}
+    split, tokens = min(((n, t) for n, t in splits.items() if t > 0), key=lambda item: item[1])
+    if not named:
+        return
+    name, size = max(named, key=lambda item: (item[1], item[0]))
+    if size + 1 > SHARE_WARNING * tokens:
+        add(warnings, f"{FIELD}.documents",
+            f"the largest document, '{name}' ({size + 1:,} tokens at most), is more than {SHARE_WARNING:.0%} of the "
+            f"smallest split ({split}, {tokens:,} tokens): a document stays whole in one split, so a few may fill it; "
+            "`hepc data` shows each split's largest share; a `documents` rule that makes smaller documents, or larger "
+            "splits, spread them")
 
 
 def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | None:
@@ -219,7 +246,7 @@ def _check_room_exact(spec, lengths: list[int], add, errors: list[Problem]) -> N
     d = spec.data
     if d.tokenizer != "bytes":
         return
-    needed = d.val_tokens + d.train_tokens
+    needed = d.val_tokens + d.test_tokens + d.train_tokens
     width = None if d.max_doc_tokens is None else d.max_doc_tokens - 1
     tokens = sum(n + (1 if width is None else max(1, -(-n // width))) for n in lengths)
     if tokens < needed:
@@ -227,7 +254,7 @@ def _check_room_exact(spec, lengths: list[int], add, errors: list[Problem]) -> N
             errors,
             "data.train_tokens",
             f"the {len(lengths):,} documents hold {tokens:,} tokens (bytes and end-of-texts); the splits need "
-            f"{needed:,} (val {d.val_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
+            f"{needed:,} (val {d.val_tokens:,} + test {d.test_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
         )
 
 
@@ -274,7 +301,7 @@ def _check_room(spec, source, sizes: list[int], add, errors: list[Problem]) -> N
     d = spec.data
     if d.tokenizer != "bytes":
         return
-    needed = d.val_tokens + d.train_tokens
+    needed = d.val_tokens + d.test_tokens + d.train_tokens
     utf8 = source.encoding.replace("_", "-").lower() in ("utf-8", "utf8")
     cap = d.max_doc_tokens
     if source.documents == "file" and utf8:
@@ -289,5 +316,5 @@ def _check_room(spec, source, sizes: list[int], add, errors: list[Problem]) -> N
             errors,
             "data.train_tokens",
             f"{'the data file ' + held.replace('hold', 'holds', 1) if len(sizes) == 1 else f'the {len(sizes):,} data files {held}'} (bytes and end-of-texts); the splits need {needed:,} "
-            f"(val {d.val_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
+            f"(val {d.val_tokens:,} + test {d.test_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
         )

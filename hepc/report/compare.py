@@ -293,13 +293,14 @@ def token_envelope(reference_points) -> list[tuple[float, float]]:
     return sorted(best.items())
 
 
-def data_efficiency(reference_points, loss: float, *, base_tokens: float = 100_000_000) -> dict:
+def data_efficiency(reference_points, loss: float, *, base_tokens: float = 100_000_000, log_tokens: bool = False) -> dict:
     """Equivalent-data multiplier of a method's ``loss`` (the Slowrun rule, docs/method.md §8.5).
 
     ``reference_points``: ``(tokens, loss)`` pairs of models trained on more data; several entries
     at one token count (different model sizes) keep the best. Along that envelope, piecewise-linear
-    in tokens, find the first token count at which the loss is reached; multiplier = tokens /
-    ``base_tokens`` (the data the method itself trained on).
+    in tokens (``log_tokens``: in log tokens, for sizes on a ×2 grid), find the first token count at
+    which the loss is reached; multiplier = tokens / ``base_tokens`` (the data the method itself
+    trained on).
 
     Returns::
 
@@ -337,7 +338,8 @@ def data_efficiency(reference_points, loss: float, *, base_tokens: float = 100_0
                     "note": f"the reference's smallest run ({t1:g} tokens, loss {l1:.4f}) is already "
                             f"better than {loss:.4f}; extrapolation refused"}
         t0, l0 = env[i - 1]
-        tokens = t0 + (l0 - loss) / (l0 - l1) * (t1 - t0)
+        frac = (l0 - loss) / (l0 - l1)
+        tokens = math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0))) if log_tokens else t0 + frac * (t1 - t0)
         return {**out, "reached": True, "status": "interpolated", "tokens": tokens,
                 "multiplier": tokens / base_tokens, "between": [[t0, l0], [t1, l1]]}
     t_last, l_last = env[-1]

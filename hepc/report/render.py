@@ -96,9 +96,20 @@ def comparison_rows(comparisons: Sequence[Mapping]) -> list[dict]:
             "k_ratio": k_ratio,
             "gap": "n/a" if gap is None else f"{gap['gap']:+.4f} @ {_budget(gap['budget'])}",
             "teacher_ratio": _ratio((c.get("with_teacher_forwards") or {}).get("ratio")),
+            "paired": _paired_cell(c.get("paired")),
             "diagnostic_ratio": _ratio((c.get("diagnostic") or {}).get("ratio")),
         })
     return rows
+
+
+def _paired_cell(p: Mapping | None) -> str:
+    """'-0.0123 [-0.0200, -0.0046], 5 seeds' (candidate − reference at the largest common budget)."""
+    if not p or not p.get("n_seeds"):
+        return "no shared seeds"
+    if p.get("final_gap_ci95") is None:
+        return f"{p['final_gap_mean']:+.4f}, {count(p['n_seeds'], 'seed')} (no interval)"
+    lo, hi = p["final_gap_ci95"]
+    return f"{p['final_gap_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], {count(p['n_seeds'], 'seed')}"
 
 
 def weight_grid(members: Sequence[Mapping]) -> dict:
@@ -172,6 +183,7 @@ def _summary(context: Mapping, comparisons: Sequence[Mapping]) -> dict:
         })
     return {
         "title": context.get("title", "hepc report"),
+        "split": context.get("split", "val"),
         "comparisons": list(comparisons),
         "populations": pops,
         "curves": {str(k): [list(p) for p in v] for k, v in (context.get("curves") or {}).items()},
@@ -224,6 +236,7 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
         "populations": [_population_view(r) for r in _all_populations(context)],
         "data_efficiency": [] if eff is None else list(eff) if isinstance(eff, (list, tuple)) else [eff],
         "sign_note": SIGN_NOTE,
+        "split": str(context.get("split", "val")),
     }
     html = env.get_template(TEMPLATE).render(**view)
     target = out_dir / "report.html"

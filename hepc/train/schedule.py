@@ -60,6 +60,22 @@ def perturb_scale(cycle_index: int, start: float, end: float, decay_cycles: int)
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def multipliers(schedule: dict, step: int, steps_in_cycle: int) -> tuple[float, float]:
+    """(LR, WD) multipliers of a spec's `population.schedule` (as a dict) at one step of a cycle."""
+    if schedule["kind"] == "cyclic":
+        return cyclic_multipliers(step, steps_in_cycle, schedule.get("lr_floor", 0.08), schedule.get("wd_floor", 0.7))
+    return constant_multipliers(step, steps_in_cycle, schedule.get("warmdown", 0.2))
+
+
+def decay_efolds(schedule: dict, steps_in_cycle: int, lr: float, weight_decay: float) -> float:
+    """e-folds of decoupled weight decay over one cycle: Σ_s lr·lr_mult(s) · weight_decay·wd_mult(s).
+
+    Each step multiplies a decayed weight by (1 − lr_s·wd_s), so with no gradient a weight shrinks by
+    about exp(−this) over the cycle; the LR sawtooth counts (a cycle's late steps decay little)."""
+    total = sum(a * b for a, b in (multipliers(schedule, s, steps_in_cycle) for s in range(steps_in_cycle)))
+    return lr * weight_decay * total
+
+
 def steps_per_cycle(epochs_per_cycle: float, train_tokens: int, batch_tokens: int) -> int:
     """Optimizer steps that make one cycle cover `epochs_per_cycle` passes over the train split."""
     if batch_tokens <= 0:
