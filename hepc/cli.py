@@ -25,7 +25,8 @@ app = typer.Typer(
 
 SpecArg = Annotated[str, typer.Argument(help="Population spec (YAML).", show_default=False)]
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="key=value overrides, e.g. population.cycles=12 prior.budgets=[1,4,all]")
+    Optional[list[str]], typer.Argument(help="key=value overrides, e.g. population.cycles=12 prior.budgets=[1,4,all]"
+                                        " (run: more specs may follow, each with its own overrides)")
 ]
 StoreOpt = Annotated[
     Optional[str], typer.Option("--store", help="Store folder (default: $HEPC_STORE, runtime.store, or runs/).")
@@ -293,7 +294,36 @@ def run(
     ] = None,
     members: MembersOpt = False,
 ) -> None:
-    """Run every step that is not in the store yet, then print the results."""
+    """Run every step that is not in the store yet, then print the results.
+
+    Several specs (each followed by its own key=value overrides) run one after the other into one store, then their comparison is printed as `hepc compare` prints it: the first is the baseline, figures on test when every spec has a test split (chosen on val), else on val."""  # noqa: E501
+    from hepc.cli_specs import spec_args
+
+    refs = spec_args([spec, *(overrides or [])])
+    flags = _run_flags(jobs, backend, address)
+    if len(refs) == 1:
+        _run_one(refs[0].path, list(refs[0].overrides), store, flags, json_out=json_out, quiet=quiet, members=members)
+        return
+    named = []
+    for ref in refs:
+        named.append(_run_one(ref.path, list(ref.overrides), store, flags, json_out=False, quiet=quiet, members=None))
+    from hepc.cli_specs import check_same_splits, display_names
+    from hepc.report.families import Family
+    from hepc.report.side_by_side import compare_results, render_table
+
+    names = display_names([res["spec"] for res in named], refs)
+    split = "test" if all(Family.from_results(n, [r]).has_split("test") for n, r in zip(names, named)) else "val"
+    check_same_splits(list(zip(names, named)), split)
+    result = compare_results(list(zip(names, named)), None, split)
+    if json_out:
+        print(json.dumps(result, indent=1))
+    else:
+        render_table(result, _stdout())
+
+
+def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict, *, json_out: bool, quiet: bool,
+             members: Optional[bool]) -> dict:
+    """Run one spec (see `run`); print its results unless `members` is None; return them."""
     from hepc.execute.driver import check_committed, execute
     from hepc.plan import make_plan
     from hepc.results import collect, render
@@ -309,16 +339,18 @@ def run(
     if not quiet:
         _err(the_plan.summary_line())
     runtime = loaded.spec.runtime.model_dump()
-    runtime.update(_run_flags(jobs, backend, address))
+    runtime.update(flags)
     resolved = loaded.spec.model_dump(mode="json")
     execute(compiled, the_store, runtime, resolved, quiet=quiet, damaged=damaged, plan=the_plan)
     results = collect(compiled, the_store)
-    if json_out:
-        print(json.dumps(results, indent=1))
-    else:
-        render(results, _stdout(), members=members)
+    if members is not None:
+        if json_out:
+            print(json.dumps(results, indent=1))
+        else:
+            render(results, _stdout(), members=members)
     if not quiet:
         _err(f"done in {time.time() - t0:.1f}s (store: {the_store.root})")
+    return results
 
 
 def _run_flags(jobs: Optional[int], backend: Optional[str], address: Optional[str]) -> dict:
@@ -348,8 +380,7 @@ def results(
     members: MembersOpt = False,
     split: SplitOpt = "val",
 ) -> None:
-    """Print a finished population's ensembles, loss curve and best member (every member with --members),
-    on val or on test (--split test: the same choices, made on val, read on test)."""
+    """Print a finished population's ensembles, loss curve and best member (every member with --members), on val or on test (--split test: the same choices, made on val, read on test)."""  # noqa: E501
     from hepc.results import collect, on_split, render
 
     loaded, compiled = _load(spec, overrides)
@@ -459,9 +490,7 @@ def compare(
 ) -> None:
     """Families of specs side by side: epochs-to-match, matched-K ratio, loss gaps, paired seeds.
 
-    A spec's sweep is a family of configurations (seeds apart); --family NAME=SPEC puts several specs in
-    one. Each family's curve takes, at every budget, its configuration of lowest val loss; figures are on
-    --split (test: nothing is chosen on it). The first family (--family ones first) is the baseline."""
+    A spec's sweep is a family of configurations (seeds apart); --family NAME=SPEC puts several specs in one. Each family's curve takes, at every budget, its configuration of lowest val loss; figures are on --split (test: nothing is chosen on it). The first family (--family ones first) is the baseline."""  # noqa: E501
     from hepc.report.side_by_side import compare_results, render_table
 
     families = _families(specs, family, store, split)
