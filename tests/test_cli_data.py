@@ -168,3 +168,38 @@ def test_a_corpus_too_small_at_build_exits_2_located(tmp_path):
     result = hepc("data", str(spec), "--store", str(tmp_path / "store"))
     assert result.exit_code == 2, result.output
     assert re.search(r"spec\.yaml:\d+:\d+: data\.train_tokens: the source has only [\d,]+ tokens", result.output), result.output
+
+
+def test_duplicates_test_split_and_share_warnings_are_shown(tmp_path):
+    """Copied files are exact duplicates: dropped before carving and counted; a test split has its row; a
+    document holding more than 5 % of a split is flagged by `hepc data`, and `validate` warns beforehand
+    when the largest file could be."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    words = ["lorem", "ipsum", "dolor", "sit", "amet"]
+    texts = [" ".join(rng.choice(words, int(rng.integers(20, 60)))) for _ in range(120)]
+    for i, text in enumerate(texts):
+        (folder / f"d{i:03d}.txt").write_text(text)
+    for i in range(0, 120, 10):
+        (folder / f"copy{i:03d}.txt").write_text(texts[i])  # 12 exact copies
+    (folder / "big.txt").write_text("x" * 1_500)  # more than 5 % of the 1,500-token test split
+    spec = spec_file(tmp_path, "{kind: text, paths: ['docs/*.txt']}", train_tokens=6_000, val_tokens=1_500,
+                     heldout_tokens=1_000)
+    text = spec.read_text().replace("  heldout_tokens: 1000\n", "  heldout_tokens: 1000\n  test_tokens: 1500\n")
+    spec.write_text(text)
+    report = data_json(spec, tmp_path / "store")
+    [corpus] = report["corpora"]
+    assert corpus["source"]["duplicates"]["documents"] == 12
+    assert list(corpus["splits"]) == ["val", "test", "heldout", "train"] and corpus["splits"]["test"]["tokens"] == 1_500
+    assert all(0 < s["largest_share"] <= 1 for s in corpus["splits"].values())
+    out = hepc("data", str(spec), "--store", str(tmp_path / "store")).stdout
+    assert "duplicates: 12 exact copies of other documents" in out
+    assert re.search(r"(?m)^  test\s+\d", out)
+    flagged = [name for name, s in corpus["splits"].items() if s["largest_share"] > 0.05]
+    for name in flagged:
+        assert f"of {name} (" in out
+    validate = hepc("validate", str(spec))
+    assert validate.exit_code == 0
+    said = " ".join(validate.output.split())  # however the terminal wrapped it
+    assert "the largest document, 'docs/big.txt' (1,501 tokens at most), is more than 5% of the smallest split (heldout" in said

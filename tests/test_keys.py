@@ -192,6 +192,24 @@ def test_budget_accounting_pce():
     assert sorted(m.cost_epochs for m in members)[0] == 0.5
 
 
+def test_plan_prints_the_integrated_weight_decay_per_cycle():
+    """∫ lr·wd over a cycle, from the actual schedule: the cyclic sawtooth's mean product of multipliers,
+    (1 − 0.92x)(0.7 + 0.3x) over x in [0, 1), is about 0.436 (flat WD: 0.54), times lr · wd · steps."""
+    from hepc.plan import schedule_lines
+
+    c = compiled("optimizer.weight_decay=2.0")
+    steps = c.populations[0].totals["steps_per_cycle"]
+    efolds = c.populations[0].totals["wd_efolds_per_cycle"]["adamw"]
+    exact = sum((0.08 + 0.92 * (1 - s / steps)) * (0.7 + 0.3 * s / steps) for s in range(steps)) * 0.003 * 2.0
+    assert efolds == pytest.approx(exact, abs=1e-6) and abs(efolds / (0.003 * 2.0 * steps) - 0.436) < 0.02
+    flat = compiled("optimizer.weight_decay=2.0", "population.schedule.wd_floor=1").populations[0].totals
+    assert flat["wd_efolds_per_cycle"]["adamw"] > efolds
+    [line] = schedule_lines(c)
+    assert f"{efolds:.2f} e-folds" in line and f"{steps} steps" in line
+    muon = compiled("optimizer.kind=muon", "optimizer.muon_lr=0.02").populations[0].totals["wd_efolds_per_cycle"]
+    assert muon["muon"] == pytest.approx(muon["adamw"] * 0.02 / 0.003, abs=1e-5)
+
+
 def shipped_specs():
     return sorted((ROOT / "specs").rglob("*.yaml"))
 

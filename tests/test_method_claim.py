@@ -20,3 +20,6 @@ def test_the_ensemble_beats_its_best_snapshot_on_val_and_test(tmp_path):
         best = res["best_single"]  # chosen on val, read on the split
         assert ensemble["val_loss"] < best["val_loss"] - MARGIN, (split, ensemble["val_loss"], best["val_loss"])
         assert len(res["members"]) == 8 and res["split"] == split
+        # the chain can be read cycle by cycle: training CE of every cycle, and KD of the distilled ones
+        assert all(isinstance(m["train_ce"], float) for m in res["members"])
+        assert [m["train_kd"] is not None for m in res["members"] if m["trajectory"] == 1] == [False, False, True, True]
