@@ -47,8 +47,6 @@ ABLATIONS = [  # (scale, spec, what it changes); each against q0's base configur
     ("a", "abl-p2", "P = 2 trajectories at the same budget"),
     ("a", "abl-p4", "P = 4 trajectories at the same budget"),
 ]
-DATA_REFERENCES = {"a": ["data/single-a-1x", "data/single-a-2x", "data/single-a-4x", "data/single-a-8x", "data/single-a-16x"],
-                   "b": ["data/single-b-1x", "data/single-b-2x", "data/single-b-4x", "data/single-b-8x", "data/single-b-16x"]}
 
 
 # --------------------------------------------------------------------------- reading the store
@@ -94,7 +92,8 @@ class Store:
     def results(self, scale: str, spec: str):
         key = f"{scale}/{spec}" if not spec.startswith("data/") else spec
         if key not in self.cache:
-            got = _collect(key, self.store)
+            overrides = [f"sweep.seed={json.dumps(self.seeds)}"] if self.seeds else []  # what --quick trains
+            got = _collect(key, self.store, overrides)
             self.cache[key] = None if got is None else got
             if got is None:
                 self.missing.append(key)
@@ -223,24 +222,21 @@ def _chain_means(per_seed: dict) -> list[dict]:
 
 
 def data_efficiency(db: Store, scale: str) -> list[dict]:
+    """q0's and the ensemble family's final test losses at `scale` as multiples of their own trained tokens,
+    against one envelope: single models of both sizes on every data size, each at its epochs chosen on val."""
     from hepc.report.side_by_side import compare_results
 
-    refs = [db.results("", s) for s in DATA_REFERENCES[scale]]
+    refs = [db.results("", f"data/{path.stem}") for path in sorted((Path(SPECS) / "data").glob("*.yaml"))]
     fams = [(name, db.family(scale, name)) for name in ("q0", "ensembles")]
-    if any(r is None for r in refs) or any(f is None for _, f in fams):
+    if not refs or any(r is None for r in refs) or any(f is None for _, f in fams):
         return []
     out = compare_results(fams, [r[2] for r in refs], "test")
-    sizes = sorted({f"{r[0].spec.model.n_layer}x{r[0].spec.model.d_model}" for r in refs})
-    other = [db.results("", s.replace(f"single-{scale}-", f"single-{'b' if scale == 'a' else 'a'}-"))
-             for s in DATA_REFERENCES[scale]]
-    rows = []
-    for eff in out["data_efficiency"]:
-        rows.append({"method": eff["spec"], "scale": scale, "split": "test", "unit": "trained tokens",
-                     "trained_tokens": eff["trained_tokens"], "loss": eff["loss"], "multiplier": eff["multiplier"],
-                     "status": eff["status"], "envelope": eff["envelope"], "model_sizes": sizes,
-                     "note": eff["note"]})
-    del other
-    return rows
+    sizes = sorted({f"{r[0].spec.model.n_layer} layers × {r[0].spec.model.d_model}" for r in refs})
+    data_sizes = sorted({r[0].spec.data.train_tokens for r in refs})
+    return [{"method": eff["spec"], "scale": scale, "split": "test", "unit": "trained tokens",
+             "trained_tokens": eff["trained_tokens"], "loss": eff["loss"], "multiplier": eff["multiplier"],
+             "status": eff["status"], "envelope": eff["envelope"], "model_sizes": sizes, "data_sizes": data_sizes,
+             "note": eff["note"]} for eff in out["data_efficiency"]]
 
 
 def regime(db: Store, scale: str) -> dict | None:
