@@ -61,6 +61,8 @@ def _collect(path: str, store: str, overrides=()):
     from hepc.spec.load import load_spec
     from hepc.store import Store, resolve_store_path
 
+    if not (Path(SPECS) / f"{path}.yaml").is_file():
+        return None
     loaded = load_spec(Path(SPECS) / f"{path}.yaml", list(overrides))
     compiled = compile_spec(loaded)
     the_store = Store(resolve_store_path(store, loaded.spec.runtime.store))
@@ -195,7 +197,7 @@ def ablation(db: Store, scale: str, spec: str, what: str, base: dict, base_wd) -
         "name": spec, "scale": scale, "changes": what, "split": "test", "base_weight_decay": base_wd,
         "paired": {"n_seeds": paired["n_seeds"], "seeds": paired["seeds"], "final_gap_mean": paired["mean"],
                    "final_gap_ci95": paired["ci95"], "final_gap_per_seed": paired["per_seed"],
-                   "verdict": paired["verdict"], "interval": paired["interval"]},
+                   "verdict": paired["verdict"].replace("candidate", "ablation"), "interval": paired["interval"]},
         "diversity": {"definition": "ensemble test loss − mean member test loss (K = all, final budget; more negative = "
                                     "more diverse members)",
                       "q0": sum(v["ensemble_test"] - v["mean_member_test"] for v in a.values()) / max(len(a), 1),
