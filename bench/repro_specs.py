@@ -109,7 +109,7 @@ def scale_specs(key: str, s: dict) -> None:
                         "  schedule: {kind: constant, warmdown: 0.2}\n"),
             prior="prior: {kind: uniform, budgets: [1, all]}\n",
             sweep={"optimizer.weight_decay": s["baseline_wd"], **seeds}, train_on_heldout=True))
-    single_epochs = sorted({S / 4, S / 2, *(mult * S for mult in MEMBER_LENGTHS)})
+    single_epochs = sorted({S / 4, S / 2, *(mult * S for mult in MEMBER_LENGTHS), budget})  # up to the whole budget
     write(f"{key}/single.yaml", spec(
         f"repro-{key}-single", ["One model on all the data (train + held-out), over epochs and weight decay: the single-model "
                                 "family (its runs at m·S are the ensembles' first members, shared by key).", where],
