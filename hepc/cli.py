@@ -265,7 +265,6 @@ def plan(
         detail = f"  ({s.detail})" if s.detail else ""
         lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<{kind_width}} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
     from hepc.cli_data import plan_data_lines  # split_lines, plus a dry-pass summary of a small unbuilt corpus
-
     from hepc.plan import schedule_lines
 
     print("\n".join(lines + schedule_lines(compiled) + plan_data_lines(the_plan, the_store, loaded)))

@@ -229,7 +229,7 @@ def share_warnings(report: dict) -> list[str]:
             top = split["largest"][0]
             out.append(f"one document is {share:.0%} of {name} ({top['file']}"
                        + (f", {top['place']}" if top.get("place") else "")
-                       + f"): a split of few documents is noisy; a `documents` rule that makes smaller documents, "
+                       + "): a split of few documents is noisy; a `documents` rule that makes smaller documents, "
                        "or a larger split, spreads it")
     return out
 

@@ -156,6 +156,3 @@ def synthetic_source(source_cfg: dict, tokenizer: Tokenizer, seed: int) -> Piece
         duplicates={"documents": 0, "tokens": 0},
     )
 
-
-def synthetic_meta(source_cfg: dict) -> dict:
-    return synthetic.entropy_meta(source_cfg)

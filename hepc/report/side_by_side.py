@@ -13,7 +13,6 @@ multiplier of each family's final loss in trained tokens (docs/method.md §8.5).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from hepc.report.compare import (
