@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from hepc.data import shards, synthetic
+from hepc.data import shards
 from hepc.data.carve import Kept, Piece, PieceSource, count_duplicates, doc_keys
 from hepc.data.identity import check_tokens_config, resolve_text_paths
 from hepc.data.sources import iter_documents, iter_named_documents
