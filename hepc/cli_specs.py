@@ -5,8 +5,8 @@
     hepc diff q0.yaml q0.yaml::population.cycles=8        # the same override, written onto the spec
 
 An argument `KEY=VALUE` (a dotted key, then `=`, the value parsed as YAML as for `hepc run`) applies
-to the spec before it; `SPEC::KEY=VALUE` is that spec with that override, and more `KEY=VALUE`
-arguments may follow it. An argument that names an existing file is always a spec.
+to the spec before it; `SPEC::KEY=VALUE` is that spec with that override (`SPEC::A=1::B=2` with two),
+and more `KEY=VALUE` arguments may follow it. An argument that names an existing file is always a spec.
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ def spec_args(args: list[str] | tuple[str, ...]) -> list[SpecRef]:
                 continue
             out[-1][1].append(arg)
             continue
-        path, sep, rest = arg.partition(SEPARATOR)
-        if sep and not OVERRIDE.match(rest):
+        path, *rest = arg.split(SEPARATOR)
+        if rest and not all(OVERRIDE.match(r) for r in rest):
             problems.append(Problem(f"argument '{arg}'", "", f"expected SPEC{SEPARATOR}key=value after '{SEPARATOR}' ({EXAMPLE})"))
             continue
-        out.append((path if sep else arg, [rest] if sep else []))
+        out.append((path, rest))
     if problems:
         raise SpecError(problems)
     return [SpecRef(path, tuple(overrides)) for path, overrides in out]

@@ -136,3 +136,33 @@ def test_a_reference_whose_single_models_never_saturate_is_flagged():
     saturating = sweep("single", [pop("single", {"epochs": b}, [pt(b, 1, v, v)]) for b, v in ((4, 2.5), (16, 2.1), (32, 2.3))])
     [early] = saturation_warnings(Family.from_results("single", [saturating]), [cand])
     assert "stops at 8 epochs, before single's single model saturates (16 epochs)" in early
+
+
+def test_the_command_line_compares_families_on_test_and_refuses_other_data(tmp_path):
+    """`hepc run A B` trains both and prints their comparison (on test: both have a test split); `compare
+    --family NAME=SPEC` names the family; the equal-data baseline trains on train + held-out (more
+    steps per epoch); a spec scored on another corpus's val is refused with exit 2."""
+    import json
+
+    from cli_helpers import TINY, hepc
+
+    store = tmp_path / "store"
+    base = [TINY, "data.test_tokens=500", "prior.kind=uniform", "data.train_on_heldout=true"]
+    q0 = [TINY, "data.test_tokens=500"]
+    out = json.loads(hepc("run", *base, *q0, "--json", "--quiet", store=store).stdout)
+    assert out["split"] == "test" and len(out["comparisons"]) == 1
+    assert out["comparisons"][0]["trained_tokens"] == {"reference": [12000], "candidate": [11000]}
+    result = hepc("compare", "--family", "base=" + "::".join(base), *q0, "--split", "test", "--json", store=store)
+    c = json.loads(result.stdout)["comparisons"][0]
+    assert c["reference"] == "base" and c["split"] == "test" and c["paired"]["n_seeds"] == 1
+    # the baseline's cycles trained on all 12,000 tokens: 24 steps of 512 per epoch, not 11,000's 21
+    cycles = [json.loads(p.read_text()) for p in (store / "objects" / "cycle").glob("*/manifest.json")]
+    assert sorted({m["summary"]["steps"] for m in cycles}) == [21, 23]
+    other = hepc("run", TINY, "data.seed=1", "--quiet", store=store)
+    assert other.returncode == 0
+    refused = hepc("compare", *q0, TINY, "data.seed=1", store=store, check=False)
+    assert refused.returncode == 2 and "different val tokens" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    hepc("run", TINY, "--quiet", store=store)  # the same val, no test split
+    no_test = hepc("compare", *q0, TINY, "--split", "test", store=store, check=False)
+    assert no_test.returncode == 2 and "has no test scores" in no_test.stderr

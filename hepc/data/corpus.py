@@ -128,7 +128,7 @@ def build_corpus(
         "source_tokens": source.tokens,
         "duplicates": source.duplicates,
         "splits": splits,
-        "digests": {name: _array_digest(arrays[name]) for name in SPLITS},
+        "digests": {name: _array_digest(arrays[name]) for name in SPLITS if arrays[name].size},  # what compare guards
         "source": identity,
     }
     if given_val is not None:
