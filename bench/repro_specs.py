@@ -34,7 +34,8 @@ SCALES = {
 }
 MEMBER_LENGTHS = [1, 1.5, 2, 3, 4]  # × S: the independent ensemble's member lengths
 DATA_SIZES = [8_000, 16_000, 32_000, 64_000, 128_000]  # trained tokens of the data-efficiency single models
-DATA_EPOCHS = [2, 4, 8, 16, 32]
+DATA_EPOCHS = {8_000: [4, 8, 16, 32, 64], 16_000: [4, 8, 16, 32, 64], 32_000: [2, 4, 8, 16, 32],
+               64_000: [2, 4, 8, 16], 128_000: [2, 4, 8]}  # more data saturates in fewer epochs
 LR = 0.003
 
 
@@ -127,9 +128,10 @@ def scale_specs(key: str, s: dict) -> None:
     prior = "prior: {kind: shrinkage, budgets: [1, 2, 4, 8, all]}\n"
     variants = [("q0", h, "")] + ([("q0-h5", s["heldout5"], f" Held-out {s['heldout5']:,} tokens (5 %).")] if s["ablations"] else [])
     for name, heldout, extra in variants:
+        wds = s["q0_wd"] if name == "q0" else s["q0_wd"][:1]  # the 5 % variant at q0's base weight decay (compute)
         write(f"{key}/{name}.yaml", spec(
             f"repro-{key}-{name}", [q0_note + extra, where], f"{key}/{name}.yaml", train=d, heldout=heldout, model=m, batch=b,
-            wd=s["q0_wd"][0], population=q0_population(s), prior=prior, sweep={"optimizer.weight_decay": s["q0_wd"], **seeds}))
+            wd=s["q0_wd"][0], population=q0_population(s), prior=prior, sweep={"optimizer.weight_decay": wds, **seeds}))
     if not s["ablations"]:
         return
     base_wd = s["q0_wd"][0]
@@ -165,7 +167,7 @@ def data_specs() -> None:
                 population=("population:\n  trajectories: 1\n  cycles: 1\n  epochs_per_cycle: 16\n"
                             "  schedule: {kind: constant, warmdown: 0.2}\n"),
                 prior="prior: {kind: uniform, budgets: [all]}\n",
-                sweep={"population.epochs_per_cycle": DATA_EPOCHS}, train_on_heldout=True))
+                sweep={"population.epochs_per_cycle": DATA_EPOCHS[size]}, train_on_heldout=True))
 
 
 def main() -> int:
