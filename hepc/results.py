@@ -51,6 +51,7 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
     digests = (store.read_object_json(corpus_dir, "meta.json").get("digests") or {}) if corpus_dir else {}
     return {
         "spec": compiled.spec.name,
+        "split": "val",  # where `val_loss` fields were scored (`on_split` reads them on test)
         "label": pop.label,
         "values": pop.values,
         "seed": pop.spec.seed,
@@ -113,7 +114,7 @@ def on_split(results: dict, split: str) -> dict:
     and curve points replaced by that split's, with `split` set. The best member and the best ensemble
     stay the ones chosen on val, shown with their `split` figures. A HepcError when it was not scored there."""
     if split == "val":
-        return {**results, "split": "val"} if "populations" not in results else results
+        return results
     if "populations" in results:
         return {**results, "populations": [on_split(p, split) for p in results["populations"]]}
 
