@@ -291,7 +291,8 @@ def test_special_data_files_are_located_errors(data_with_fifo, command, paths, e
 def test_glob_skips_a_fifo_among_regular_files(data_with_fifo, no_hang):
     spec = text_spec(data_with_fifo, ["data/*"])
     out, _ = cli("validate", str(spec), timeout=30)
-    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    other = [line for line in out.stderr.splitlines() if "warning" in line and "the largest document" not in line]
+    assert out.returncode == 0 and not other, out.stderr  # (its files are larger than 5 % of the tiny splits)
     source = {"kind": "text", "paths": ["data/*"]}
     assert [f["name"] for f in source_identity(source, data_with_fifo)["files"]] == [f"data/{i}.txt" for i in range(4)]
     meta = build_corpus(source, BYTES, train_tokens=20_000, val_tokens=4_000, heldout_tokens=2_000, seed=0,
