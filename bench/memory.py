@@ -90,8 +90,8 @@ def _cycle(root: Path, name: str, model: dict, seq_len: int, batch: int, vocab: 
     runtime = {"device": "cpu", "dtype": "float32", "threads": 2, "compile": False, "checkpoint_every_steps": 0,
                "log_every_steps": 1, **extra}  # fmt: skip
     epochs = steps * batch * seq_len / (batch * (seq_len + 1) * steps + seq_len + 1)
-    common = dict(model=model, optimizer=optimizer, schedule={"kind": "cyclic", "lr_floor": 0.1, "wd_floor": 0.7},
-                  trajectory_seed=1, epochs_per_cycle=epochs, seq_len=seq_len, corpus_dir=corpus)  # fmt: skip
+    common = {"model": model, "optimizer": optimizer, "schedule": {"kind": "cyclic", "lr_floor": 0.1, "wd_floor": 0.7},
+              "trajectory_seed": 1, "epochs_per_cycle": epochs, "seq_len": seq_len, "corpus_dir": corpus}
     prev = None
     if distill:
         prev = root / f"{name}-c1"
