@@ -183,3 +183,28 @@ def test_compile_gives_eager_losses(corpus, tmp_path):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
     assert json.loads((tmp_path / "compiled" / "summary.json").read_text())["steps"] == 32
+
+
+def test_scoring_in_chunks_through_cross_entropy_equals_the_full_softmax(snapshots):
+    """runtime.loss_chunk_tokens > 0 (the CUDA default): exp(−cross_entropy(reduction='none')) over chunks of
+    tokens from the hidden states, never a (B, t, V) softmax: the same probabilities to float32 rounding."""
+    paths, tokens = snapshots
+    exact = score_tokens(model=MODEL, weights_path=paths[0], tokens=tokens, vocab_size=VOCAB, seq_len=SEQ_LEN,
+                         runtime=RUNTIME)  # fmt: skip
+    for chunk in (7, 16, 1000):
+        chunked = score_tokens(model=MODEL, weights_path=paths[0], tokens=tokens, vocab_size=VOCAB, seq_len=SEQ_LEN,
+                               runtime={**RUNTIME, "loss_chunk_tokens": chunk})  # fmt: skip
+        assert chunked.dtype == np.float32 and chunked.shape == exact.shape
+        np.testing.assert_allclose(chunked, exact, rtol=2e-6, atol=1e-8)
+
+
+def test_logit_ensembles_stream_their_members(snapshots):
+    """Snapshots reloaded for every batch of windows (no room to keep them) give the resident result bit for
+    bit: each ensemble sums one member's logits at a time, in its own order."""
+    paths, tokens = snapshots
+    ensembles = [[(1, 0.6), (0, 0.4)], [(1, 1.0)]]
+    args = {"model": MODEL, "weights_paths": paths, "ensembles": ensembles, "tokens": tokens, "vocab_size": VOCAB,
+            "seq_len": SEQ_LEN, "runtime": RUNTIME, "batch_seqs": 4}
+    resident = logit_ensemble_losses(**args)
+    streamed = logit_ensemble_losses(**args, resident_bytes=0)
+    assert streamed == resident and resident[0] != resident[1]
