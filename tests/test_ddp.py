@@ -185,6 +185,14 @@ def test_micro_batches_exchange_gradients_once_per_step(no_sync):
     assert buckets and len(exchanged) == len(buckets) * (1 if no_sync else 4)
 
 
+def test_wall_time_checkpoints_are_taken_by_every_rank_together(corpus, tmp_path):
+    """runtime.checkpoint_every_minutes: rank 0's clock decides, at a logged step, for every rank (each
+    rank's RNG state is gathered: a rank that disagreed would hang the gather)."""
+    cycle(corpus, tmp_path / "out", gpus=2, work=tmp_path / "work", checkpoint_every_minutes=1e-9, log_every_steps=3)
+    ckpt = load_state(tmp_path / "work" / "ckpt.pt")
+    assert ckpt["step"] == 6 and len(ckpt["rng_ranks"]) == 2  # steps 3 and 6 of 8 (the last step needs none)
+
+
 def test_ctrl_c_stops_every_rank_and_resumes_with_another_n(corpus, runs, tmp_path):
     """Ctrl-C reaches rank 0 (this process) after step 4: both ranks stop there, a checkpoint is written
     (with both ranks' RNG states), and since it does not depend on N, one process finishes the cycle."""

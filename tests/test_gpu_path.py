@@ -208,3 +208,13 @@ def test_logit_ensembles_stream_their_members(snapshots):
     resident = logit_ensemble_losses(**args)
     streamed = logit_ensemble_losses(**args, resident_bytes=0)
     assert streamed == resident and resident[0] != resident[1]
+
+
+def test_deterministic_mode_is_exact_on_cpu_and_restored_after(corpus, tmp_path):
+    """runtime.deterministic asks torch for deterministic kernels during the cycle only (steps may share a
+    process); CPU results are bit-exact either way."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(corpus, tmp_path / "plain", epochs=0.5)
+    run(corpus, tmp_path / "deterministic", epochs=0.5, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert_same_outputs(tmp_path / "plain", tmp_path / "deterministic")
