@@ -14,6 +14,8 @@ cycle chooses its micro-batch with them (`runtime.micro_batch: auto`). The parts
                      with activation checkpointing only each block's input, plus one block recomputed
     loss             the output logits and the loss's full-vocabulary tensors, per token (or per token of
                      one chunk when the loss is chunked: runtime.loss_chunk_tokens)
+    checkpoint copy  on the CPU, with mid-cycle checkpoints: the host copy of the weights and optimizer
+                     state that the background writer writes (on CUDA it is pinned host memory, not the GPU's)
 
 Saved activations per token and layer, with d = d_model, h = the SwiGLU width (hepc.sizes), nh = heads,
 counted tensor by tensor with autograd's saved-tensor hooks (docs/benchmarks.md): float32 4·(12·d + 4·h)
@@ -81,6 +83,7 @@ class Settings:
     micro: int = 1  # sequences per forward and backward on one device
     checkpointing: bool = False  # activation checkpointing per block
     chunk_tokens: int = 0  # loss in chunks of this many tokens (0: full logits)
+    snapshots: bool = False  # mid-cycle checkpoints (their host copy counts on the CPU)
 
 
 @dataclass
@@ -127,6 +130,8 @@ def static_bytes(shape: Shape, settings: Settings) -> dict[str, float]:
         parts["teacher"] = (2.0 if settings.device == "cuda" and settings.bf16 else 4.0) * n
     if settings.bf16:  # autocast's bfloat16 copies of the matrices (the embedding is a lookup, not a matmul)
         parts["bf16 copies"] = 2.0 * (hidden + shape.vocab * shape.d_model)
+    if settings.snapshots and settings.device == "cpu":
+        parts["checkpoint copy"] = parts["weights"] + parts["optimizer"]
     return parts
 
 
@@ -204,6 +209,7 @@ def choose(
     micro: int | str = "auto",
     checkpointing: bool | str = "auto",
     chunk_tokens: int | None = None,
+    snapshots: bool = False,
 ) -> Choice:
     """The micro-batch (sequences per forward on one device) and activation checkpointing for `rows`
     sequences per device and step, within `usable` bytes.
@@ -217,7 +223,7 @@ def choose(
     modes = [False, True] if checkpointing == "auto" else [bool(checkpointing)]
 
     def estimate(m: int, ckpt: bool) -> Estimate:
-        return cycle_estimate(shape, Settings(device, bf16, m, ckpt, chunk))
+        return cycle_estimate(shape, Settings(device, bf16, m, ckpt, chunk, snapshots))
 
     if micro != "auto":
         m = max(1, min(int(micro), rows))
@@ -318,7 +324,12 @@ def spec_choice(spec, vocab: int, distill: bool, capacity: Capacity) -> Choice:
     bf16 = capacity.device == "cuda" and rt.dtype == "bfloat16"
     return choose(spec_shape(spec, vocab, distill), rows, capacity.usable, device=capacity.device, bf16=bf16,
                   micro=rt.micro_batch, checkpointing=rt.activation_checkpointing,
-                  chunk_tokens=rt.loss_chunk_tokens)  # fmt: skip
+                  chunk_tokens=rt.loss_chunk_tokens, snapshots=_snapshots(rt))  # fmt: skip
+
+
+def _snapshots(rt) -> bool:
+    """Whether a cycle writes mid-cycle checkpoints (runtime settings of a spec)."""
+    return bool(rt.checkpoint_every_steps or rt.checkpoint_every_minutes)
 
 
 def memory_report(compiled) -> dict:
@@ -375,7 +386,8 @@ def memory_report(compiled) -> dict:
 def _settings(spec, capacity: Capacity, micro: int, checkpointing: bool) -> Settings:
     rt = spec.runtime
     chunk = DEFAULT_CHUNK_TOKENS[capacity.device] if rt.loss_chunk_tokens is None else rt.loss_chunk_tokens
-    return Settings(capacity.device, capacity.device == "cuda" and rt.dtype == "bfloat16", micro, checkpointing, chunk)
+    return Settings(capacity.device, capacity.device == "cuda" and rt.dtype == "bfloat16", micro, checkpointing, chunk,
+                    _snapshots(rt))
 
 
 def _problem(spec, choice: Choice, capacity: Capacity, distill: bool) -> tuple[str, str]:
@@ -387,7 +399,8 @@ def _problem(spec, choice: Choice, capacity: Capacity, distill: bool) -> tuple[s
     if rt.micro_batch != "auto":
         best = choose(spec_shape(spec, _vocab(spec), distill), choice.rows, capacity.usable,
                       device=capacity.device, bf16=capacity.device == "cuda" and rt.dtype == "bfloat16",
-                      checkpointing=rt.activation_checkpointing, chunk_tokens=rt.loss_chunk_tokens)  # fmt: skip
+                      checkpointing=rt.activation_checkpointing, chunk_tokens=rt.loss_chunk_tokens,
+                      snapshots=_snapshots(rt))  # fmt: skip
         if best.fits:
             hint = f"use runtime.micro_batch: {best.micro} or less (or auto)"
             if best.checkpointing and rt.activation_checkpointing != "auto":
@@ -397,7 +410,7 @@ def _problem(spec, choice: Choice, capacity: Capacity, distill: bool) -> tuple[s
             "(gpus_per_step) keeps a whole copy of the model, its gradients and optimizer state on every device")
     with_ckpt = choose(spec_shape(spec, _vocab(spec), distill), choice.rows, capacity.usable, device=capacity.device,
                        bf16=capacity.device == "cuda" and rt.dtype == "bfloat16", checkpointing=True,
-                       chunk_tokens=rt.loss_chunk_tokens)  # fmt: skip
+                       chunk_tokens=rt.loss_chunk_tokens, snapshots=_snapshots(rt))  # fmt: skip
     if rt.activation_checkpointing is False and with_ckpt.fits:
         return "runtime.activation_checkpointing", f"{what} needs {need} even with one sequence per micro-batch, {room}; set runtime.activation_checkpointing: auto (or true)"
     if rt.dtype != "bfloat16" and capacity.device == "cuda":

@@ -151,26 +151,26 @@ def save_state_hashed(obj: Any, path: Path) -> tuple[int, str]:
 
 
 def snapshot(obj: Any, buffers: dict | None = None) -> Any:
-    """A copy of `obj` whose tensors are on the host and no longer change when training goes on: CPU tensors
-    cloned, CUDA tensors copied into pinned host buffers (`buffers`, reused from one snapshot to the next
-    when given: index → tensor) with one synchronisation at the end. What a background checkpoint writes."""
+    """A copy of `obj` whose tensors are on the host and no longer change when training goes on: each tensor
+    copied into a host buffer (pinned for CUDA tensors, with one synchronisation at the end). `buffers`
+    (index → tensor), when given, keeps the buffers from one snapshot to the next, so later snapshots are
+    plain copies into memory already in place; the caller must not snapshot again while a write of the
+    previous one is still reading them. What a background checkpoint writes."""
     counter = [0]
     cuda = [False]
 
     def copy(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             t = value.detach()
-            if not t.is_cuda:
-                return t.clone()
-            cuda[0] = True
+            cuda[0] = cuda[0] or t.is_cuda
             i = counter[0]
             counter[0] += 1
             buf = buffers.get(i) if buffers is not None else None
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
                 if buffers is not None:
                     buffers[i] = buf
-            buf.copy_(t, non_blocking=True)
+            buf.copy_(t, non_blocking=t.is_cuda)
             return buf
         if isinstance(value, dict):
             return {k: copy(v) for k, v in value.items()}

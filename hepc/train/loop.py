@@ -246,7 +246,8 @@ def memory_plan(model: dict, optimizer: dict, distill: dict | None, seq_len: int
     bf16 = device.type == "cuda" and runtime.get("dtype") == "bfloat16"
     choice = memory.choose(shape, rows, capacity.usable, device=device.type, bf16=bf16,
                            micro=runtime.get("micro_batch") or "auto",
-                           checkpointing=runtime.get("activation_checkpointing", "auto"), chunk_tokens=chunk)  # fmt: skip
+                           checkpointing=runtime.get("activation_checkpointing", "auto"), chunk_tokens=chunk,
+                           snapshots=bool(runtime.get("checkpoint_every_steps") or runtime.get("checkpoint_every_minutes")))  # fmt: skip
     if not choice.fits:
         raise MemoryError(
             f"a cycle with micro-batches of {choice.micro} sequences needs about {memory.human(choice.estimate.total)} "
