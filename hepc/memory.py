@@ -28,6 +28,7 @@ process's peak memory on the CPU for small shapes (tests/test_memory.py, bench/m
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -195,8 +196,10 @@ class Choice:
         return -(-self.rows // self.micro)
 
 
-def divisors_descending(n: int) -> list[int]:
-    return [m for m in range(n, 0, -1) if n % m == 0]
+def divisors(n: int) -> list[int]:
+    """The divisors of n ≥ 1, ascending (√n trial divisions: fast for any batch a spec allows)."""
+    small = [m for m in range(1, math.isqrt(n) + 1) if n % m == 0]
+    return sorted(set(small) | {n // m for m in small})
 
 
 def choose(
@@ -232,11 +235,18 @@ def choose(
             if est.total <= usable:
                 return Choice(m, ckpt, est, True, rows)
         return Choice(m, modes[-1], est, False, rows)
-    for ckpt in modes:
-        for m in divisors_descending(rows):
-            est = estimate(m, ckpt)
-            if est.total <= usable:
-                return Choice(m, ckpt, est, True, rows)
+    candidates = divisors(rows)
+    for ckpt in modes:  # the estimate grows with the micro-batch: bisect for the largest divisor that fits
+        lo, hi = 0, len(candidates)  # candidates[:lo] fit, candidates[hi:] do not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if estimate(candidates[mid], ckpt).total <= usable:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo:
+            m = candidates[lo - 1]
+            return Choice(m, ckpt, estimate(m, ckpt), True, rows)
     return Choice(1, modes[-1], estimate(1, modes[-1]), False, rows)
 
 
