@@ -1,7 +1,8 @@
 """One training cycle of one trajectory: load the predecessor, perturb, train L steps, snapshot.
 
-Reads top to bottom like nanoGPT's train.py: set LR/WD for this step, forward, loss, backward, clip,
-step, log. Everything that decides the numbers (init, noise, dropout, data position) is seeded from
+Reads top to bottom like nanoGPT's train.py: set LR/WD for this step, forward, loss, backward (over the
+device's micro-batches, hepc.train.objective), clip, step, log; a checkpoint now and then, written in the
+background. Everything that decides the numbers (init, noise, dropout, data position) is seeded from
 (trajectory_seed, cycle_index, global step), so a cycle is reproducible on its own and a cycle that
 is killed and resumed from work_dir/ckpt.pt ends bit-identical (on CPU) to one that never stopped.
 """
@@ -321,6 +322,11 @@ def train_cycle(
     the cycle seed and r): statistically equivalent to one process, not bit-equal. Checkpoints are the
     single-process ones plus every rank's RNG state (ignored by another N), so a cycle can resume with
     any N; with the same N the resume is exact.
+
+    Micro-batches (`runtime["micro_batch"]`, "auto" by default: the largest that fits the device,
+    hepc.memory): each device's rows run forward and backward a micro-batch at a time and their gradients
+    add up to the whole batch's before the one optimizer step; activation checkpointing and the chunked
+    loss (`runtime["activation_checkpointing"]`, `runtime["loss_chunk_tokens"]`) change memory, not results.
     """
     corpus_dir, out_dir, work_dir = Path(corpus_dir), Path(out_dir), Path(work_dir)
     prev_dir = Path(prev_dir) if prev_dir is not None else None
