@@ -286,8 +286,8 @@ def plan(
     from hepc.memory import report_lines
     from hepc.plan import schedule_lines
 
-    extra = schedule_lines(compiled) + report_lines(memory) + plan_data_lines(the_plan, the_store, loaded)
-    print("\n".join(lines + extra))
+    after = schedule_lines(compiled) + report_lines(memory) + plan_data_lines(the_plan, the_store, loaded)
+    print("\n".join(lines + after))
     print(the_plan.summary_line())
     if estimate is not None:
         print(plan_line(estimate))
