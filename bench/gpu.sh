@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# GPU benchmark: training tokens/s and MFU per GPU, in one go on a machine with NVIDIA GPUs.
-#   bash bench/gpu.sh [--compile] [--peak-tflops X] [--keep]
-# Time: bounded. Expected about 3 minutes on one H200, about 5 with --compile (an estimate from the
-# token counts, not yet measured); every run is capped with `timeout` (quickstart 120 s, gpt-85m
-# 180 s, gpt-85m compiled 210 s), so it ends within 8.5 minutes on any GPU: a run that hits its cap
-# is stopped at a checkpoint (SIGTERM) and reported from the cycles it finished.
+# GPU benchmark: training tokens/s, peak memory and MFU per GPU, in one go on a machine with NVIDIA GPUs.
+#   bash bench/gpu.sh [--compile] [--only small|paper] [--peak-tflops X] [--keep]
+# Time: bounded. The small runs (a-c): expected about 3 minutes on one H200, about 5 with --compile;
+# the paper's shape (d): expected 6-12 minutes (estimates from the token counts, not yet measured).
+# Every run is capped with `timeout` (quickstart 120 s, gpt-85m 180 s, gpt-85m compiled 210 s, each
+# paper-shape run 420 s), so it ends within 37 minutes on any GPU: a small run that hits its cap is
+# stopped at a checkpoint (SIGTERM) and reported from the cycles it finished; a paper-shape run that
+# hits it reports nothing.
 #
 # With G = the visible GPUs (CUDA_VISIBLE_DEVICES narrows them), each run uses --jobs G, one worker
 # per GPU, into a fresh store under /tmp:
@@ -15,21 +17,30 @@
 #                    G trajectories × 2 cycles × 8.26M tokens, batch 32 × 1,024 tokens, bfloat16
 #   (c) --compile    (b) again with runtime.compile=true, in its own store (runtime never enters a key,
 #                    so the same store would just hand back (b)'s cycles)
-# Then bench/gpu_report.py prints, per GPU (worker): tokens/s over whole cycles and in steady state,
-# and MFU = 6 · N · tokens/s / peak bf16 dense FLOP/s (peak looked up by GPU name: H100 SXM and H200
-# 989 TFLOP/s, A100 312; --peak-tflops X overrides), and (c)'s steady tokens/s against (b)'s.
-# Its last line is JSON. --keep keeps the stores and logs (they are kept anyway when a run fails).
+#   (d) the paper's shape (bench/gpu_paper.py): specs/paper-1.8b.yaml's architecture (d_model 2048,
+#                    16 heads, 2,048-token context, vocabulary 50,257, dropout 0.1, Muon, batch 524,288
+#                    tokens) at 4 layers on synthetic tokens: a plain cycle then a distilled one, 5 steps
+#                    each, through hepc's training loop (bf16, micro-batches chosen by hepc, chunked
+#                    loss), eager and compiled, on 1 GPU and data-parallel on all G (gpus_per_step = G)
+# Then bench/gpu_report.py prints, per GPU: tokens/s over whole cycles and in steady state, and MFU =
+# model FLOPs per token × tokens/s per GPU / peak bf16 dense FLOP/s (model FLOPs: 6 per weight of the
+# blocks and the head, the input embedding excluded, attention 12·L·d·T, a distilled cycle's teacher
+# forward; peak looked up by GPU name: H100 SXM and H200 989 TFLOP/s, A100 312; --peak-tflops X
+# overrides), and (c)'s steady tokens/s against (b)'s; and (d) prints per run and cycle kind tokens/s,
+# tokens/s per GPU, MFU on the same basis, and GPU 0's peak memory next to hepc's estimate.
+# The last lines are JSON. --keep keeps the stores and logs (they are kept anyway when a run fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-COMPILE=0 KEEP=0 PEAK=()
+COMPILE=0 KEEP=0 PEAK=() ONLY=all
 while [ $# -gt 0 ]; do
   case $1 in
     --compile) COMPILE=1 ;;
     --keep) KEEP=1 ;;
+    --only) [ $# -ge 2 ] && [[ $2 == small || $2 == paper ]] || { echo "error: --only needs small or paper" >&2; exit 2; }; ONLY=$2; shift ;;
     --peak-tflops) [ $# -ge 2 ] || { echo "error: --peak-tflops needs a value" >&2; exit 2; }; PEAK=(--peak-tflops "$2"); shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "error: unknown argument $1 (bash bench/gpu.sh [--compile] [--peak-tflops X] [--keep])" >&2; exit 2 ;;
+    *) echo "error: unknown argument $1 (bash bench/gpu.sh [--compile] [--only small|paper] [--peak-tflops X] [--keep])" >&2; exit 2 ;;
   esac
   shift
 done
@@ -84,16 +95,36 @@ run() {  # label, time limit (s), spec, overrides...
   esac
 }
 
-QT=$(( G > 2 ? G : 2 ))
-run quickstart 120 specs/quickstart.yaml runtime.device=cuda runtime.dtype=bfloat16 "population.trajectories=$QT"
-run gpt-85m 180 specs/bench/gpt-85m.yaml "population.trajectories=$G"
-STORES=("quickstart=$BASE/quickstart" "gpt-85m=$BASE/gpt-85m")
-if [ "$COMPILE" = 1 ]; then
-  run gpt-85m-compile 210 specs/bench/gpt-85m.yaml "population.trajectories=$G" runtime.compile=true
-  STORES+=("gpt-85m-compile=$BASE/gpt-85m-compile")
+if [ "$ONLY" != paper ]; then
+  QT=$(( G > 2 ? G : 2 ))
+  run quickstart 120 specs/quickstart.yaml runtime.device=cuda runtime.dtype=bfloat16 "population.trajectories=$QT"
+  run gpt-85m 180 specs/bench/gpt-85m.yaml "population.trajectories=$G"
+  STORES=("quickstart=$BASE/quickstart" "gpt-85m=$BASE/gpt-85m")
+  if [ "$COMPILE" = 1 ]; then
+    run gpt-85m-compile 210 specs/bench/gpt-85m.yaml "population.trajectories=$G" runtime.compile=true
+    STORES+=("gpt-85m-compile=$BASE/gpt-85m-compile")
+  fi
+  present=()
+  for s in "${STORES[@]}"; do [ -d "${s#*=}/objects" ] && present+=("$s"); done
+  [ ${#present[@]} -gt 0 ] || { FAILED=1; echo "error: no run committed anything" >&2; exit 1; }
+  $PY bench/gpu_report.py "${present[@]}" "${PEAK[@]}"
 fi
-present=()
-for s in "${STORES[@]}"; do [ -d "${s#*=}/objects" ] && present+=("$s"); done
-[ ${#present[@]} -gt 0 ] || { FAILED=1; echo "error: no run committed anything" >&2; exit 1; }
-$PY bench/gpu_report.py "${present[@]}" "${PEAK[@]}"
+
+if [ "$ONLY" != small ]; then  # (d) the paper's shape: 1 GPU and all G, eager and compiled
+  counts=(1); [ "$G" -gt 1 ] && counts+=("$G")
+  for gpus in "${counts[@]}"; do
+    for mode in eager compiled; do
+      label="paper-${gpus}gpu-$mode" flag=(); [ $mode = compiled ] && flag=(--compile)
+      echo "$(date +%T) $label: bench/gpu_paper.py --gpus $gpus ${flag[*]} (limit 420s)"
+      if timeout --signal=TERM --kill-after=30 420 $PY bench/gpu_paper.py --gpus "$gpus" "${flag[@]}" "${PEAK[@]}" \
+          >"$BASE/$label.out" 2>"$BASE/$label.log"; then
+        grep -v '^{' "$BASE/$label.out" || true
+        tail -n 1 "$BASE/$label.out"
+      else
+        FAILED=1; echo "$(date +%T) $label: failed or stopped at its limit; last lines of $BASE/$label.log:" >&2
+        tail -n 20 "$BASE/$label.log" >&2
+      fi
+    done
+  done
+fi
 exit $FAILED

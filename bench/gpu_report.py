@@ -3,15 +3,18 @@
     python bench/gpu_report.py [LABEL=]STORE [...] [--peak-tflops X] [--json]
     python bench/gpu_report.py gpt-85m=/tmp/s1 gpt-85m-compile=/tmp/s2     # compile against eager
 
-For every committed training cycle in a store: its tokens and wall time (summary.json), its worker
-and device (the manifest's provenance), its parameter count N (hepc.sizes, from the cycle's model
-and the corpus's vocabulary) and its logged tokens/s (metrics.jsonl). Per worker (one GPU each with
-`--jobs` = GPUs; `main` when one process ran everything):
-    tokens/s (cycle)    Σ tokens / Σ wall_s: whole cycles, with model build, warm-up (and torch.compile)
-                        and the final save
-    tokens/s (steady)   median of the logged intervals, each cycle's first interval left out (warm-up)
-    MFU                 6 · N · tokens/s / peak bf16 dense FLOP/s of the GPU (its name looked up in PEAK,
-                        or --peak-tflops); "MFU+attn" counts the attention term too (hepc.sizes.train_flops_per_token)
+For every committed training cycle in a store: its tokens and wall time (summary.json), its worker,
+device and data-parallel ranks (the manifest's provenance), its parameter count N (hepc.sizes, from the
+cycle's model and the corpus's vocabulary) and its logged tokens/s (metrics.jsonl). Per worker (`main`
+when one process ran everything), per GPU (a worker's cycle on gpus_per_step = k GPUs counts k):
+    tokens/s (cycle)    Σ tokens / Σ wall_s / k: whole cycles, with model build, warm-up (and
+                        torch.compile) and the final save
+    tokens/s (steady)   median of the logged intervals, each cycle's first interval left out (warm-up), / k
+    MFU                 model FLOPs per token × tokens/s per GPU / peak bf16 dense FLOP/s of the GPU (its
+                        name looked up in PEAK, or --peak-tflops). Model FLOPs per token
+                        (hepc.sizes.model_flops_per_token): 6 per weight of the blocks and the output head
+                        (the input embedding is a lookup), attention's 12·L·d·T, and in a distilled cycle
+                        the teacher's forward (a third more)
 Stores whose cycles train the same model are compared: steady tokens/s against the first such store.
 The last line is JSON. Reads only; a store may be partial (a run stopped by its time limit).
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hepc.sizes import param_count, train_flops_per_token
+from hepc.sizes import model_flops_per_token, param_count
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name (NVIDIA data sheets; "with sparsity" figures halved).
 # First match wins: more specific names first.
@@ -69,7 +72,9 @@ def read_cycles(store: Path) -> list[dict]:
             "device": prov.get("device", "?"),
             "host": prov.get("host"),
             "params": param_count(vocab, model["n_layer"], model["d_model"]),
-            "flops_per_token": train_flops_per_token(vocab, model["n_layer"], model["d_model"], params["seq_len"]),
+            "ranks": int(prov.get("ranks", 1)),  # GPUs of a data-parallel cycle (gpus_per_step)
+            "flops_per_token": model_flops_per_token(vocab, model["n_layer"], model["d_model"], params["seq_len"],
+                                                     teacher=bool(summary.get("distilled"))),
             "model": f"{model['n_layer']}x{model['d_model']} T={params['seq_len']} V={vocab}",
             "tokens": int(summary["tokens"]),
             "wall_s": float(summary["wall_s"]),
@@ -83,20 +88,20 @@ def per_worker(rows: list[dict], override_tflops: float | None) -> list[dict]:
     out = []
     for worker in sorted({r["worker"] for r in rows}):
         mine = [r for r in rows if r["worker"] == worker]
-        device = mine[0]["device"]
-        n, fpt = mine[0]["params"], mine[0]["flops_per_token"]
+        device, n, ranks = mine[0]["device"], mine[0]["params"], mine[0]["ranks"]
         tokens, wall = sum(r["tokens"] for r in mine), sum(r["wall_s"] for r in mine)
-        cycle_tps = tokens / wall if wall > 0 else None
-        steady = [v for r in mine for v in r["steady"]]
+        flops = sum(r["flops_per_token"] * r["tokens"] for r in mine)  # distilled cycles weigh more
+        fpt = flops / tokens if tokens else 0.0
+        cycle_tps = tokens / wall / ranks if wall > 0 else None
+        steady = [v / r["ranks"] for r in mine for v in r["steady"]]
         steady_tps = statistics.median(steady) if steady else None
         peak = peak_flops(device, override_tflops)
 
         out.append({
             "worker": worker, "device": device, "model": mine[0]["model"], "params": n, "cycles": len(mine),
-            "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s_cycle": cycle_tps,
-            "tokens_per_s_steady": steady_tps, "peak_flops": peak,
-            "mfu_cycle": mfu(cycle_tps, 6 * n, peak), "mfu_steady": mfu(steady_tps, 6 * n, peak),
-            "mfu_steady_with_attention": mfu(steady_tps, fpt, peak),
+            "gpus": ranks, "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s_cycle": cycle_tps,
+            "tokens_per_s_steady": steady_tps, "model_flops_per_token": fpt, "peak_flops": peak,
+            "mfu_cycle": mfu(cycle_tps, fpt, peak), "mfu_steady": mfu(steady_tps, fpt, peak),
         })  # fmt: skip
     return out
 
@@ -134,7 +139,7 @@ def main() -> int:
         if not workers:
             continue
         model = workers[0]["model"]
-        total = sum(w["tokens_per_s_steady"] for w in workers)
+        total = sum(w["tokens_per_s_steady"] * w["gpus"] for w in workers)
         base = baselines.setdefault(model, {"label": entry["label"], "total": total})
         entry["steady_vs"] = {"label": base["label"], "ratio": total / base["total"]}
 
@@ -146,9 +151,9 @@ def main() -> int:
             for w in entry["workers"]:
                 print(
                     f"  {w['worker']:<8} {w['device']:<26} N={w['params'] / 1e6:.2f}M {w['model']:<22} "
-                    f"cycles {w['cycles']}  tokens/s cycle {_fmt(w['tokens_per_s_cycle'], ',.0f')}  "
+                    f"cycles {w['cycles']}  per GPU: tokens/s cycle {_fmt(w['tokens_per_s_cycle'], ',.0f')}  "
                     f"steady {_fmt(w['tokens_per_s_steady'], ',.0f')}  MFU cycle {_fmt(w['mfu_cycle'], '.1%')}  "
-                    f"steady {_fmt(w['mfu_steady'], '.1%')}  (+attn {_fmt(w['mfu_steady_with_attention'], '.1%')})"
+                    f"steady {_fmt(w['mfu_steady'], '.1%')}"
                 )
             vs = entry.get("steady_vs")
             if vs and vs["label"] != entry["label"]:

@@ -58,6 +58,18 @@ def start_ray(
     return f"127.0.0.1:{port}"
 
 
+def add_node(address: str, env: dict, *, num_cpus: int = 1, num_gpus: int = 0) -> None:
+    """Join one more node to the cluster at `address`, on this machine (a second raylet: a two-node cluster
+    for tests). It lives in the head's session folder, so `stop_ray(head's temp_dir)` stops it too."""
+    command = [
+        *RAY_CLI, "start", f"--address={address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}", "--disable-usage-stats",
+    ]  # fmt: skip
+    out = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"ray start --address exited {out.returncode}:\n{(out.stdout + out.stderr)[-3000:]}")
+
+
 def start_ray_retrying(temp_dir: str, env: dict, **kwargs) -> str:
     """start_ray, tried a second time (after stopping what the first try left) when a loaded machine
     makes Ray's start-up time out."""

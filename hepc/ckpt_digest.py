@@ -46,10 +46,11 @@ def _reason(e: OSError) -> str:
     return "not a regular file" if isinstance(e, NotRegularFile) else (e.strerror or type(e).__name__)
 
 
-def write_digest(ckpt: Path) -> None:
-    """Record the size and digest of `ckpt` (already in place) in `ckpt.parent / SIDECAR`, atomically."""
+def write_digest(ckpt: Path, known: tuple[int, str] | None = None) -> None:
+    """Record the size and digest of `ckpt` (already in place) in `ckpt.parent / SIDECAR`, atomically.
+    `known`: (size, xxh3_128 hex) computed while the file was written, so it is not read back."""
     ckpt = Path(ckpt)
-    size, digest = file_digest(ckpt)
+    size, digest = known if known is not None else file_digest(ckpt)
     text = json.dumps({"file": ckpt.name, "size": size, "xxh3_128": digest}, sort_keys=True) + "\n"
     dest = ckpt.parent / SIDECAR
     # Same naming as hepc.train.checkpoint's temporaries: `Store.prepare_work` sweeps those left by dead pids.

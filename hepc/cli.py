@@ -216,6 +216,22 @@ def _check_inputs(loaded, compiled) -> None:
         raise SpecError(errors)
 
 
+def _memory(loaded, compiled, *, refuse: bool) -> dict:
+    """The estimated peak memory per device of each step kind (hepc/memory.py, no torch). refuse: a cycle
+    that cannot fit the device is an error (exit 2, located at the field to change); else a warning."""
+    from hepc.errors import Problem, SpecError
+    from hepc.memory import memory_report
+
+    report = memory_report(compiled)
+    if report["problems"]:
+        problems = [Problem(loaded.where(field), field, message) for field, message in report["problems"]]
+        if refuse:
+            raise SpecError(problems)
+        for p in problems:
+            _err(f"warning: {p}")
+    return report
+
+
 @app.command()
 @user_errors
 def validate(spec: SpecArg, overrides: Overrides = None, data_elsewhere: ElsewhereOpt = False) -> None:
@@ -224,6 +240,7 @@ def validate(spec: SpecArg, overrides: Overrides = None, data_elsewhere: Elsewhe
     _check_extras(loaded)
     _warn(compiled)
     _check_inputs(loaded, compiled)
+    _memory(loaded, compiled, refuse=True)
     t = compiled.totals
     pops = compiled.populations
     snapshots = sum(p.totals["members"] for p in pops)
@@ -249,13 +266,14 @@ def plan(
     loaded, compiled = _load(spec, overrides, strict_data=True, data_elsewhere=data_elsewhere)
     _warn(compiled)
     _check_inputs(loaded, compiled)
+    memory = _memory(loaded, compiled, refuse=False)
     the_store = _store(store, loaded)
     the_plan = make_plan(compiled, the_store)
     from hepc.throughput import plan_estimate, plan_line
 
     estimate = plan_estimate(the_plan, the_store.root, loaded.spec.runtime)  # None: nothing measured
     if json_out:
-        print(json.dumps({**the_plan.to_json(), "estimate": estimate}, indent=1))
+        print(json.dumps({**the_plan.to_json(), "estimate": estimate, "memory": memory}, indent=1))
         return
     lines = []
     width = max((len(s.step.name) for s in the_plan.steps), default=0)
@@ -265,9 +283,11 @@ def plan(
         detail = f"  ({s.detail})" if s.detail else ""
         lines.append(f"{SYMBOLS[s.status]} {s.status:<9} {s.step.kind:<{kind_width}} {s.step.name:<{width}}  {s.step.key12}{extra}{detail}")
     from hepc.cli_data import plan_data_lines  # split_lines, plus a dry-pass summary of a small unbuilt corpus
+    from hepc.memory import report_lines
     from hepc.plan import schedule_lines
 
-    print("\n".join(lines + schedule_lines(compiled) + plan_data_lines(the_plan, the_store, loaded)))
+    after = schedule_lines(compiled) + report_lines(memory) + plan_data_lines(the_plan, the_store, loaded)
+    print("\n".join(lines + after))
     print(the_plan.summary_line())
     if estimate is not None:
         print(plan_line(estimate))
@@ -331,6 +351,7 @@ def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict,
     loaded, compiled = _load(spec, overrides, strict_data=True)
     _check_extras(loaded)
     _check_inputs(loaded, compiled)  # the same data checks as validate: exit 2 before anything is written
+    _memory(loaded, compiled, refuse=True)  # a cycle that cannot fit its device: exit 2, nothing written
     the_store = _store(store, loaded)
     the_store.open_for_writing()  # a folder that is not a store (or is not writable) is refused here
     damaged = check_committed(compiled.graph, the_store)  # damaged objects are named, quarantined, recomputed

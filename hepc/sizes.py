@@ -22,3 +22,14 @@ def param_count(vocab_size: int, n_layer: int, d_model: int) -> int:
 def train_flops_per_token(vocab_size: int, n_layer: int, d_model: int, seq_len: int) -> float:
     """Forward+backward FLOPs per trained token: 6·N plus the attention score term 12·L·d·T (Chinchilla/PaLM)."""
     return 6.0 * param_count(vocab_size, n_layer, d_model) + 12.0 * n_layer * d_model * seq_len
+
+
+def model_flops_per_token(vocab_size: int, n_layer: int, d_model: int, seq_len: int, teacher: bool = False) -> float:
+    """Model FLOPs per trained token for MFU: forward and backward of every matrix multiply, 6 per weight of
+    the blocks and the output head (the input embedding is a lookup: no FLOPs), plus attention's scores and
+    weighted sum, 12·L·d·T (PaLM's convention, the causal half not discounted); with a teacher (a distilled
+    cycle) also its forward, a third of that. Recomputation (activation checkpointing, the chunked loss's
+    head) is not counted: model FLOPs, not hardware FLOPs."""
+    matmul = param_count(vocab_size, n_layer, d_model) - vocab_size * d_model
+    train = 6.0 * matmul + 12.0 * n_layer * d_model * seq_len
+    return train * (4.0 / 3.0 if teacher else 1.0)

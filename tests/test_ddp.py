@@ -141,6 +141,58 @@ def test_two_ranks_distill_like_one_process(corpus, runs, tmp_path):
     assert all(m["kd"] > 0 for m in read_metrics(tmp_path / "c2-n2"))  # the perturbed student is not the teacher
 
 
+def test_two_ranks_in_micro_batches_train_like_one_process(corpus, runs, tmp_path):
+    """Each rank's 4 rows in micro-batches of 2 (gradients exchanged once a step, under no_sync before), and
+    a distilled cycle in micro-batches of 3 + 1 with the chunked loss: the single process's full batch."""
+    cycle(corpus, tmp_path / "c1", gpus=2, micro_batch=2)
+    assert_equivalent(runs / "c1-n1", tmp_path / "c1")
+    cycle(corpus, tmp_path / "c2", gpus=2, cycle_index=2, prev=runs / "c1-n1", micro_batch=3, loss_chunk_tokens=40)
+    assert_equivalent(runs / "c2-n1", tmp_path / "c2", keys=("loss", "ce", "kd"))
+
+
+def _count_gradient_exchanges(rank: ddp.Rank, payload: dict) -> list[int]:
+    """In every rank (rank 0 in the test's process, rank 1 spawned): one step in 4 micro-batches through the
+    loop's own DDP wrapper and `accumulate`, counting DDP's gradient all-reduces with a communication hook
+    (the default all-reduce behind it). Returns the bucket indices exchanged."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    from hepc.train.model import GPT, GPTConfig
+    from hepc.train.objective import Objective, accumulate
+
+    torch.manual_seed(0)
+    ranked = rank.wrap(Objective(GPT(GPTConfig(VOCAB, 1, 32, 2, 0.0, SEQ_LEN))))
+    exchanged: list[int] = []
+
+    def hook(state, bucket):
+        exchanged.append(bucket.index())
+        return default_hooks.allreduce_hook(None, bucket)
+
+    ranked.register_comm_hook(None, hook)
+    x = torch.randint(0, VOCAB, (4, SEQ_LEN), generator=torch.Generator().manual_seed(rank.rank))
+    accumulate(ranked, x, x.roll(-1, 1), 1, ranked.no_sync if payload["no_sync"] else None)
+    return exchanged
+
+
+def _exchanges_in_rank_1(rank: ddp.Rank, payload: dict) -> None:
+    _count_gradient_exchanges(rank, payload)
+
+
+@pytest.mark.parametrize("no_sync", [True, False])
+def test_micro_batches_exchange_gradients_once_per_step(no_sync):
+    with ddp.launch(2, "cpu", _exchanges_in_rank_1, {"no_sync": no_sync}) as rank:
+        exchanged = _count_gradient_exchanges(rank, {"no_sync": no_sync})
+    buckets = sorted(set(exchanged))
+    assert buckets and len(exchanged) == len(buckets) * (1 if no_sync else 4)
+
+
+def test_wall_time_checkpoints_are_taken_by_every_rank_together(corpus, tmp_path):
+    """runtime.checkpoint_every_minutes: rank 0's clock decides, at a logged step, for every rank (each
+    rank's RNG state is gathered: a rank that disagreed would hang the gather)."""
+    cycle(corpus, tmp_path / "out", gpus=2, work=tmp_path / "work", checkpoint_every_minutes=1e-9, log_every_steps=3)
+    ckpt = load_state(tmp_path / "work" / "ckpt.pt")
+    assert ckpt["step"] == 6 and len(ckpt["rng_ranks"]) == 2  # steps 3 and 6 of 8 (the last step needs none)
+
+
 def test_ctrl_c_stops_every_rank_and_resumes_with_another_n(corpus, runs, tmp_path):
     """Ctrl-C reaches rank 0 (this process) after step 4: both ranks stop there, a checkpoint is written
     (with both ranks' RNG states), and since it does not depend on N, one process finishes the cycle."""

@@ -183,3 +183,71 @@ def test_compile_gives_eager_losses(corpus, tmp_path):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
     assert json.loads((tmp_path / "compiled" / "summary.json").read_text())["steps"] == 32
+
+
+def test_scoring_in_chunks_through_cross_entropy_equals_the_full_softmax(snapshots):
+    """runtime.loss_chunk_tokens > 0 (the CUDA default): exp(−cross_entropy(reduction='none')) over chunks of
+    tokens from the hidden states, never a (B, t, V) softmax: the same probabilities to float32 rounding."""
+    paths, tokens = snapshots
+    exact = score_tokens(model=MODEL, weights_path=paths[0], tokens=tokens, vocab_size=VOCAB, seq_len=SEQ_LEN,
+                         runtime=RUNTIME)  # fmt: skip
+    for chunk in (7, 16, 1000):
+        chunked = score_tokens(model=MODEL, weights_path=paths[0], tokens=tokens, vocab_size=VOCAB, seq_len=SEQ_LEN,
+                               runtime={**RUNTIME, "loss_chunk_tokens": chunk})  # fmt: skip
+        assert chunked.dtype == np.float32 and chunked.shape == exact.shape
+        np.testing.assert_allclose(chunked, exact, rtol=2e-6, atol=1e-8)
+
+
+def test_logit_ensembles_stream_their_members(snapshots):
+    """Snapshots reloaded for every batch of windows (no room to keep them) give the resident result bit for
+    bit: each ensemble sums one member's logits at a time, in its own order."""
+    paths, tokens = snapshots
+    ensembles = [[(1, 0.6), (0, 0.4)], [(1, 1.0)]]
+    args = {"model": MODEL, "weights_paths": paths, "ensembles": ensembles, "tokens": tokens, "vocab_size": VOCAB,
+            "seq_len": SEQ_LEN, "runtime": RUNTIME, "batch_seqs": 4}
+    resident = logit_ensemble_losses(**args)
+    streamed = logit_ensemble_losses(**args, resident_bytes=0)
+    assert streamed == resident and resident[0] != resident[1]
+
+
+def test_deterministic_mode_is_exact_on_cpu_and_restored_after(corpus, tmp_path):
+    """runtime.deterministic asks torch for deterministic kernels during the cycle only (steps may share a
+    process); CPU results are bit-exact either way."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(corpus, tmp_path / "plain", epochs=0.5)
+    run(corpus, tmp_path / "deterministic", epochs=0.5, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert_same_outputs(tmp_path / "plain", tmp_path / "deterministic")
+
+
+def test_model_flops_count_attention_and_the_teacher_but_not_the_input_embedding():
+    from hepc.sizes import model_flops_per_token, param_count
+
+    V, L, d, T = 50257, 30, 2048, 2048
+    matmuls = param_count(V, L, d) - V * d  # blocks and the output head
+    assert model_flops_per_token(V, L, d, T) == 6 * matmuls + 12 * L * d * T
+    assert model_flops_per_token(V, L, d, T, teacher=True) == pytest.approx(4 / 3 * model_flops_per_token(V, L, d, T))
+    assert 0.12 < 12 * L * d * T / model_flops_per_token(V, L, d, T) < 0.2  # attention: 13-18 % of the FLOPs
+
+
+def test_gpu_benchmarks_refuse_to_run_without_a_gpu_and_the_paper_bench_runs_its_smoke_shape():
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("nvidia-smi") is None:
+        out = subprocess.run(["bash", "bench/gpu.sh"], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 2 and "nothing was run" in out.stderr
+    if not torch.cuda.is_available():
+        out = subprocess.run([sys.executable, "bench/gpu_paper.py"], cwd=root, capture_output=True, text=True,
+                             timeout=120, check=False)  # fmt: skip
+        assert out.returncode == 2 and "needs a CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "bench/gpu_paper.py", "--smoke", "--layers", "1", "--steps", "3"], cwd=root,
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    ce, distilled = result["cycles"]
+    assert (ce["kind"], distilled["kind"]) == ("ce", "distilled") and ce["steps"] == distilled["steps"] == 3
+    assert distilled["model_flops_per_token"] == pytest.approx(4 / 3 * ce["model_flops_per_token"])
+    assert ce["tokens_per_s"] > 0 and ce["estimated_bytes"] > 0 and ce["micro_batch"] == ce["rows_per_gpu"] == 32

@@ -150,6 +150,9 @@ def test_fake_gpus_are_requested_and_gpus_per_step_places_two_on_a_cycle(cluster
     for e in cycles:  # each cycle got both fake GPUs, as Ray's CUDA_VISIBLE_DEVICES says
         assert e["num_gpus"] == 2 and sorted(e["gpus"].split(",")) == ["0", "1"]
     assert all(e["num_gpus"] == 1 for e in placed.values() if e["kind"] == "score")
+    # every GPU step in a fresh worker process (max_calls=1): no CUDA context or cached memory is inherited
+    gpu_pids = [e["pid"] for e in placed.values() if e["num_gpus"]]
+    assert len(gpu_pids) == 6 and len(set(gpu_pids)) == 6, gpu_pids
     assert all(e["num_gpus"] == 0 for e in placed.values() if e["kind"] in ("corpus", "prior", "curve"))
     # two GPUs in all and two per cycle: cycles never overlapped
     spans = sorted(
@@ -158,3 +161,29 @@ def test_fake_gpus_are_requested_and_gpus_per_step_places_two_on_a_cycle(cluster
         for d in run if d["event"] == "done" and d["key"] == b["key"]
     )  # fmt: skip
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def test_gpus_per_step_must_fit_one_node(local_reference, tmp_path):
+    """Two nodes of 2 fake GPUs each: 4 GPUs in the cluster, but a data-parallel cycle runs on one node, so
+    gpus_per_step = 3 is refused before anything runs or is written (exit 2, one line)."""
+    base = Path(tempfile.mkdtemp(prefix="hepc-ray2-"))
+    temp_dir = str(base / "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    store = tmp_path / "store"
+    shutil.copytree(local_reference[0], store, symlinks=True)
+    before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    try:
+        address = ray_local.start_ray_retrying(temp_dir, env, num_cpus=1, num_gpus=2)
+        ray_local.add_node(address, env, num_cpus=1, num_gpus=2)
+        out = ray_run((address, env, None), store, "population.cycles=3", "runtime.device=auto", "runtime.gpus_per_step=3",
+                      check=False)  # a third cycle: something to run
+    finally:
+        left = ray_local.stop_ray(temp_dir, env, quiet=True)
+        shutil.rmtree(base, ignore_errors=True)
+    assert left == 0, f"{left} Ray processes outlived the two-node cluster"
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert "gpus_per_step is 3 but the Ray node with the most GPUs has 2 (the cluster 4 on 2 node(s))" in errors[0]
+    assert "nothing was run or written" in errors[0]
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == before

@@ -231,7 +231,10 @@ class Attempt:
             self.event("failed", key=step.key, kind=step.kind, name=step.name, error=message)
             raise StepFailed(f"step {step.kind} {step.name} ({step.key12}) failed: {message}") from e
         try:
-            dest = store.commit(step, staged, summary, provenance(t0, self.worker))
+            prov = provenance(t0, self.worker)
+            if step.kind == "cycle":  # data-parallel ranks of the cycle (per-GPU throughput: bench/gpu_report.py)
+                prov["ranks"] = int(self.runtime.get("gpus_per_step") or 1)
+            dest = store.commit(step, staged, summary, prov)
         except OSError as e:
             shutil.rmtree(staged, ignore_errors=True)
             raise StoreError(f"{step.kind} {step.name} not committed: {os_error_message(e, store.root)}") from None

@@ -5,7 +5,12 @@
   (when the cluster has GPUs and `runtime.device` is not cpu) and `cpus_per_step` cores (default:
   `runtime.threads`, else 1); scoring and logits ask for one GPU on a GPU cluster; corpus, prior and
   curve steps ask for CPUs only. Ray places the task and sets its CUDA_VISIBLE_DEVICES; a cycle with
-  `gpus_per_step` > 1 trains data-parallel over the GPUs it was given (hepc.train.ddp).
+  `gpus_per_step` > 1 trains data-parallel over the GPUs it was given (hepc.train.ddp), on one node:
+  its ranks meet on a loopback store, so `gpus_per_step` must fit the node with the most GPUs (checked
+  before anything runs, exit 2).
+- **GPU steps run in single-use worker processes** (Ray's `max_calls=1`, which `.options(num_gpus=…)`
+  does not set): the worker exits after its step, so its CUDA context and cached memory go with it and
+  the next step on that GPU starts from an empty device.
 - **The store** must be one folder that every node sees at the same path (a shared filesystem).
   Before anything runs, a probe task on every alive node reads the store's marker and compares it
   with the driver's: a node that cannot see the store, or sees another one, stops the run with a
@@ -82,13 +87,18 @@ class RayBackend:
             self.use_gpus = self.cluster_gpus > 0 and runtime.get("device") != "cpu"
             self.cpus = float(runtime.get("cpus_per_step") or runtime.get("threads") or 1)
             per_step_gpus = int(runtime.get("gpus_per_step") or 1)
-            if self.use_gpus and per_step_gpus > self.cluster_gpus:
+            node_gpus = [float(n.get("Resources", {}).get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+            largest = max(node_gpus, default=0.0)
+            if self.use_gpus and per_step_gpus > largest:
                 raise HepcError(
-                    f"runtime.gpus_per_step is {per_step_gpus} but the Ray cluster has {self.cluster_gpus:g} GPU(s)"
+                    f"runtime.gpus_per_step is {per_step_gpus} but the Ray node with the most GPUs has {largest:g} "
+                    f"(the cluster {self.cluster_gpus:g} on {len(node_gpus)} node(s)): a data-parallel cycle runs on "
+                    f"one node, its ranks meet on a loopback store; use gpus_per_step {int(largest)} or less; "
+                    "nothing was run or written"
                 )
             capacity = int(self.cluster_cpus // self.cpus) if self.cluster_cpus else 1
-            if self.use_gpus:
-                capacity = min(capacity, int(self.cluster_gpus // per_step_gpus)) or 1
+            if self.use_gpus:  # whole groups of gpus_per_step on each node
+                capacity = min(capacity, sum(int(g // per_step_gpus) for g in node_gpus)) or 1
             self.slots = int(runtime.get("jobs") or max(1, capacity))
             self.queue = Queue(actor_options={"num_cpus": 0})
         except BaseException:
@@ -97,6 +107,8 @@ class RayBackend:
         self.tasks: dict[str, _Task] = {}  # label → in flight
         self.submitted = 0
         self.remote = ray.remote(run_step)
+        # GPU steps: a fresh worker process each (max_calls=1 must be given here; .options() cannot set it)
+        self.remote_gpu = ray.remote(max_calls=1)(run_step)
         self.note = note
 
     # ------------------------------------------------------------------ checks
@@ -150,7 +162,8 @@ class RayBackend:
         label = f"ray{self.submitted}"
         resources = self.resources(step)
         runtime = {**self.runtime, "threads": int(self.cpus)}
-        ref = self.remote.options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
+        remote = self.remote_gpu if resources["num_gpus"] else self.remote
+        ref = remote.options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
             str(self.root), runtime, step, upstream, label, resources, self.queue
         )
         task = _Task(label, step, ref, resources)

@@ -396,6 +396,9 @@ class Runtime(Strict):
     """torch CPU threads; null = torch's default."""
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 200
     """Mid-cycle checkpoint cadence in optimizer steps (0 = only at cycle ends)."""
+    checkpoint_every_minutes: Annotated[float, Field(gt=0)] | None = None
+    """Also checkpoint at the first logged step once this many minutes have passed since the last
+    checkpoint (or the cycle's start); null: by steps only. Checkpoints are written in the background."""
     log_every_steps: Annotated[int, Field(ge=1)] = 10
     """Metrics cadence in optimizer steps."""
     store: str | None = None
@@ -408,6 +411,23 @@ class Runtime(Strict):
     """Ray cluster to join (`auto`, `HOST:PORT` or `ray://HOST:PORT`); null: $RAY_ADDRESS or a local Ray (--address)."""
     gpus_per_step: Annotated[int, Field(ge=1)] = 1
     """Data-parallel processes per training cycle (GPUs on CUDA, gloo ranks on CPU); the global batch is unchanged."""
+    micro_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    """Sequences per forward and backward on one device; a step's batch is accumulated over micro-batches
+    (same optimizer step). auto: the largest divisor of the device's rows that fits its memory (`hepc plan`
+    shows it; on the CPU the whole batch, as before)."""
+    activation_checkpointing: Literal["auto"] | bool = "auto"
+    """Keep only each block's input and recompute the block in backward (torch.utils.checkpoint): about a
+    third more compute, much less memory. auto: only when not even one sequence fits without it."""
+    loss_chunk_tokens: Annotated[int, Field(ge=0)] | None = None
+    """The output projection and the loss computed this many tokens at a time, so no full-vocabulary
+    logits exist; 0: full logits; null: 2048 on CUDA, 0 on the CPU (the losses of earlier versions, bit for bit)."""
+    device_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    """Memory of one device in GB (10^9 bytes) for planning and the micro-batch, e.g. to plan here for a GPU
+    that is elsewhere; null: what the device reports (nvidia-smi, torch), 80 for a cuda spec where no GPU
+    is visible, this machine's memory on the CPU."""
+    deterministic: bool = False
+    """Ask torch for deterministic kernels (on CUDA: cuBLAS workspace setting, no nondeterministic attention
+    backward; slower), so runs repeat on the same hardware and software. CPU runs are bit-exact anyway."""
     cpus_per_step: Annotated[int, Field(ge=1)] | None = None
     """CPU cores a step asks for (Ray's resource request, local workers' thread share); null: cores / jobs."""
     data_elsewhere: bool = False

@@ -12,11 +12,13 @@ import errno
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 from safetensors.torch import load_file, save_file
 
 from hepc.safe_io import os_error_behind
@@ -113,6 +115,108 @@ def save_state(obj: Any, path: Path) -> None:
     # To a path, not a file object: torch's writer would call back into Python for every chunk, and
     # a Ctrl-C raised inside that callback aborts the process.
     _write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
+
+
+class _HashingFile:
+    """A file that digests (xxh3_128, as hepc.ckpt_digest) what is written through it."""
+
+    def __init__(self, f):
+        self.f, self.hash, self.size = f, xxhash.xxh3_128(), 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_state_hashed(obj: Any, path: Path) -> tuple[int, str]:
+    """save_state, digesting the bytes as they are written: returns (size, xxh3_128 hex) of the file, for its
+    digest sidecar, without reading it back. Through a file object, so only for a background thread (a
+    Ctrl-C in torch's per-chunk callback would abort the process; signals reach the main thread only)."""
+    path = Path(path)
+    state = to_cpu(obj)
+    seen: list[tuple[int, str]] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            out = _HashingFile(f)
+            torch.save(state, out)
+            seen.append((out.size, out.hash.hexdigest()))
+
+    _write(path, write, _tensor_bytes(state))
+    return seen[-1]
+
+
+def snapshot(obj: Any, buffers: dict | None = None) -> Any:
+    """A copy of `obj` whose tensors are on the host and no longer change when training goes on: each tensor
+    copied into a host buffer (pinned for CUDA tensors, with one synchronisation at the end). `buffers`
+    (index → tensor), when given, keeps the buffers from one snapshot to the next, so later snapshots are
+    plain copies into memory already in place; the caller must not snapshot again while a write of the
+    previous one is still reading them. What a background checkpoint writes."""
+    counter = [0]
+    cuda = [False]
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            t = value.detach()
+            cuda[0] = cuda[0] or t.is_cuda
+            i = counter[0]
+            counter[0] += 1
+            buf = buffers.get(i) if buffers is not None else None
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+                if buffers is not None:
+                    buffers[i] = buf
+            buf.copy_(t, non_blocking=t.is_cuda)
+            return buf
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(v) for v in value)
+        return value
+
+    out = copy(obj)
+    if cuda[0]:
+        torch.cuda.synchronize()
+    return out
+
+
+class BackgroundWriter:
+    """At most one write at a time in a background thread (mid-cycle checkpoints: training goes on while
+    they are written). `submit(fn)` first waits for the previous write; `wait()` joins it and raises its
+    error (an OSError such as a full disk keeps its type, so the caller reports it as it would a write of
+    its own)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001  (raised in the training thread by wait())
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="hepc-checkpoint-writer", daemon=True)
+        self._thread.start()
 
 
 def load_state(path: Path) -> Any:

@@ -84,11 +84,13 @@ class Rank:
         n = rows_per_rank(batch.shape[0], self.world)
         return batch[self.rank * n : (self.rank + 1) * n]
 
-    def wrap(self, net: nn.Module) -> nn.Module:
+    def wrap(self, net: nn.Module) -> DistributedDataParallel:
         """DDP averages the gradients over ranks during backward; building it broadcasts rank 0's weights.
-        The only buffers are the constant RoPE tables: no need to re-broadcast them every forward."""
+        The only buffers are the constant RoPE tables: no need to re-broadcast them every forward. The
+        gradients are views into DDP's communication buckets (no second copy of them in memory); with
+        micro-batches the loop enters `no_sync()` for all but the last, so they are exchanged once a step."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=device_ids, **_NO_BUFFER_SYNC)
+        return DistributedDataParallel(net, device_ids=device_ids, gradient_as_bucket_view=True, **_NO_BUFFER_SYNC)
 
     def mean(self, *values: torch.Tensor) -> list[torch.Tensor]:
         """The global-batch mean of per-rank means (equal shares), for each scalar; no host sync on CUDA."""
@@ -97,17 +99,24 @@ class Rank:
         return list((stacked / self.world).unbind())
 
     def agree_stop(self, requested: bool, due: bool) -> bool:
-        """Rank 0's stop request (Ctrl-C), shared so every rank stops after the same step.
+        """Rank 0's stop request (Ctrl-C), shared so every rank stops after the same step (`agree`)."""
+        return self.agree(requested, False, due)[0]
+
+    def agree(self, stop: bool, checkpoint: bool, due: bool) -> tuple[bool, bool]:
+        """Rank 0's stop request (Ctrl-C) and its wish for a checkpoint now (wall-time cadence), shared so
+        every rank stops or checkpoints after the same step.
 
         On the CPU this runs every step (a tiny gloo all-reduce, cheap next to a step). On CUDA reading
         the result is a host sync, so it happens only at steps that sync anyway (`due`: a logged step or a
         checkpoint); a Ctrl-C there is honoured at the next such step instead of the next step.
         """
         if self.device.type == "cuda" and not due:
-            return False
-        flag = torch.tensor([1.0 if requested and self.lead else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return False, False
+        flags = torch.tensor([1.0 if stop and self.lead else 0.0, 1.0 if checkpoint and self.lead else 0.0],
+                             device=self.device)  # fmt: skip
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        wanted = flags.tolist()
+        return bool(wanted[0]), bool(wanted[1])
 
     def broadcast_int(self, value: int) -> int:
         """Rank 0's `value` on every rank."""

@@ -1,7 +1,8 @@
 """One training cycle of one trajectory: load the predecessor, perturb, train L steps, snapshot.
 
-Reads top to bottom like nanoGPT's train.py: set LR/WD for this step, forward, loss, backward, clip,
-step, log. Everything that decides the numbers (init, noise, dropout, data position) is seeded from
+Reads top to bottom like nanoGPT's train.py: set LR/WD for this step, forward, loss, backward (over the
+device's micro-batches, hepc.train.objective), clip, step, log; a checkpoint now and then, written in the
+background. Everything that decides the numbers (init, noise, dropout, data position) is seeded from
 (trajectory_seed, cycle_index, global step), so a cycle is reproducible on its own and a cycle that
 is killed and resumed from work_dir/ckpt.pt ends bit-identical (on CPU) to one that never stopped.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,23 @@ import torch
 import xxhash
 from torch import nn
 
+from hepc import memory
 from hepc.ckpt_digest import SIDECAR, check_digest, file_digest, write_digest
 from hepc.train import ddp
 from hepc.train.batches import BatchSource, to_device
-from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights, write_json, write_jsonl
-from hepc.train.distill import distill_loss
+from hepc.train.checkpoint import (
+    BackgroundWriter,
+    load_state,
+    load_weights,
+    save_state,
+    save_state_hashed,
+    save_weights,
+    snapshot,
+    write_json,
+    write_jsonl,
+)
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
+from hepc.train.objective import Objective, accumulate, teacher_outputs
 from hepc.train.optim import KINDS, optimizer_from_params, set_lr_wd
 from hepc.train.schedule import constant_multipliers, cyclic_multipliers, steps_per_cycle
 
@@ -209,6 +222,61 @@ def _progress_info(done: int, steps: int, first_step: int, global_step_start: in
     return info
 
 
+def device_capacity(device: torch.device, runtime: dict, world: int = 1) -> memory.Capacity:
+    """One device's memory for the micro-batch choice: runtime.device_memory_gb, else what torch reports for
+    the GPU, else this machine's memory shared by the step's ranks."""
+    given = runtime.get("device_memory_gb")
+    if given:
+        return memory.Capacity(device.type, float(given) * memory.GB, "runtime.device_memory_gb")
+    if device.type == "cuda":
+        return memory.Capacity("cuda", float(torch.cuda.get_device_properties(device).total_memory), "torch")
+    ram = memory.physical_memory() or 8 * memory.GB
+    return memory.Capacity("cpu", ram / max(1, world), "physical memory")
+
+
+def memory_plan(model: dict, optimizer: dict, distill: dict | None, seq_len: int, vocab: int, rows: int,
+                device: torch.device, runtime: dict, world: int = 1) -> tuple[memory.Choice, int]:  # fmt: skip
+    """(micro-batch choice, loss chunk tokens) of a cycle on this device (hepc/memory.py). A configuration
+    that cannot fit is an error here (`hepc validate` and `run` refuse it earlier, against the planned
+    device; this is the device the step really got)."""
+    shape = memory.Shape(vocab, model["n_layer"], model["d_model"], model["n_head"], seq_len,
+                         bool(model.get("dropout", 0.0)), optimizer.get("kind", "adamw"), distill is not None)  # fmt: skip
+    chunk = runtime.get("loss_chunk_tokens")
+    chunk = memory.DEFAULT_CHUNK_TOKENS[device.type] if chunk is None else int(chunk)
+    capacity = device_capacity(device, runtime, world)
+    bf16 = device.type == "cuda" and runtime.get("dtype") == "bfloat16"
+    choice = memory.choose(shape, rows, capacity.usable, device=device.type, bf16=bf16,
+                           micro=runtime.get("micro_batch") or "auto",
+                           checkpointing=runtime.get("activation_checkpointing", "auto"), chunk_tokens=chunk,
+                           snapshots=bool(runtime.get("checkpoint_every_steps") or runtime.get("checkpoint_every_minutes")))  # fmt: skip
+    if not choice.fits:
+        raise MemoryError(
+            f"a cycle with micro-batches of {choice.micro} sequences needs about {memory.human(choice.estimate.total)} "
+            f"per device ({choice.estimate.describe()}), more than the {memory.human(capacity.usable)} usable of "
+            f"{capacity.describe().split(',')[0]}; set runtime.micro_batch lower (or auto), or see `hepc plan`"
+        )
+    return choice, chunk
+
+
+@contextmanager
+def deterministic_mode(on: bool) -> Iterator[None]:
+    """runtime.deterministic: torch's deterministic kernels (a warning where an operation has none), cuDNN
+    without autotuning, cuBLAS's fixed workspace; restored afterwards (steps may share a process)."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
 def _batch_seqs(optimizer: dict, seq_len: int) -> int:
     batch_seqs = optimizer["batch_tokens"] // seq_len
     if batch_seqs < 1:
@@ -254,6 +322,11 @@ def train_cycle(
     the cycle seed and r): statistically equivalent to one process, not bit-equal. Checkpoints are the
     single-process ones plus every rank's RNG state (ignored by another N), so a cycle can resume with
     any N; with the same N the resume is exact.
+
+    Micro-batches (`runtime["micro_batch"]`, "auto" by default: the largest that fits the device,
+    hepc.memory): each device's rows run forward and backward a micro-batch at a time and their gradients
+    add up to the whole batch's before the one optimizer step; activation checkpointing and the chunked
+    loss (`runtime["activation_checkpointing"]`, `runtime["loss_chunk_tokens"]`) change memory, not results.
     """
     corpus_dir, out_dir, work_dir = Path(corpus_dir), Path(out_dir), Path(work_dir)
     prev_dir = Path(prev_dir) if prev_dir is not None else None
@@ -269,7 +342,8 @@ def train_cycle(
     }  # fmt: skip
     world = int(runtime.get("gpus_per_step") or 1)
     if world == 1:
-        return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=None)
+        with deterministic_mode(bool(runtime.get("deterministic"))):
+            return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=None)
     ddp.rows_per_rank(_batch_seqs(optimizer, seq_len), world)  # before any process starts
     device = resolve_device(runtime.get("device", "auto"))
     ddp.check_devices(device, world)
@@ -278,7 +352,7 @@ def train_cycle(
     if shared:  # N CPU ranks share the cores (by default torch would give each of them all of them)
         cycle["runtime"] = {**runtime, "threads": max(1, threads // world)}
     try:
-        with ddp.launch(world, device.type, _rank_main, cycle) as rank:
+        with deterministic_mode(bool(runtime.get("deterministic"))), ddp.launch(world, device.type, _rank_main, cycle) as rank:
             return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=rank)
     finally:
         if shared:
@@ -299,7 +373,8 @@ def training_tokens(corpus_dir: Path, splits: tuple[str, ...] = ("train",)) -> t
 def _rank_main(rank: ddp.Rank, cycle: dict) -> None:
     """Ranks 1..N-1 (child processes): the same loop on their slice; nothing written, nothing reported."""
     try:
-        _run_cycle(**cycle, progress=None, note=None, guard=None, dp=rank)
+        with deterministic_mode(bool(cycle["runtime"].get("deterministic"))):
+            _run_cycle(**cycle, progress=None, note=None, guard=None, dp=rank)
     except (CycleInterrupted, KeyboardInterrupt):
         pass  # rank 0 stopped after the same step, wrote the checkpoint and reports it
 
@@ -374,10 +449,19 @@ def _run_cycle(
 
     teacher = None
     if distill is not None:
-        # The teacher is the predecessor as it was saved: unperturbed, frozen, no dropout.
+        # The teacher is the predecessor as it was saved: unperturbed, frozen, no dropout; in bfloat16 on CUDA
+        # under bf16 autocast (half the memory, no cast of its weights at every forward).
         teacher = GPT(config)
         teacher.load_state_dict(load_weights(prev_dir / "model.safetensors"))
-        teacher.to(device).eval().requires_grad_(False)
+        bf16 = device.type == "cuda" and runtime.get("dtype") == "bfloat16"
+        teacher.to(device, dtype=torch.bfloat16 if bf16 else None).eval().requires_grad_(False)
+
+    # ---- micro-batches and the loss path (runtime only: never in a key) ---------------------------------
+    world = dp.world if dp is not None else 1
+    rows = ddp.rows_per_rank(batch_seqs, world)  # sequences this device trains on per step
+    choice, chunk_tokens = memory_plan(model, optimizer, distill, seq_len, config.vocab_size, rows, device, runtime,
+                                       world)  # fmt: skip
+    net.checkpoint_blocks = choice.checkpointing
 
     # ---- fresh start or exact resume ---------------------------------------------------------------------
     # What makes this cycle this cycle: a checkpoint copied from another work folder (another
@@ -452,18 +536,40 @@ def _run_cycle(
         torch.manual_seed(dropout_seed if dp is None else ddp.rank_seed(dropout_seed, dp.rank))  # dropout stream
     del ckpt
 
-    # Data parallel: DDP averages the gradients over the ranks in backward (and, being built here, starts
-    # every rank from rank 0's weights). Checkpoints and outputs are saved from `net`, never a wrapper.
-    ranked_net = dp.wrap(net) if dp is not None else net
-    train_net = torch.compile(ranked_net) if runtime.get("compile") else ranked_net
-    teacher_fwd = torch.compile(teacher) if teacher is not None and runtime.get("compile") else teacher
+    # The student and its loss in one module (hepc.train.objective), so that DDP and torch.compile see the
+    # whole forward. Data parallel: DDP averages the gradients over the ranks in backward (and, being built
+    # here, starts every rank from rank 0's weights). Checkpoints and outputs are saved from `net`, never a
+    # wrapper.
+    objective = Objective(net, chunk_tokens=chunk_tokens, alpha=distill["alpha"] if distill else 0.0,
+                          temperature=distill["temperature"] if distill else 1.0)  # fmt: skip
+    ranked = dp.wrap(objective) if dp is not None else objective
+    train_fwd = torch.compile(ranked) if runtime.get("compile") else ranked
+    teacher_fwd, teacher_head = None, None
+    if teacher is not None:  # chunked: the teacher's hidden states, its head applied chunk by chunk in the loss
+        teacher_fwd = teacher.hidden if chunk_tokens else teacher
+        teacher_fwd = torch.compile(teacher_fwd) if runtime.get("compile") else teacher_fwd
+        teacher_head = teacher.lm_head.weight if chunk_tokens else None
+    no_sync = ranked.no_sync if dp is not None else None
 
-    def save_checkpoint(done: int, rank_rng: list | None = None) -> None:
+    def forward(x: torch.Tensor, y: torch.Tensor):
+        """One micro-batch's (loss, ce, kd), the teacher's forward first (its outputs are all that stays)."""
+        with autocast:
+            teacher_out = teacher_outputs(teacher_fwd, x, bool(chunk_tokens), teacher_head) if teacher_fwd else None
+            return train_fwd(x, y, teacher_out)
+
+    # Mid-cycle checkpoints: the state is copied to (pinned) host memory at the step boundary and written,
+    # digested as it is written, by a background thread while training goes on; the next checkpoint, the
+    # outputs and a stop wait for it (docs/reliability.md).
+    writer = BackgroundWriter()
+    host_buffers: dict = {}
+
+    def save_checkpoint(done: int, rank_rng: list | None = None, wait: bool = False) -> None:
+        writer.wait()  # the previous checkpoint is complete (or its error raised) before anything else
         if guard is not None:
             guard()  # a process that lost its lease never writes into the shared work folder
         work_dir.mkdir(parents=True, exist_ok=True)
         extra = {"rng_ranks": rank_rng} if rank_rng is not None else {}  # data parallel: every rank's RNG
-        save_state(
+        state = snapshot(
             {
                 "model": net.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -473,102 +579,116 @@ def _run_cycle(
                 "steps": steps,
                 "global_step_start": global_step_start,
                 "step_losses": step_losses,
-                "records": records,
+                "records": list(records),
                 "wall_s": wall_before + time.perf_counter() - t_start,
                 "fingerprint": fingerprint,
                 **extra,
             },
-            ckpt_path,
+            host_buffers,
         )
-        write_digest(ckpt_path)  # after the checkpoint is in place: a crash in between reads as damaged
-        # A torch-free sidecar so `hepc plan` can show "~ resumable (step 312/381)".
-        write_json(work_dir / "progress.json", {"step": done, "steps": steps})
+
+        def write() -> None:
+            known = save_state_hashed(state, ckpt_path)
+            write_digest(ckpt_path, known)  # after the checkpoint is in place: a crash in between reads as damaged
+            # A torch-free sidecar so `hepc plan` can show "~ resumable (step 312/381)".
+            write_json(work_dir / "progress.json", {"step": done, "steps": steps})
+
+        writer.submit(write)
+        if wait:
+            writer.wait()
 
     # ---- the loop ----------------------------------------------------------------------------------------
     base_lr, base_wd, grad_clip = optimizer["lr"], optimizer["weight_decay"], optimizer.get("grad_clip") or 0.0
     log_every = runtime.get("log_every_steps") or 0  # 0: only the last step
     ckpt_every = runtime.get("checkpoint_every_steps") or 0  # 0: never
+    ckpt_every_s = 60.0 * float(runtime.get("checkpoint_every_minutes") or 0)  # 0: by steps only
     stop_after = runtime.get("stop_after_steps")
     net.train()
     t_log, tokens_since_log = time.perf_counter(), 0
     t_report, tokens_since_report = t_log, 0  # progress: the first step, then every REPORT_EVERY_S
-    with deferred_interrupts() as interrupted:
-        for s in range(first_step, steps):
-            lr_mult, wd_mult = multipliers(s)
-            lr, wd = base_lr * lr_mult, base_wd * wd_mult
-            set_lr_wd(opt, lr, wd, lr_mult)  # Muon: muon_lr × lr_mult
+    t_checkpoint = t_log
+    try:
+        with deferred_interrupts() as interrupted:
+            for s in range(first_step, steps):
+                lr_mult, wd_mult = multipliers(s)
+                lr, wd = base_lr * lr_mult, base_wd * wd_mult
+                set_lr_wd(opt, lr, wd, lr_mult)  # Muon: muon_lr × lr_mult
 
-            x, y = batches.batch(global_step_start + s)  # (B, T) each
-            if dp is not None:
-                x, y = dp.rows(x), dp.rows(y)  # this rank's share of the global batch: (B/N, T) each
-            x, y = to_device(x, device), to_device(y, device)  # CUDA: pinned, asynchronous
-            with autocast:
-                logits = train_net(x)  # (B, T, V)
-                if teacher_fwd is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher_fwd(x)
-            if teacher_fwd is not None:
-                loss, ce, kd = distill_loss(logits, teacher_logits, y, distill["alpha"], distill["temperature"])
-            else:
-                loss = ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-                kd = None
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if dp is not None:  # report the global-batch means: the mean of the ranks' means of equal shares
-                loss, ce, kd = dp.mean(loss, ce, kd) if kd is not None else (*dp.mean(loss, ce), None)
-            step_losses[s] = loss.detach()
-            tokens_since_log += tokens_per_step
-            tokens_since_report += tokens_per_step
+                x, y = batches.batch(global_step_start + s)  # (B, T) each
+                if dp is not None:
+                    x, y = dp.rows(x), dp.rows(y)  # this rank's share of the global batch: (B/N, T) each
+                x, y = to_device(x, device), to_device(y, device)  # CUDA: pinned, asynchronous
+                # Forward and backward over the micro-batches; the gradients of the whole batch add up in .grad
+                loss, ce, kd = accumulate(forward, x, y, choice.micro, no_sync)
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if dp is not None:  # report the global-batch means: the mean of the ranks' means of equal shares
+                    loss, ce, kd = dp.mean(loss, ce, kd) if kd is not None else (*dp.mean(loss, ce), None)
+                step_losses[s] = loss.detach()
+                tokens_since_log += tokens_per_step
+                tokens_since_report += tokens_per_step
 
-            done = s + 1
-            logged = (log_every and done % log_every == 0) or done == steps
-            checkpoint_due = done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after)
-            record = None
-            if logged:
-                loss_value = loss.item()  # the one host sync per logged step
-                now = time.perf_counter()
-                tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
-                t_log, tokens_since_log = now, 0
-                record = {
-                    "step": done,
-                    "global_step": global_step_start + done,
-                    "loss": loss_value,
-                    "ce": ce.item(),
-                    "kd": kd.item() if kd is not None else None,
-                    "lr": lr,
-                    "wd": wd,
-                    "tokens_per_s": tokens_per_s,
-                }
-                records.append(record)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
-            if progress is not None:  # cheap: a clock read per step; losses only where they were synced anyway
-                now = time.perf_counter()
-                if record is not None or done == first_step + 1 or now - t_report >= REPORT_EVERY_S:
-                    progress(_progress_info(done, steps, first_step, global_step_start, lr, wd,
-                                            tokens_since_report / max(now - t_report, 1e-9), record))  # fmt: skip
-                    t_report, tokens_since_report = now, 0
-            # Ctrl-C: stop at this boundary with a checkpoint (also after the last step). Data parallel:
-            # rank 0's request is shared, so that every rank stops after this same step.
-            stop = interrupted() if dp is None else dp.agree_stop(interrupted(), due=bool(logged or checkpoint_due))
-            rank_rng = dp.gather_rng() if dp is not None and (stop or checkpoint_due) else None
-            if stop:
-                try:
+                done = s + 1
+                logged = (log_every and done % log_every == 0) or done == steps
+                checkpoint_due = done < steps and ((ckpt_every and done % ckpt_every == 0) or done == stop_after)
+                record = None
+                if logged:
+                    loss_value = loss.item()  # the one host sync per logged step
+                    now = time.perf_counter()
+                    tokens_per_s = tokens_since_log / max(now - t_log, 1e-9)
+                    t_log, tokens_since_log = now, 0
+                    record = {
+                        "step": done,
+                        "global_step": global_step_start + done,
+                        "loss": loss_value,
+                        "ce": ce.item(),
+                        "kd": kd.item() if kd is not None else None,
+                        "lr": lr,
+                        "wd": wd,
+                        "tokens_per_s": tokens_per_s,
+                    }
+                    records.append(record)
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"cycle {cycle_index}: loss is {loss_value} at step {done}")
+                if progress is not None:  # cheap: a clock read per step; losses only where they were synced anyway
+                    now = time.perf_counter()
+                    if record is not None or done == first_step + 1 or now - t_report >= REPORT_EVERY_S:
+                        progress(_progress_info(done, steps, first_step, global_step_start, lr, wd,
+                                                tokens_since_report / max(now - t_report, 1e-9), record))  # fmt: skip
+                        t_report, tokens_since_report = now, 0
+                # Ctrl-C: stop at this boundary with a checkpoint (also after the last step). The wall-time
+                # cadence: a checkpoint at the first logged step once it is due. Data parallel: rank 0's
+                # requests are shared, so that every rank stops or checkpoints after this same step.
+                by_time = bool(ckpt_every_s and lead and logged and done < steps
+                               and time.perf_counter() - t_checkpoint >= ckpt_every_s)  # fmt: skip
+                if dp is None:
+                    stop = interrupted()
+                else:
+                    stop, by_time = dp.agree(interrupted(), by_time, due=bool(logged or checkpoint_due))
+                checkpoint_due = checkpoint_due or by_time
+                rank_rng = dp.gather_rng() if dp is not None and (stop or checkpoint_due) else None
+                if stop:
+                    try:
+                        if lead:
+                            save_checkpoint(done, rank_rng, wait=True)
+                    except Exception as e:  # e.g. the lease is gone: still stop, as asked
+                        raise KeyboardInterrupt(
+                            f"interrupted after step {done} of {steps} (no checkpoint: {_brief_error(e)})"
+                        ) from e
+                    raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
+                if checkpoint_due:
                     if lead:
-                        save_checkpoint(done, rank_rng)
-                except Exception as e:  # e.g. the lease is gone: still stop, as asked
-                    raise KeyboardInterrupt(
-                        f"interrupted after step {done} of {steps} (no checkpoint: {_brief_error(e)})"
-                    ) from e
-                raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
-            if checkpoint_due:
-                if lead:
-                    save_checkpoint(done, rank_rng)
-                if done == stop_after:
-                    raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
+                        save_checkpoint(done, rank_rng, wait=done == stop_after)
+                    t_checkpoint = time.perf_counter()
+                    if done == stop_after:
+                        raise CycleInterrupted(f"stopped after step {done} of {steps} (checkpoint written)")
+    except BaseException:
+        with suppress(BaseException):  # a checkpoint still being written finishes before the error goes up
+            writer.wait()
+        raise
+    writer.wait()  # the last mid-cycle checkpoint is complete (a failed write is raised here)
 
     # ---- outputs -----------------------------------------------------------------------------------------
     if not lead:

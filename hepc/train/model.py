@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hepc.sizes import swiglu_hidden
 
@@ -111,6 +112,9 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(config.seq_len, config.d_model // config.n_head)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # runtime.activation_checkpointing: keep only each block's input for backward and recompute the
+        # block there (torch.utils.checkpoint; the dropout masks are replayed from the saved RNG state).
+        self.checkpoint_blocks = False
         self.init_weights()
 
     @torch.no_grad()
@@ -129,14 +133,19 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normalised last hidden state (B, T, C): what the output head maps to logits."""
         T = idx.size(1)
         assert T <= self.cos.size(1), f"sequence of {T} tokens exceeds seq_len {self.cos.size(1)}"
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = self.wte(idx)  # (B, T, C)
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.lm_head(norm(x)).float()  # (B, T, V), float32 for the losses and softmax
+            x = checkpoint(block, x, cos, sin, use_reentrant=False) if recompute else block(x, cos, sin)
+        return norm(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden(idx)).float()  # (B, T, V), float32 for the losses and softmax
 
 
 def resolve_device(name: str) -> torch.device:
