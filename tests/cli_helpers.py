@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +35,22 @@ def executed(store: Path, spec_name: str = "tiny") -> list[list[str]]:
     return runs
 
 
+_TINY_RUN: tuple[Path, dict] | None = None  # the tiny fixture trained once per test session
+
+
 def tiny_store(folder: Path) -> tuple[Path, dict]:
-    """A store at `folder/store` holding the tiny fixture's run, and that run's `--json` results."""
+    """A store at `folder/store` holding the tiny fixture's run, and that run's `--json` results.
+
+    The first call trains it (`hepc run TINY --json --quiet` into a store of its own); later calls
+    copy that store, byte for byte, so the modules that each start from a finished tiny population
+    share one training run. The copy is a whole store: its marker, objects, records and index."""
+    global _TINY_RUN
+    if _TINY_RUN is None:
+        cache = Path(tempfile.mkdtemp(prefix="hepc-tiny-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        results = json.loads(hepc("run", TINY, "--json", "--quiet", store=cache / "store").stdout)
+        _TINY_RUN = cache / "store", results
+    source, results = _TINY_RUN
     store = folder / "store"
-    return store, json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
+    shutil.copytree(source, store, symlinks=True)
+    return store, copy.deepcopy(results)

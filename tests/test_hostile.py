@@ -29,10 +29,16 @@ from hepc.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
 TINY_DATA = YAML(typ="safe").load(TINY.read_text())
+# Examples per property: 50 in the default run (fresh random ones on every run, so commits add up to
+# thousands); HEPC_HOSTILE_EXAMPLES=1000 for a thorough pass before a release.
+EXAMPLES = int(os.environ.get("HEPC_HOSTILE_EXAMPLES", "50"))
 SETTINGS = settings(
-    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-FEWER = settings(SETTINGS, max_examples=50)
+FEWER = settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))
 
 # --------------------------------------------------------------------------- the oracle
 

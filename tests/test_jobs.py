@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, hepc
+from cli_helpers import ROOT, TINY, hepc, tiny_store
 
 TIMING = {"wall_s", "tokens_per_s"}  # measured, not computed: the only fields allowed to differ
 
@@ -54,9 +54,7 @@ def events(store: Path, spec: str = "tiny") -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory) -> tuple[Path, dict]:
-    store = tmp_path_factory.mktemp("jobs1") / "store"
-    out = hepc("run", TINY, "--jobs", "1", "--json", "--quiet", store=store)
-    return store, json.loads(out.stdout)
+    return tiny_store(tmp_path_factory.mktemp("jobs1"))  # one step at a time: the tiny spec's default on a CPU
 
 
 def test_two_workers_give_bit_identical_results_and_records(one_worker, tmp_path):

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, hepc
+from cli_helpers import ROOT, TINY, hepc, tiny_store
 from test_jobs import LONG, _checkpointed_cycles, _holder_pid, _wait_for, events, object_contents
 
 ray = pytest.importorskip("ray")
@@ -81,8 +81,7 @@ def ray_run(cluster, store: Path, *args: str, check: bool = True) -> subprocess.
 
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory) -> tuple[Path, dict]:
-    store = tmp_path_factory.mktemp("local") / "store"
-    return store, json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
+    return tiny_store(tmp_path_factory.mktemp("local"))
 
 
 def test_a_population_through_ray_matches_the_local_backend(cluster, local_reference, tmp_path):

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import executed, hepc
+from cli_helpers import executed, hepc, tiny_store
 
 from hepc.verify import check_object, manifest_digest
 
@@ -28,9 +28,7 @@ def obj(store: Path, kind: str, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    store = tmp_path_factory.mktemp("pristine")
-    results = json.loads(hepc("run", TINY, "--json", "--quiet", store=store).stdout)
-    return store, results
+    return tiny_store(tmp_path_factory.mktemp("pristine"))
 
 
 @pytest.fixture
