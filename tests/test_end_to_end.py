@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import executed, hepc
+from cli_helpers import executed, hepc, tiny_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
@@ -23,11 +23,11 @@ def plan_json(*args, store):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    plan = plan_json(store=store)
+    folder = tmp_path_factory.mktemp("e2e")
+    plan = plan_json(store=folder / "store")  # planning an empty store writes nothing
     assert plan["counts"]["new"] == len(plan["steps"]) == 15
-    out = hepc("run", TINY, "--json", store=store)
-    return store, plan, json.loads(out.stdout)
+    store, results = tiny_store(folder)  # `hepc run TINY --json --quiet` (trained once per session)
+    return store, plan, results
 
 
 def test_results_interface(store):
