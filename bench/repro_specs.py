@@ -27,10 +27,12 @@ VAL, TEST = 40_000, 40_000  # carved first: the same val and test arrays at ever
 SCALES = {
     "a": {"label": "A", "data": 16_000, "heldout": 3_200, "heldout5": 800, "batch": 512,
           "model": {"n_layer": 3, "d_model": 96, "n_head": 4, "dropout": 0.1},
-          "S": 16, "budget_S": 8, "baseline_wd": [1.5, 4.0], "q0_wd": [8.0, 12.0], "ablations": True},
+          "S": 16, "budget_S": 8, "base_wd": 1.5, "ens_wd": [0.5, 1.5, 4.0], "single_wd": [1.5, 4.0, 8.0],
+          "q0_base_wd": 8.0, "q0_wd": [4.0, 8.0, 12.0], "ablations": True},
     "b": {"label": "B", "data": 8_000, "heldout": 1_600, "heldout5": 400, "batch": 256,
           "model": {"n_layer": 2, "d_model": 64, "n_head": 4, "dropout": 0.1},
-          "S": 32, "budget_S": 8, "baseline_wd": [1.5], "q0_wd": [4.0], "ablations": False},
+          "S": 32, "budget_S": 8, "base_wd": 1.5, "ens_wd": [1.5], "single_wd": [1.5], "q0_base_wd": 4.0,
+          "q0_wd": [4.0], "ablations": False},
 }
 MEMBER_LENGTHS = [1, 1.5, 2, 3, 4]  # × S: the independent ensemble's member lengths
 DATA_SIZES = [8_000, 16_000, 32_000, 64_000, 128_000]  # trained tokens of the data-efficiency single models
@@ -105,21 +107,21 @@ def scale_specs(key: str, s: dict) -> None:
         write(f"{key}/{name}.yaml", spec(
             f"repro-{key}-{name}", [f"Independent ensemble: {members} members × {epochs:g} epochs ({mult:g}·S), uniform "
                                     f"average, equal data; tuned over weight decay (a family with the other ens-*).", where],
-            f"{key}/{name}.yaml", train=d, heldout=h, model=m, batch=b, wd=s["baseline_wd"][0],
+            f"{key}/{name}.yaml", train=d, heldout=h, model=m, batch=b, wd=s["base_wd"],
             population=(f"population:\n  trajectories: {members}\n  cycles: 1\n  epochs_per_cycle: {epochs:g}\n"
                         "  schedule: {kind: constant, warmdown: 0.2}\n"),
             prior="prior: {kind: uniform, budgets: [1, all]}\n",
-            sweep={"optimizer.weight_decay": s["baseline_wd"], **seeds}, train_on_heldout=True))
+            sweep={"optimizer.weight_decay": s["ens_wd"], **seeds}, train_on_heldout=True))
     single_epochs = sorted({S / 4, S / 2, *(mult * S for mult in MEMBER_LENGTHS), budget})  # up to the whole budget
     write(f"{key}/single.yaml", spec(
         f"repro-{key}-single", ["One model on all the data (train + held-out), over epochs and weight decay: the single-model "
                                 "family (its runs at m·S are the ensembles' first members, shared by key).", where],
-        f"{key}/single.yaml", train=d, heldout=h, model=m, batch=b, wd=s["baseline_wd"][0],
+        f"{key}/single.yaml", train=d, heldout=h, model=m, batch=b, wd=s["base_wd"],
         population=("population:\n  trajectories: 1\n  cycles: 1\n  epochs_per_cycle: 16\n"
                     "  schedule: {kind: constant, warmdown: 0.2}\n"),
         prior="prior: {kind: uniform, budgets: [all]}\n",
         sweep={"population.epochs_per_cycle": [float(f"{e:g}") for e in single_epochs],
-               "optimizer.weight_decay": s["baseline_wd"], **seeds}, train_on_heldout=True))
+               "optimizer.weight_decay": s["single_wd"], **seeds}, train_on_heldout=True))
     steps = steps_per_cycle(S / 2, d - h, b)
     efolds = [decay_efolds({"kind": "cyclic", "lr_floor": 0.08, "wd_floor": 0.7}, steps, LR, w) for w in s["q0_wd"]]
     q0_note = (f"q0: 1 trajectory × {int(budget / (S / 2))} cycles of S/2 = {S / 2:g} epochs = {budget} epochs, distilled from "
@@ -128,18 +130,19 @@ def scale_specs(key: str, s: dict) -> None:
     prior = "prior: {kind: shrinkage, budgets: [1, 2, 4, 8, all]}\n"
     variants = [("q0", h, "")] + ([("q0-h5", s["heldout5"], f" Held-out {s['heldout5']:,} tokens (5 %).")] if s["ablations"] else [])
     for name, heldout, extra in variants:
-        wds = s["q0_wd"] if name == "q0" else s["q0_wd"][:1]  # the 5 % variant at q0's base weight decay (compute)
+        wds = s["q0_wd"] if name == "q0" else [s["q0_base_wd"]]  # the 5 % variant at q0's base weight decay (compute)
         write(f"{key}/{name}.yaml", spec(
             f"repro-{key}-{name}", [q0_note + extra, where], f"{key}/{name}.yaml", train=d, heldout=heldout, model=m, batch=b,
-            wd=s["q0_wd"][0], population=q0_population(s), prior=prior, sweep={"optimizer.weight_decay": wds, **seeds}))
+            wd=s["q0_base_wd"], population=q0_population(s), prior=prior, sweep={"optimizer.weight_decay": wds, **seeds}))
     if not s["ablations"]:
         return
-    base_wd = s["q0_wd"][0]
+    base_wd = s["q0_base_wd"]
+    base_efolds = efolds[s["q0_wd"].index(base_wd)]
     flat = decay_efolds({"kind": "cyclic", "lr_floor": 0.08, "wd_floor": 1.0}, steps, LR, 1.0)
-    matched = round(efolds[0] / flat, 4)
+    matched = round(base_efolds / flat, 4)
     ablations = {
         "abl-flatwd": (f"Flat weight decay (wd_floor 1) at q0's integrated decay: WD {matched} gives "
-                       f"{efolds[0]:.2f} e-folds per cycle, as q0's {base_wd} does.", {"wd_floor": 1.0}, matched),
+                       f"{base_efolds:.2f} e-folds per cycle, as q0's {base_wd} does.", {"wd_floor": 1.0}, matched),
         "abl-noperturb": ("No weight perturbation between cycles.", {"perturb": None}, base_wd),
         "abl-perturb2x": ("Perturbation scale doubled (0.5 → 0.1).", {"perturb": (0.5, 0.1)}, base_wd),
         "abl-alpha0": ("No chain distillation (alpha 0): every cycle plain cross-entropy.", {"distill": False}, base_wd),
@@ -163,7 +166,7 @@ def data_specs() -> None:
                                        "epoch count chosen on val.",
                                        "Val and test are the reproduction's (carved first, the same arrays)."],
                 f"data/{name}.yaml", train=size, heldout=min(s["heldout"], size // 5), model=s["model"], batch=s["batch"],
-                wd=s["baseline_wd"][0],
+                wd=s["base_wd"],
                 population=("population:\n  trajectories: 1\n  cycles: 1\n  epochs_per_cycle: 16\n"
                             "  schedule: {kind: constant, warmdown: 0.2}\n"),
                 prior="prior: {kind: uniform, budgets: [all]}\n",

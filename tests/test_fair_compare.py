@@ -89,6 +89,27 @@ def test_a_later_worse_budget_keeps_the_earlier_choice():
     assert (last["budget"], last["at_budget"], last["loss"]) == (16, 8, 2.3)  # not 2.1: that is chosen on test
 
 
+def test_a_choice_on_the_edge_of_its_grid_is_flagged():
+    """Weight decay {0.5, 1.5, 4}: chosen at 1.5 no warning; chosen at 4 (the largest tried) one line
+    naming the setting, the value and the grid. Epoch counts are a setting like any other."""
+    def family(best):
+        pops = [pop("ens", {"optimizer.weight_decay": wd, "seed": 1}, [pt(8, 1, 2.0 - 0.1 * (wd == best), 2.0)], seed=1)
+                for wd in (0.5, 1.5, 4.0)]
+        return Family.from_results("ens", [sweep("ens", pops)])
+
+    from hepc.report.families import grid_edges
+
+    assert grid_edges(family(1.5)) == []
+    (line,) = grid_edges(family(4.0))
+    assert line == ("ens: chosen at 8 epochs with weight_decay=4.0, the largest value tried (0.5, 1.5, 4.0): "
+                    "the best may lie outside the grid")
+    assert "smallest value tried" in grid_edges(family(0.5))[0]
+    one = Family.from_results("q0", [sweep("q0", [pop("q0", {"optimizer.weight_decay": 8.0, "seed": 1}, [pt(8, 1, 2.0, 2.0)])])])
+    assert grid_edges(one) == []  # one value tried: no grid to be on the edge of
+    result = compare_results([family(4.0), Family.from_results("q0", [ensemble_family()])], split="test")
+    assert any("weight_decay=4.0, the largest value tried" in w for w in result["warnings"])
+
+
 def test_compare_families_pairs_seeds_and_states_the_split():
     ens = ensemble_family()
     q0 = sweep("q0", [pop("q0", {"seed": s}, [pt(b, n, v - d, t - d) for b, n, v, t in

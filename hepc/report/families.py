@@ -190,6 +190,33 @@ def saturation(family: Family) -> dict | None:
     return {"epochs": budget, "val_loss": loss, "largest": largest, "saturated": budget < largest}
 
 
+def grid_edges(family: Family, split: str = "val") -> list[str]:
+    """Where the family's choice at its largest budget sits at the edge of a swept numeric setting
+    (its smallest or largest value, with two or more values tried): the best value may lie outside
+    the grid, so the family may be under-tuned there. One line per such setting."""
+    curve = family.curve(split)
+    if not curve:
+        return []
+    chosen = family.config_of(curve[-1]["config"])
+    values = (next(iter(chosen.seeds.values())).get("values") or {}) if chosen.seeds else {}
+    out = []
+    for key, value in sorted(values.items()):
+        if key == "seed" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        tried = sorted({
+            v for c in family.configs if c.spec == chosen.spec
+            for pop in c.seeds.values()
+            if isinstance(v := (pop.get("values") or {}).get(key), int | float) and not isinstance(v, bool)
+        })  # fmt: skip
+        if len(tried) < 2 or min(tried) < value < max(tried):
+            continue
+        side = "smallest" if value == min(tried) else "largest"
+        name = key.rsplit(".", 1)[-1]
+        out.append(f"{family.name}: chosen at {curve[-1]['budget']:g} epochs with {name}={_value(value)}, the {side} "
+                   f"value tried ({', '.join(_value(v) for v in tried)}): the best may lie outside the grid")
+    return out
+
+
 def trained_tokens(family: Family) -> list[int]:
     """Tokens per epoch its configurations train on (distinct values)."""
     return sorted({int(pop.get("trained_tokens_per_epoch") or 0) for c in family.configs for pop in c.seeds.values()})

@@ -24,7 +24,16 @@ from hepc.report.compare import (
     with_teacher,
 )
 from hepc.report.curves import DIAGNOSTIC_RULE, HEADLINE_RULE, best_k_curve, fixed_k_curve, flatten_results, mean_points
-from hepc.report.families import Config, Family, MissingSplit, per_seed_curves, saturation, split_loss, trained_tokens
+from hepc.report.families import (
+    Config,
+    Family,
+    MissingSplit,
+    grid_edges,
+    per_seed_curves,
+    saturation,
+    split_loss,
+    trained_tokens,
+)
 from hepc.report.paired import paired_differences, ratio_interval
 
 
@@ -97,7 +106,7 @@ def compare_results(named: Sequence, reference_data: Sequence[Mapping] | None = 
         "comparisons": [compare_families(base, fam, split) for fam in candidates],
         "curves": curves,
         "data_efficiency": None,
-        "warnings": saturation_warnings(base, candidates),
+        "warnings": saturation_warnings(base, candidates) + [w for f in (base, *candidates) for w in grid_edges(f)],
     }
     if reference_data is not None:
         points = reference_points(reference_data, split)
