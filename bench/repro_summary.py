@@ -52,12 +52,16 @@ ABLATIONS = [  # (scale, spec, what it changes); each against q0's base configur
 # --------------------------------------------------------------------------- reading the store
 
 
-def _collect(path: str, store: str, overrides=()):
-    """(loaded spec, compiled, results) of a spec, or None while anything of it is not in the store (a
-    partial store gives a partial page, each missing part named; a damaged object still fails)."""
+def _collect(path: str, store: str, overrides=(), missing: list | None = None):
+    """(loaded spec, compiled, results) of a spec, or None while nothing of it is in the store. A sweep
+    whose runs are partly done gives the configurations (non-seed sweep values) that have every seed
+    done; each configuration left out is appended to `missing` (a partial store gives a partial page,
+    each missing part named; a damaged object still fails)."""
     from hepc.compile import compile_spec
+    from hepc.errors import HepcError
     from hepc.plan import make_plan
-    from hepc.results import collect
+    from hepc.report.families import config_label
+    from hepc.results import collect, collect_population
     from hepc.spec.load import load_spec
     from hepc.store import Store, resolve_store_path
 
@@ -66,9 +70,24 @@ def _collect(path: str, store: str, overrides=()):
     loaded = load_spec(Path(SPECS) / f"{path}.yaml", list(overrides))
     compiled = compile_spec(loaded)
     the_store = Store(resolve_store_path(store, loaded.spec.runtime.store))
-    if make_plan(compiled, the_store).to_run:
+    if not make_plan(compiled, the_store).to_run:
+        return loaded, compiled, collect(compiled, the_store)
+    if len(compiled.populations) == 1:
         return None
-    return loaded, compiled, collect(compiled, the_store)
+    groups: dict[str, list] = {}
+    for pop in compiled.populations:
+        try:
+            row = collect_population(compiled, pop, the_store)
+        except HepcError:
+            row = None
+        groups.setdefault(config_label(pop.values or {}), []).append(row)
+    rows = []
+    for label, group in groups.items():
+        if all(r is not None for r in group):
+            rows += group
+        elif missing is not None:
+            missing.append(f"{path} [{label}]" if label else path)
+    return (loaded, compiled, {"spec": compiled.spec.name, "populations": rows}) if rows else None
 
 
 def _only_seeds(results: dict, seeds) -> dict:
@@ -95,10 +114,10 @@ class Store:
         key = f"{scale}/{spec}" if not spec.startswith("data/") else spec
         if key not in self.cache:
             overrides = [f"sweep.seed={json.dumps(self.seeds)}"] if self.seeds else []  # what --quick trains
-            got = _collect(key, self.store, overrides)
+            partly: list[str] = []
+            got = _collect(key, self.store, overrides, partly)
             self.cache[key] = None if got is None else got
-            if got is None:
-                self.missing.append(key)
+            self.missing += [key] if got is None else partly
         got = self.cache[key]
         return None if got is None else (got[0], got[1], _only_seeds(got[2], self.seeds))
 
@@ -153,15 +172,17 @@ def comparison(db: Store, scale: str, ref: str, cand: str) -> dict | None:
 
 
 def ablation_base(db: Store, scale: str):
-    """q0's base configuration (the q0 spec's first weight-decay value): the arm every ablation changes."""
+    """q0's base configuration (the weight decay the q0 spec names outside its sweep, which its sweep also
+    holds and every ablation spec uses): the arm every ablation changes."""
     got = db.results(scale, "q0")
     if got is None:
         return None, None
     loaded = got[0]
-    wd = loaded.spec.sweep.get("optimizer.weight_decay", [loaded.spec.optimizer.weight_decay])[0] if loaded.spec.sweep \
-        else loaded.spec.optimizer.weight_decay
-    return _only_values(got[2], {"optimizer.weight_decay": wd}) if loaded.spec.sweep and "optimizer.weight_decay" in loaded.spec.sweep \
-        else got[2], wd
+    wd = loaded.spec.optimizer.weight_decay
+    if loaded.spec.sweep and "optimizer.weight_decay" in loaded.spec.sweep:
+        base = _only_values(got[2], {"optimizer.weight_decay": wd})
+        return (base, wd) if base["populations"] else (None, None)
+    return got[2], wd
 
 
 def _per_seed_final(results: dict) -> dict:
@@ -323,11 +344,13 @@ def quick_block(store: str) -> dict | None:
 def _wall(timing: str | None) -> float | None:
     if not timing or not Path(timing).is_file():
         return None
-    total = 0.0
-    for line in Path(timing).read_text().splitlines():
+    total = 0.0  # `all wall START END`: one run of bench/repro.sh; `all paused START END`: its workers were
+    for line in Path(timing).read_text().splitlines():  # stopped (SIGSTOP) meanwhile, for other work
         parts = line.split("\t")
         if parts[:2] == ["all", "wall"]:
             total += float(parts[3]) - float(parts[2])
+        elif parts[:2] == ["all", "paused"]:
+            total -= float(parts[3]) - float(parts[2])
     return total or None
 
 

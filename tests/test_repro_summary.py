@@ -36,8 +36,9 @@ def miniature(spec: dict) -> dict:
     sweep = spec.get("sweep") or {}
     if "seed" in sweep:
         sweep["seed"] = [100, 200]
-    if "optimizer.weight_decay" in sweep:
-        sweep["optimizer.weight_decay"] = sweep["optimizer.weight_decay"][:1]
+    if "optimizer.weight_decay" in sweep:  # the spec's own value (q0's is the ablations' base)
+        own = spec["optimizer"]["weight_decay"]
+        sweep["optimizer.weight_decay"] = [own] if own in sweep["optimizer.weight_decay"] else sweep["optimizer.weight_decay"][:1]
     if "population.epochs_per_cycle" in sweep:
         sweep["population.epochs_per_cycle"] = sorted({max(1, e / 8) for e in sweep["population.epochs_per_cycle"]})[:3]
     spec["runtime"] = {"device": "cpu", "threads": 1, "checkpoint_every_steps": 0, "log_every_steps": 50}
@@ -110,3 +111,25 @@ def test_summary_has_every_figure_on_test_and_renders_the_page(mini, monkeypatch
     (base / "docs" / "results" / "summary.json").write_text(json.dumps(tampered))
     assert repro_summary.check_quick(str(store), base / "docs") == 1
     assert "bench" in sys.path[0]
+
+
+def test_a_partly_run_sweep_gives_its_finished_configurations(mini, monkeypatch):
+    """A grid widened after a first pass (one more weight decay, not trained yet): the page keeps the
+    configurations whose seeds are all done and names the one left out, instead of dropping the spec."""
+    base, specs, store = mini
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import repro_summary
+
+    monkeypatch.setattr(repro_summary, "SPECS", specs)
+    yaml = YAML(typ="safe", pure=True)
+    spec = yaml.load((specs / "a" / "q0.yaml").read_text())
+    own = spec["optimizer"]["weight_decay"]
+    spec["sweep"]["optimizer.weight_decay"] = [own, own * 2]
+    buf = io.StringIO()
+    yaml.dump(spec, buf)
+    (specs / "a" / "q0-wider.yaml").write_text(buf.getvalue())
+    missing: list[str] = []
+    _, _, results = repro_summary._collect("a/q0-wider", str(store), (), missing)
+    assert {p["values"]["optimizer.weight_decay"] for p in results["populations"]} == {own}
+    assert sorted(p["values"]["seed"] for p in results["populations"]) == [100, 200]
+    assert missing == [f"a/q0-wider [weight_decay={json.dumps(own * 2)}]"]
