@@ -6,6 +6,7 @@ Every user-facing failure prints one located line per problem and exits 2; Ctrl-
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from functools import wraps
@@ -538,6 +539,9 @@ def report(
     reference_data: RefDataOpt = None,
     family: FamilyOpt = None,
     split: SplitOpt = "val",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace report.html, summary.json, curves.png in --out (nothing else).")
+    ] = False,
 ) -> None:
     """A self-contained HTML report: resolved specs, curves, comparison table, members, learned weights."""
     from hepc.report.render import render_report
@@ -559,7 +563,7 @@ def report(
         "summary": {"finals": result["finals"], "baseline": result["baseline"], "split": split,
                     "warnings": result["warnings"]},
     }
-    path = render_report(context, out)
+    path = render_report(context, out, replace=force)
     print(path)
 
 
@@ -577,6 +581,7 @@ def new(
         Optional[str],
         typer.Option("--data", metavar="FROM_SPEC", help="Copy the data section of this spec (paths rebased onto --out's folder)."),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Render a ready spec for a budget from a recipe template (rules in hepc/recipes.py)."""
     import tempfile
@@ -589,6 +594,10 @@ def new(
     folder = target.parent if target else Path.cwd()
     if not folder.is_dir():
         raise HepcError(f"--out {out}: folder {folder} does not exist")
+    if target is not None and (target.is_dir() and not target.is_symlink()):
+        raise HepcError(f"--out {out} is a folder: give a file name for the spec")
+    if target is not None and os.path.lexists(target) and not force:
+        raise HepcError(f"--out {out} exists: hepc new replaces nothing unless told to (--force)")
     text = render(budget, saturation, template, name, data_from=data, out_dir=folder)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as f:
         f.write(text)

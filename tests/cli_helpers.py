@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
 
 
-def hepc(*args, store: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `hepc ARGS` with HEPC_STORE=store; never a traceback; raise on a non-zero exit if `check`."""
+def hepc(*args, store: Path, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `hepc ARGS` with HEPC_STORE=store (in `cwd`, default the repository); never a traceback;
+    raise on a non-zero exit if `check`."""
     env = {**os.environ, "HEPC_STORE": str(store)}
-    out = subprocess.run([sys.executable, "-m", "hepc.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "hepc.cli", *args], capture_output=True, text=True, env=env,
+                         cwd=cwd or ROOT)
     assert "Traceback" not in out.stderr, out.stderr
     if check and out.returncode != 0:
         raise AssertionError(f"hepc {' '.join(args)} exited {out.returncode}\n{out.stderr}")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -192,8 +195,19 @@ def _summary(context: Mapping, comparisons: Sequence[Mapping]) -> dict:
     }
 
 
-def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str | Path | None = None) -> Path:
+REPORT_FILES = ("report.html", "summary.json", "curves.png")  # what a report writes into its folder
+
+
+def render_report(
+    context: Mapping, out_dir: str | Path, *, templates_dir: str | Path | None = None, replace: bool = False
+) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/summary.json``; return the HTML path.
+
+    An existing ``report.html``, ``summary.json`` or ``curves.png`` in ``out_dir`` is refused (HepcError,
+    nothing written) unless ``replace``; then exactly those names are replaced, nothing else in the
+    folder is touched. The files are written into a staging folder inside ``out_dir`` and renamed into
+    place, so a reader never sees half a report and a symbolic link at a target name is replaced by
+    the file, never written through.
 
     ``context`` keys (all optional except where noted):
 
@@ -213,15 +227,36 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
     ``summary.json`` holds the numbers: comparisons (raw dicts), per-population best single, best
     ensemble, ensembles, members and curve points, the curve series and data efficiency.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(Path(templates_dir) if templates_dir is not None else default_templates_dir())
+    from hepc.errors import HepcError
 
+    out_dir = Path(out_dir).absolute()
+    for name in REPORT_FILES:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            raise HepcError(f"{target} is a folder: hepc report writes a file by that name; choose another --out")
+        if os.path.lexists(target) and not replace:
+            raise HepcError(f"{target} exists: hepc report replaces nothing unless told to (--force replaces "
+                            f"{', '.join(REPORT_FILES)} there and nothing else)")
+    env = _environment(Path(templates_dir) if templates_dir is not None else default_templates_dir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".hepc-report-", dir=out_dir))
+    try:
+        _render_into(context, env, out_dir, stage)
+        for name in REPORT_FILES:
+            if (stage / name).exists():
+                os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir / "report.html"
+
+
+def _render_into(context: Mapping, env, out_dir: Path, stage: Path) -> None:
+    """The report's files, written into `stage` (relative plot paths are read from `out_dir`)."""
     plots = []
     if context.get("curves"):
         from hepc.report.plots import plot_curves
 
-        path = plot_curves(context["curves"], out_dir / "curves.png", context.get("curves_title", "loss vs budget"),
+        path = plot_curves(context["curves"], stage / "curves.png", context.get("curves_title", "loss vs budget"),
                            hlines=context.get("hlines"))
         plots.append({"title": context.get("curves_title", "loss vs budget"), "path": path})
     plots.extend(context.get("plots", []))
@@ -239,8 +274,6 @@ def render_report(context: Mapping, out_dir: str | Path, *, templates_dir: str |
         "split": str(context.get("split", "val")),
     }
     html = env.get_template(TEMPLATE).render(**view)
-    target = out_dir / "report.html"
-    target.write_text(html, encoding="utf-8")
-    (out_dir / "summary.json").write_text(
+    (stage / "report.html").write_text(html, encoding="utf-8")
+    (stage / "summary.json").write_text(
         json.dumps(_summary(context, comparisons), indent=1, default=str) + "\n", encoding="utf-8")
-    return target
