@@ -253,6 +253,27 @@ def test_parquet_too_small_for_the_splits_is_exact_at_validate(tmp_path):
     assert ok.exit_code == 0, ok.output
 
 
+def test_validate_checks_jsonl_lines_past_the_binary_check_up_to_its_documented_head(tmp_path):
+    """The binary check reads 64 KiB; JSON Lines are checked up to 4 MiB: a bad line at ~236 KB is found."""
+    lines = [json.dumps({"text": f"record {i} " * 5}) for i in range(4000)]
+    lines[3000] = json.dumps({"body": "no text"})
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "a.jsonl").write_text(text)
+    assert 64 << 10 < text.index('"body"') < 4 << 20
+    result = validate(tmp_path, "{kind: text, paths: [a.jsonl], documents: jsonl}")
+    assert result.exit_code == 2, result.output
+    assert "'a.jsonl' line 3,001: has no field 'text'" in result.output
+
+
+def test_a_deeply_nested_jsonl_record_is_one_located_error(tmp_path):
+    nested = '{"text": "ok", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "first"}) + "\n" + nested + "\n")
+    result = validate(tmp_path, "{kind: text, paths: [a.jsonl], documents: jsonl}")
+    assert result.exit_code == 2, result.output
+    assert "'a.jsonl' line 2: is nested too deeply to read" in result.output
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
+
+
 def test_a_bad_jsonl_line_past_the_checked_head_is_found_by_the_build_with_the_same_message(tmp_path, monkeypatch):
     from hepc.data import checks
 

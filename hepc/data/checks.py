@@ -275,8 +275,12 @@ def loaded_input_problems(loaded) -> tuple[list[Problem], list[Problem]]:
 
 
 def _size(f, already: int) -> int:
+    """The file's size (at least the `already` bytes read), the read position left where it was."""
     try:
-        return max(int(f.seek(0, 2)), already)
+        here = f.tell()
+        size = int(f.seek(0, 2))
+        f.seek(here)
+        return max(size, already)
     except OSError:
         return already
 

@@ -149,6 +149,8 @@ def record_text(line: str, key: str) -> bytes | None:
         raise ValueError(f"not JSON ({e.msg}: column {e.colno:,})") from None
     except ValueError as e:
         raise ValueError(f"not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError("is nested too deeply to read (arrays or objects inside each other thousands of levels deep)") from None
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object (it is {_json_kind(record)})")
     if key not in record:
