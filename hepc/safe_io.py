@@ -42,6 +42,19 @@ def file_kind(mode: int) -> str:
     return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """Why `path` cannot be read as a file, for messages: "no such file", "is a folder, not a file", "is a FIFO, not a regular file"."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file" if not os.path.lexists(path) else "no such file (a link to nothing)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return f"is {file_kind(mode)}, not a regular file"
+
+
 def open_regular(path: str | os.PathLike) -> BinaryIO:
     """`path` opened for binary reading, never blocking; NotRegularFile unless it is a regular file.
 

@@ -214,13 +214,19 @@ def test_bad_inputs_exit_2_and_write_nothing(pop, tmp_path):
     spec, store, _ = pop
     before = sorted(p.relative_to(store) for p in store.rglob("*"))
     out = tmp_path / "ens"
+    (tmp_path / "inputs").mkdir()
+    fifo = tmp_path / "inputs" / "fifo"
+    os.mkfifo(fifo)  # would block a reader that opened it
     cases = [
         (["sample", spec, "--k", "5", "--prompt", "x"], "K=5 is larger than the population (4 members)"),
         (["score", spec, "--k", "5", str(ROOT / "README.md")], "K=5 is larger than the population"),
         (["export", spec, "--k", "5", "--out", str(out)], "K=5 is larger than the population"),
         (["sample", spec, "--k", "2", "--prompt", ""], "--prompt: empty"),
+        (["sample", spec, "--k", "2", "--prompt", "ab\udcff"], "--prompt: not UTF-8 text (an undecodable byte at character 3)"),
         (["sample", spec, "--k", "0", "--prompt", "x"], "must be at least 1"),
         (["score", spec, "--k", "2", str(tmp_path / "missing.txt")], "no such file"),
+        (["score", spec, "--k", "2", str(fifo)], "fifo: is a FIFO, not a regular file"),
+        (["score", spec, "--k", "2", str(tmp_path / "inputs")], "inputs: is a folder, not a file"),
     ]
     real = hepc(*cases[0][0], store=store, check=False)  # the real command: exit 2, one line, no traceback
     assert real.returncode == 2 and real.stderr.strip() == f"error: k: {cases[0][1]}"
@@ -245,7 +251,7 @@ def test_bad_inputs_exit_2_and_write_nothing(pop, tmp_path):
     r = cli("export", spec, "--k", "2", "--out", str(out), "--force", store=store, check=False)
     assert r.returncode == 2 and "not an exported ensemble" in r.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens", "inputs"]
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
     with pytest.raises(HepcError, match="larger than the population"):
         hepc_api.load_ensemble(spec, k=9, store=store)

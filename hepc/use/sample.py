@@ -25,6 +25,12 @@ def check_options(prompt: str, max_tokens: int, temperature: float, top_k: int |
     problems = []
     if not prompt:
         problems.append("--prompt: empty; give the text to continue (generation starts a document with it)")
+    else:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes the shell passed that are not UTF-8 (Python keeps them as surrogates)
+            problems.append(f"--prompt: not UTF-8 text (an undecodable byte at character {e.start + 1}); "
+                            "give the prompt in UTF-8")
     if max_tokens < 1:
         problems.append(f"--max-tokens: must be at least 1 (got {max_tokens})")
     if not (temperature >= 0.0) or temperature == float("inf"):

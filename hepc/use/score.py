@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from hepc.errors import HepcError
+from hepc.safe_io import not_a_file
 from hepc.use.text import file_tokens
 
 
@@ -22,7 +23,7 @@ def score_files(ensemble, paths: list[str]) -> dict:
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise HepcError(f"{p}: no such file")
+            raise HepcError(f"{p}: {not_a_file(path)}")
         tokens, n_bytes = file_tokens(ensemble.tokenizer, path, ensemble.resolved.source, ensemble.resolved.max_doc_tokens)
         streams.append((path, tokens, n_bytes))
     for path, tokens, _ in streams:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hepc.errors import HepcError
+from hepc.safe_io import not_a_file
 
 BYTES_TOKENIZER_FILE = {"kind": "bytes", "vocab_size": 257, "eot_id": 256}
 
@@ -89,7 +90,7 @@ def file_documents(path: Path, source: dict | None) -> list[bytes]:
         except UnicodeDecodeError as e:
             raise HepcError(f"{path}: cannot decode as utf-8 ({e})") from None
     if not path.is_file():
-        raise HepcError(f"{path}: no such file")
+        raise HepcError(f"{path}: {not_a_file(path)}")
     one_file = {**source, "paths": [glob.escape(str(path.resolve()))], "exclude": []}
     try:
         return [b"".join(chunks) for _, chunks in iter_named_documents(one_file, Path.cwd())]
