@@ -202,7 +202,7 @@ def unlock_command(keys: list[str], store: Optional[str] = None) -> int:
     """Remove the leases of the steps whose keys start with `keys` (a suspect lease that no process
     holds: `hepc run` and `hepc gc` name it and this command). Never needed for a dead holder on
     this host or a heartbeat older than the timeout: those are taken over automatically."""
-    from hepc.store_lease import describe, force_remove
+    from hepc.store_lease import describe, force_remove, held_here, read_lease
 
     the_store = _open_store(store)
     folder = the_store.root / "leases"
@@ -213,10 +213,17 @@ def unlock_command(keys: list[str], store: Optional[str] = None) -> int:
         hits = [n for n in names if n.startswith(key)]
         if not hits:
             raise HepcError(f"no lease of a step {key}… in {folder}")
-        for name in hits:
-            holder = force_remove(folder / name)
-            if holder is not None:
-                print(f"removed lease {name[:12]} ({describe(holder)})")
+        if len(hits) > 1:
+            raise HepcError(f"{key} matches {len(hits)} leases ({', '.join(h[:12] for h in hits[:5])}"
+                            f"{', …' if len(hits) > 5 else ''}): give enough digits to name one; nothing removed")
+        (name,) = hits
+        info = read_lease(folder / name)
+        if info is not None and held_here(info):
+            raise HepcError(f"lease {name[:12]} is held by a running process ({describe(info)}): stop that run "
+                            "(Ctrl-C) instead; nothing removed")
+        holder = force_remove(folder / name)
+        if holder is not None:
+            print(f"removed lease {name[:12]} ({describe(holder)})")
     return 0
 
 

@@ -329,4 +329,13 @@ def describe(info: dict, now: float | None = None) -> str:
         return info["_junk"]
     age = now - float(info.get("_mtime", 0.0))
     beat = f"heartbeat {age:.0f} s ago" if age >= 0 else f"heartbeat {-age:.0f} s in the future"
-    return f"pid {info.get('pid')} on {info.get('host')}, {beat}"
+    pid, host = info.get("pid"), info.get("host")
+    if pid is None or host is None:
+        return f"a lease that names no {'holder' if pid is None and host is None else 'pid' if pid is None else 'host'}, {beat}"
+    return f"pid {pid} on {host}, {beat}"
+
+
+def held_here(info: dict, timeout_s: float | None = None, now: float | None = None) -> bool:
+    """A real lease held by a live process on this host whose heartbeat is current: a running step."""
+    return "_junk" not in info and info.get("host") == _HOST and not is_stale(info, timeout_s, now) \
+        and not is_suspect(info, timeout_s, now)

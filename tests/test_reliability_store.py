@@ -290,6 +290,32 @@ def test_unlock_refuses_what_is_not_a_key(store):
     assert out.returncode == 2 and "no lease" in out.stderr
 
 
+def test_unlock_removes_one_named_lease_and_never_a_running_steps(store):
+    """A prefix that names two leases is refused (nothing removed); a lease whose holder is alive here with
+    a current heartbeat is a running step and is refused; a lease naming no holder is described as such."""
+    leases = store / "leases"
+    leases.mkdir(exist_ok=True)
+    a, b = leases / ("abc123" + "0" * 58), leases / ("abc123" + "1" * 58)
+    for path in (a, b):
+        path.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "token": "f" * 32, "step": "x"}))
+    out = hepc("unlock", "abc123", store=store, check=False)
+    assert out.returncode == 2 and "matches 2 leases" in out.stderr and a.exists() and b.exists()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        a.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "token": "e" * 32, "step": "x"}))
+        out = hepc("unlock", a.name[:12], store=store, check=False)
+        assert out.returncode == 2 and "held by a running process" in out.stderr and a.exists(), out.stderr
+    finally:
+        live.kill()
+        live.wait()
+    b.write_text(json.dumps({"token": "d" * 32}))
+    removed = hepc("unlock", b.name[:12], store=store)
+    assert "a lease that names no holder" in removed.stdout and "None" not in removed.stdout
+    assert not b.exists()
+    hepc("unlock", a.name[:12], store=store)  # its holder is gone now: removed
+    assert not a.exists()
+
+
 # --------------------------------------------------------------------------- 6. races
 
 
