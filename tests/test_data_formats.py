@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import time
 import re
 from pathlib import Path
 
@@ -263,6 +264,26 @@ def test_validate_checks_jsonl_lines_past_the_binary_check_up_to_its_documented_
     result = validate(tmp_path, "{kind: text, paths: [a.jsonl], documents: jsonl}")
     assert result.exit_code == 2, result.output
     assert "'a.jsonl' line 3,001: has no field 'text'" in result.output
+
+
+def test_a_documents_regex_that_backtracks_without_end_stops_with_a_located_error(tmp_path, monkeypatch):
+    """`(a+)+$`, the textbook case, is fast under the `regex` engine; `(a+?)+?\\1c` is not, so each search is
+    bounded (REGEX_TIMEOUT_S, 10 s; 0.5 s here) and `hepc data` stops with one line at the rule."""
+    from hepc.data import sources
+
+    (tmp_path / "a.txt").write_text(("a" * 40 + "\n") * 400)
+    textbook = spec_file(tmp_path, "{kind: text, paths: [a.txt], documents: {regex: '(a+)+$'}}")
+    started = time.time()  # under Python's `re` engine: 2^40 steps, hours
+    done = CliRunner().invoke(app, ["data", str(textbook), "--store", str(tmp_path / "store")])
+    assert time.time() - started < 30 and "Traceback" not in done.output
+    monkeypatch.setattr(sources, "REGEX_TIMEOUT_S", 0.5)
+    spec = spec_file(tmp_path, "{kind: text, paths: [a.txt], documents: {regex: '(a+?)+?\\1c'}}")
+    started = time.time()
+    result = CliRunner().invoke(app, ["data", str(spec), "--store", str(tmp_path / "store")])
+    assert time.time() - started < 30
+    assert result.exit_code == 2, result.output
+    assert "data.source.documents.regex: the pattern took more than 0.5 s" in result.output, result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_deeply_nested_jsonl_record_is_one_located_error(tmp_path):

@@ -24,13 +24,13 @@ from __future__ import annotations
 import codecs
 import io
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import regex
 
 from hepc.data import shards, synthetic
 from hepc.data.identity import (
@@ -48,6 +48,7 @@ from hepc.data.identity import (
 _CHUNK = 1 << 20  # bytes read (and decoded) at a time from a text file
 _HOLD = 1 << 16  # characters held back at a chunk's end while searching for document separators
 _CONTEXT = 256  # characters before the searched text kept in view (for ^, \\b and lookbehinds)
+REGEX_TIMEOUT_S = 10.0  # the most one search of a chunk of text may take (a pattern that backtracks without end)
 _BATCH_ROWS = 1024  # Parquet rows converted to Python strings at a time
 
 
@@ -120,7 +121,7 @@ def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
 
 
 def _file_documents(
-    file: DataFile, rule: dict, splitter: re.Pattern[str] | None, encoding: str, field: str
+    file: DataFile, rule: dict, splitter: regex.Pattern | None, encoding: str, field: str
 ) -> Iterator[tuple[str, Iterator[bytes]]]:
     """(name, UTF-8 chunks) of each non-empty document of one file under a rule other than `file`."""
     if splitter is not None:
@@ -264,7 +265,7 @@ def _first_line(e: BaseException) -> str:
 # --------------------------------------------------------------------------- document rules
 
 
-def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Pattern[str] | None:
+def document_splitter(source_cfg: dict, field: str = "data.source") -> regex.Pattern | None:
     """The compiled separator of a text source's `documents` rule; None for `file` (one document per file),
     `jsonl` and `parquet` (documents are records or rows, not separated text).
 
@@ -285,11 +286,11 @@ def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Patter
         line = rule["separator"]
         if not line or "\n" in line or "\r" in line:
             raise DataError("must be one non-empty line", f"{where}.separator")
-        return re.compile(r"(?m)^" + re.escape(line) + r"(?:\r?\n|\Z)")
+        return regex.compile(r"(?m)^" + regex.escape(line) + r"(?:\r?\n|\Z)")
     if isinstance(rule, dict) and len(rule) == 1 and isinstance(rule.get("regex"), str):
         try:
-            pattern = re.compile(rule["regex"])
-        except re.error as e:
+            pattern = regex.compile(rule["regex"])  # the `regex` engine: it avoids most runaway backtracking
+        except regex.error as e:
             raise DataError(f"not a valid regular expression: {e}", f"{where}.regex") from None
         if pattern.fullmatch("") is not None:
             raise DataError("must not match the empty string (it would separate nothing)", f"{where}.regex")
@@ -299,7 +300,7 @@ def document_splitter(source_cfg: dict, field: str = "data.source") -> re.Patter
     )
 
 
-def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Iterator[Iterator[bytes]]:
+def _split_documents(chunks: Iterator[bytes], pattern: regex.Pattern) -> Iterator[Iterator[bytes]]:
     """The non-empty documents of one file's UTF-8 chunks, each as its own stream of UTF-8 chunks.
 
     The text is searched a chunk at a time, holding back the last `_HOLD` characters (and any match
@@ -307,7 +308,18 @@ def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Itera
     split across chunks is found and a document spanning chunks comes out whole: the result is that
     of splitting the whole file at once for every separator shorter than `_HOLD` characters. Memory:
     one chunk and the held-back text. A document's chunks must be read before the next document.
+    A search that takes longer than `REGEX_TIMEOUT_S` (a pattern that backtracks without end) is a
+    DataError at the rule, so no command hangs on it and Ctrl-C is seen within that time.
     """
+
+    def matches(text: str, pos: int):
+        try:
+            return list(pattern.finditer(text, pos, timeout=REGEX_TIMEOUT_S))
+        except TimeoutError:
+            raise DataError(
+                f"the pattern took more than {REGEX_TIMEOUT_S:g} s to search {len(text) - pos:,} characters (it "
+                "backtracks without end: nested repeats such as (a+)+); simplify it", "data.source.documents.regex"
+            ) from None
 
     def stream() -> Iterator[tuple[str, object]]:
         """('text', str) and ('end', None) events, in file order."""
@@ -317,7 +329,7 @@ def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Itera
             buffer = carry + decoder.decode(utf8)
             done = len(buffer) - _HOLD
             cut, last = done, 0
-            for m in pattern.finditer(context + buffer, len(context)):
+            for m in matches(context + buffer, len(context)):
                 start, end = m.start() - len(context), m.end() - len(context)
                 if end > done:
                     cut = min(cut, start)
@@ -333,7 +345,7 @@ def _split_documents(chunks: Iterator[bytes], pattern: re.Pattern[str]) -> Itera
             carry = buffer[cut:]
         carry += decoder.decode(b"", final=True)
         last = 0
-        for m in pattern.finditer(context + carry, len(context)):
+        for m in matches(context + carry, len(context)):
             start, end = m.start() - len(context), m.end() - len(context)
             if end > start:
                 yield "text", carry[last:start]
@@ -389,7 +401,7 @@ def _text(source_cfg: dict, base_dir: Path, seed: int, field: str, limit: int | 
 
 
 def _read_split_text(
-    files: list[DataFile], rule: dict, encoding: str, splitter: re.Pattern[str] | None, seed: int, field: str, limit: int | None
+    files: list[DataFile], rule: dict, encoding: str, splitter: regex.Pattern | None, seed: int, field: str, limit: int | None
 ) -> Iterator[bytes | Prefix]:
     """The documents of each file in turn, the files in shuffled order, each file's documents in file order."""
     for i in np.random.default_rng(seed).permutation(len(files)):
