@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
@@ -223,7 +224,7 @@ class Attempt:
                 emit("finish", summary=None, status="input vanished; recomputing it")
                 store.refresh()
                 return Outcome("input", step.key, forget=list(step.upstream()))
-            disk = _disk_error(e)
+            disk = _disk_error(e, staged)
             if disk is not None:  # the disk, not the step: no failed.json, the step resumes later
                 raise StoreError(f"{step.kind} {step.name}: {os_error_message(disk, store.root)}") from None
             message = f"{type(e).__name__}: {e}"
@@ -285,14 +286,24 @@ class _Live:
             pass
 
 
-def _disk_error(e: BaseException) -> OSError | None:
-    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it)."""
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile/save on a full disk (no errno)
+
+
+def _disk_error(e: BaseException, where: Path | None = None) -> OSError | None:
+    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it). A short write
+    without an errno (numpy's "N requested and M written") is a full disk at `where`."""
     import errno
 
     from hepc.safe_io import DISK_FULL, os_error_behind
 
     found = os_error_behind(e)
-    return found if found is not None and (found.errno in DISK_FULL or found.errno == errno.EROFS) else None
+    if found is None:
+        return None
+    if found.errno in DISK_FULL or found.errno == errno.EROFS:
+        return found
+    if found.errno is None and _SHORT_WRITE.match(str(found)):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where) if where is not None else None)
+    return None
 
 
 def _any_missing(inputs: dict) -> bool:
