@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -224,6 +225,9 @@ def garbage(store: Store, reach: Reachability, notes: list[str] | None = None) -
                            ("trash", "trash", "left by an interrupted `hepc gc`")):
         for q in listing[sub]:
             if kind == "trash" and _gc_alive(q.name):
+                if notes is not None:
+                    notes.append(f"{q} belongs to a gc still running (pid {q.name.split('~')[2]} on this host): "
+                                 "left for it to finish")
                 continue
             items.append(Item(kind, q, tree_bytes(q), why))
     now = time.time()
@@ -335,6 +339,9 @@ def collect(store: Store, items: list[Item], named: list | None = None) -> Colle
     return Collected(removed, restored)
 
 
+MOVED_LOG = "moved.txt"  # in a trash folder: one line per entry gc moved there (relative path), appended as it moves
+
+
 def _move(item: Item, trash: Path, moved: list) -> None:
     dest = trash / item.kind / (item.path.parent.name if item.kind == "object" else "") / item.path.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +350,8 @@ def _move(item: Item, trash: Path, moved: list) -> None:
     except FileNotFoundError:
         return  # gone meanwhile (committed work dir removed, staging renamed into objects/)
     moved.append((item, dest))
+    with open(trash / MOVED_LOG, "a", encoding="utf-8") as log:  # what an interrupted gc may put back
+        log.write(dest.relative_to(trash).as_posix() + "\n")
 
 
 def _move_work(store: Store, item: Item, trash: Path, moved: list) -> None:
@@ -356,18 +365,40 @@ def _move_work(store: Store, item: Item, trash: Path, moved: list) -> None:
 
 
 def _restore_from(store: Store, trash: Path, reach: Reachability) -> list[str]:
+    """Put back, from an interrupted gc's trash folder, the objects it moved there that are reachable now.
+    Only what that gc logged as moved (MOVED_LOG), each a real folder reached through real folders (no
+    link at any depth): a planted link or entry never moves anything from elsewhere into the store."""
     restored = []
-    folder = trash / "object"
-    if not folder.is_dir():
-        return restored
-    for obj in iter_objects(folder):
-        if reach.holds(obj.name[-12:]):
-            dest = store.objects / obj.parent.name / obj.name
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.rename(obj, dest)
-                    restored.append(f"{obj.parent.name}/{obj.name}")
-                except OSError:
-                    pass
+    try:
+        log = read_small(trash / MOVED_LOG, 64 << 20).decode("utf-8", "replace").splitlines()
+    except (OSError, ValueError):
+        return restored  # not written by gc as it moved things: nothing of it is put back
+    for rel in log:
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "object" or any(p in ("", ".", "..") for p in parts):
+            continue
+        obj = trash.joinpath(*parts)
+        if not _real_folders(trash, obj) or not reach.holds(obj.name[-12:]):
+            continue
+        dest = store.objects / parts[1] / parts[2]
+        if os.path.lexists(dest) or not inside_store(store, dest.parent / "x"):
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(obj, dest)
+            restored.append(f"{parts[1]}/{parts[2]}")
+        except OSError:
+            pass
     return restored
+
+
+def _real_folders(top: Path, path: Path) -> bool:
+    """`path` and every folder from `top` down to it are real folders (not links, not files)."""
+    parts = path.relative_to(top).parts
+    for depth in range(len(parts) + 1):
+        try:
+            if not stat.S_ISDIR(os.lstat(top.joinpath(*parts[:depth])).st_mode):
+                return False
+        except OSError:
+            return False
+    return True

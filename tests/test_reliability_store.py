@@ -475,6 +475,34 @@ def test_a_file_where_a_store_folder_belongs_is_set_aside(store, pristine, where
     assert "a file where a folder belongs" in out.stderr and target.is_dir()
 
 
+def test_an_interrupted_gc_puts_back_only_what_it_moved_itself(store, tmp_path):
+    """A gc killed after phase 1: the next gc puts back the reachable objects it logged as moved. A planted
+    trash entry whose `object` folder is a link into another store (the issue's attack, under an old-looking
+    name and under a gc-looking name with a forged log) moves nothing: the other store keeps its objects."""
+    from hepc.gc import Item, _move
+
+    other = tmp_path / "B"
+    shutil.copytree(store, other, symlinks=True)
+    cycles = sorted((store / "objects" / "cycle").iterdir())
+    stamp = "20200101-000000~" + socket.gethostname() + "~999999999~abcdef"  # a gc that is gone
+    trash = store / "trash" / stamp
+    moved: list = []
+    _move(Item("object", cycles[0], 0, "test"), trash, moved)  # what phase 1 does, then the gc died
+    assert not cycles[0].exists() and (trash / "moved.txt").read_text() == f"object/cycle/{cycles[0].name}\n"
+    for other_cycle in cycles[1:]:  # this store lost the rest of its snapshots
+        shutil.rmtree(other_cycle)
+    for name in ("20200101-000000", "20200101-000001~" + socket.gethostname() + "~999999998~abcdef"):
+        (store / "trash" / name).mkdir()
+        (store / "trash" / name / "object").symlink_to(other / "objects", target_is_directory=True)
+        (store / "trash" / name / "moved.txt").write_text("".join(f"object/cycle/{c.name}\n" for c in cycles))
+    before = sorted(p.relative_to(other).as_posix() for p in other.rglob("*"))
+    out = hepc("gc", "--yes", store=store)
+    assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == before, out.stderr
+    assert sorted(p.name for p in (store / "objects" / "cycle").iterdir()) == [cycles[0].name]  # only its own
+    assert not (store / "trash").exists() or not list((store / "trash").iterdir())
+    assert hepc("verify", store=store, check=False).returncode == 0
+
+
 def test_a_planted_trash_link_is_dropped_not_followed(store, tmp_path):
     """An old-looking trash entry that is a link: gc's restore must not move what it points to."""
     outside = tmp_path / "user-data"
