@@ -28,7 +28,7 @@ SCALES = {
     "a": {"label": "A", "data": 16_000, "heldout": 3_200, "heldout5": 800, "batch": 512,
           "model": {"n_layer": 3, "d_model": 96, "n_head": 4, "dropout": 0.1},
           "S": 16, "budget_S": 8, "base_wd": 1.5, "ens_wd": [0.5, 1.5, 4.0], "single_wd": [1.5, 4.0, 8.0],
-          "q0_base_wd": 8.0, "q0_wd": [4.0, 8.0, 12.0], "ablations": True},
+          "q0_base_wd": 4.0, "q0_wd": [2.0, 4.0, 8.0, 12.0], "ablations": True},
     "b": {"label": "B", "data": 8_000, "heldout": 1_600, "heldout5": 400, "batch": 256,
           "model": {"n_layer": 2, "d_model": 64, "n_head": 4, "dropout": 0.1},
           "S": 32, "budget_S": 8, "base_wd": 1.5, "ens_wd": [1.5], "single_wd": [1.5], "q0_base_wd": 4.0,
