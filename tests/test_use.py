@@ -264,6 +264,11 @@ def test_export_force_replaces_an_earlier_export(pop, tmp_path):
     cli("export", spec, "--k", "2", "--out", str(out), "--force", store=store)
     assert hepc_api.load_ensemble(out).k == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ens"]
+    # a note a user added to the export: --force refuses rather than delete it
+    (out / "notes.txt").write_text("mine")
+    r = cli("export", spec, "--k", "1", "--out", str(out), "--force", store=store, check=False)
+    assert r.returncode == 2 and "holds files hepc export did not write (notes.txt)" in r.stderr, r.stderr
+    assert (out / "notes.txt").read_text() == "mine" and hepc_api.load_ensemble(out).k == 2
 
 
 def test_bpe_population_exports_its_tokenizer_and_scores_identically(tmp_path):

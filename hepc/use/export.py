@@ -9,7 +9,8 @@
 
 Written into a temporary folder next to DIR and renamed into place: DIR appears whole or not at all.
 An existing DIR is refused unless `force`, and even then only an earlier export (or an empty folder)
-is replaced, so a mistyped --out never deletes unrelated files.
+holding nothing but its own files is replaced, so neither a mistyped --out nor a note a user added
+to an export is ever deleted.
 """
 
 from __future__ import annotations
@@ -34,8 +35,31 @@ def _check_target(out: Path, force: bool) -> None:
         if any(out.iterdir()) and not is_export(out):
             raise HepcError(f"--out {out}: a folder that is not an exported ensemble; --force replaces only an "
                             "earlier export (or an empty folder); choose another path")
+        foreign = _not_written_by_export(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise HepcError(f"--out {out}: holds files hepc export did not write ({shown}); --force replaces only "
+                            "an export's own files: move those out or choose another path (nothing was written)")
     if not out.parent.is_dir():
         raise HepcError(f"--out {out}: its parent folder {out.parent} does not exist")
+
+
+def _not_written_by_export(out: Path) -> list[str]:
+    """Paths under an earlier export (relative, sorted) that its manifest does not list as its own."""
+    if not any(out.iterdir()):
+        return []
+    try:
+        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files") or {}
+        own = {MANIFEST, "README.md", "members", *(str(k) for k in dict(listed))}
+    except (OSError, ValueError, TypeError, AttributeError):
+        own = {MANIFEST, "README.md", "members"}
+    found = []
+    for root, dirs, names in os.walk(out):  # links are not followed (os.walk's default)
+        for name in dirs + names:
+            rel = (Path(root) / name).relative_to(out).as_posix()
+            if rel not in own:
+                found.append(rel)
+    return sorted(found)
 
 
 def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
