@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -90,6 +91,15 @@ def safe_component(name: str) -> str:
     ):
         raise StoreError(f"refusing unsafe name {name!r} inside the store")
     return name
+
+
+def is_committed(path: Path) -> bool:
+    """`path` is a committed object: a real folder (not a link) whose manifest is a regular file (not a
+    link, folder, FIFO or device). Anything else at an object's path is in the way of its commit."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(path / MANIFEST).st_mode)
+    except OSError:
+        return False
 
 
 class Store:
@@ -235,7 +245,7 @@ class Store:
         fresh=True looks at the disk again instead of trusting what this process saw before."""
         if fresh:
             direct = self.objects / step.kind / safe_component(step.dirname)
-            if not direct.is_symlink() and (direct / MANIFEST).is_file():
+            if is_committed(direct):
                 self._kind_index(step.kind)[step.key12] = direct
                 return direct
             self.refresh(step.kind)
@@ -244,7 +254,7 @@ class Store:
             return None
         seen = (step.kind, step.key12)
         if seen not in self._manifest_seen:
-            if not (path / MANIFEST).is_file():
+            if not is_committed(path):
                 return None
             self._manifest_seen.add(seen)
         return path
@@ -416,11 +426,13 @@ class Store:
             try:
                 os.rename(staged, dest)
             except OSError:
-                if (dest / MANIFEST).is_file():  # another process committed the same step first
+                if is_committed(dest):  # another process committed the same step first
                     shutil.rmtree(staged, ignore_errors=True)
                     break
-                if attempt < 2 and self.orphan(step) is not None:
-                    self.quarantine(dest, recheck=False)  # a folder without manifest is in the way
+                if attempt < 2 and os.path.lexists(dest):
+                    # in the way: a folder without a manifest, a manifest that is a folder, a FIFO or a link,
+                    # a plain file or a link where the object's folder belongs: set aside, then commit
+                    self.quarantine(dest, recheck=False)
                     continue
                 raise
             record_sig(dest, self.sig_path(dest))  # just hashed: trusted until a file changes

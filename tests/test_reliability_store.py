@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, hepc, tiny_store
+from cli_helpers import ROOT, TINY, executed, hepc, tiny_store
 
 from hepc import gc as gc_mod
 from hepc.store import MARKER, Store
@@ -473,6 +473,39 @@ def test_a_file_where_a_store_folder_belongs_is_set_aside(store, pristine, where
     out = hepc("run", TINY, "--json", "--quiet", store=store)
     assert json.loads(out.stdout) == pristine[1]
     assert "a file where a folder belongs" in out.stderr and target.is_dir()
+
+
+@pytest.mark.parametrize("junk", ["manifest-folder", "manifest-fifo", "manifest-device-link", "file", "link"])
+def test_something_in_an_objects_place_is_set_aside_and_the_step_committed(store, tmp_path, junk):
+    """Whatever sits where an object belongs without being one (a manifest that is a folder, a FIFO or a
+    link to a device; a plain file or a link at the object's path): the next run sets it aside in
+    quarantine/, recomputes and commits the step, and the run after finds everything cached."""
+    from hepc.store import is_committed
+
+    (prior,) = [p for p in (store / "objects" / "prior").iterdir()]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(prior, elsewhere)  # a real object, outside the store: what a planted link points at
+    if junk.startswith("manifest"):
+        prior.mkdir()
+        target = prior / "manifest.json"
+        if junk == "manifest-folder":
+            target.mkdir()
+        elif junk == "manifest-fifo":
+            os.mkfifo(target)
+        else:
+            target.symlink_to("/dev/zero")
+    elif junk == "file":
+        prior.write_text("not an object")
+    else:
+        prior.symlink_to(elsewhere, target_is_directory=True)
+    out = _run_bounded(store)
+    assert out.returncode == 0, out.stderr
+    assert is_committed(prior) and not prior.is_symlink()
+    assert list((store / "quarantine").rglob(prior.name)), "the junk was not set aside"
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(p.name for p in prior.iterdir())
+    again = hepc("run", TINY, "--quiet", store=store)
+    assert again.returncode == 0
+    assert executed(store)[-1] == []
 
 
 def test_an_interrupted_gc_puts_back_only_what_it_moved_itself(store, tmp_path):
