@@ -336,7 +336,19 @@ def collect(store: Store, items: list[Item], named: list | None = None) -> Colle
             shutil.rmtree(item.path, ignore_errors=True)
             removed.append(item)
     store.refresh()
+    _prune_index(store)
     return Collected(removed, restored)
+
+
+def _prune_index(store: Store) -> None:
+    """Drop the verification index's entries of objects that are no longer committed (removed here,
+    quarantined, or gone by hand): the index never grows past the objects the store holds."""
+    from hepc.store import is_committed
+    from hepc.verify import read_index, write_index
+
+    stale = {label for label in read_index(store.root) if not is_committed(store.objects / label)}
+    if stale:
+        write_index(store.root, {}, stale)
 
 
 MOVED_LOG = "moved.txt"  # in a trash folder: one line per entry gc moved there (relative path), appended as it moves

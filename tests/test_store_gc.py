@@ -90,6 +90,21 @@ def test_gc_removes_exactly_the_abandoned_experiments_objects(store):
     assert hepc("verify", store=path).returncode == 0
 
 
+def test_gc_drops_the_verification_index_entries_of_objects_it_removed(store):
+    """The index (verified-index.json) never outgrows the store: entries of removed objects go with them."""
+    from hepc.verify import read_index, write_index
+
+    path, abandoned = store
+    sig = [0, 0, 0, 0]  # well formed; never matches, so no object is trusted by it
+    labels = {f"{k.name}/{o.name}" for k in (path / "objects").iterdir() for o in k.iterdir()}
+    assert write_index(path, {label: {"dirs": {".": sig}, "files": {"manifest.json": sig}} for label in labels})
+    write_index(path, {"cycle/gone-0123456789ab": {"dirs": {".": sig}, "files": {"manifest.json": sig}}})
+    shutil.rmtree(path / "records" / "abandoned")
+    hepc("gc", "--yes", store=path)
+    kept = {label.split("/")[1][-12:] for label in read_index(path)}
+    assert kept == object_keys(path) == graph_keys(TINY)
+
+
 def test_a_spec_named_on_the_command_line_is_kept(store):
     path, abandoned = store
     shutil.rmtree(path / "records" / "abandoned")
