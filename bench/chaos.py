@@ -47,6 +47,7 @@ class Kill:
     after_s: float
     exit: int | None  # None: killed; else the run ended on its own first
     in_flight: list[str] = field(default_factory=list)  # "cycle t1-c002 at step 14/86"
+    stderr: str = ""  # what the run wrote to stderr before it was killed or ended
 
 
 @dataclass
@@ -179,7 +180,9 @@ def chaos_runs(spec: Path, overrides, store: Path, kills: int, milestones_total:
     per_kill = max(1, int(milestones_total / (1.5 * max(kills, 1))))  # leave a margin: restarts redo work
     while sum(k.exit is None for k in log) < kills and trials < kills * 3:
         trials += 1
-        proc = subprocess.Popen(_cmd(spec, overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        err_path = store.parent / f"trial-{trials}.stderr"  # a file: a killed run never blocks on a full pipe
+        err_file = open(err_path, "w")  # noqa: SIM115  (closed below, after the run ends)
+        proc = subprocess.Popen(_cmd(spec, overrides), stdout=subprocess.DEVNULL, stderr=err_file,
                                 env=_env(store), cwd=ROOT)
         t0 = time.monotonic()
         if rng.random() < 0.1:
@@ -188,14 +191,16 @@ def chaos_runs(spec: Path, overrides, store: Path, kills: int, milestones_total:
             _wait_milestones(store, proc, rng.randint(1, max(1, 2 * per_kill - 1)))
             time.sleep(rng.uniform(0.0, 0.3))
         flying = in_flight(store)
-        if proc.poll() is None:
+        killed = proc.poll() is None
+        if killed:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            log.append(Kill(trials, time.monotonic() - t0, None, flying))
-        else:
-            log.append(Kill(trials, time.monotonic() - t0, proc.returncode))
-            if proc.returncode == 0:
-                break  # the run completed before this kill
+        proc.wait()
+        err_file.close()
+        err = err_path.read_text(errors="replace")
+        err_path.unlink()
+        log.append(Kill(trials, time.monotonic() - t0, None if killed else proc.returncode, flying if killed else [], err))
+        if not killed and proc.returncode == 0:
+            break  # the run completed before this kill
     return log, trials
 
 
@@ -226,6 +231,26 @@ def compare_stores(ref: Path, other: Path) -> list[str]:
     return bad
 
 
+def restart_problems(log: list[Kill]) -> list[str]:
+    """A restart must never crash on its own or print a traceback, killed or not."""
+    out = []
+    for k in log:
+        if k.exit not in (None, 0):
+            out.append(f"trial {k.trial} exited {k.exit} on its own: {k.stderr.strip()[-500:]}")
+        if "Traceback" in k.stderr:
+            out.append(f"trial {k.trial} printed a traceback: {k.stderr.strip()[-500:]}")
+    return out
+
+
+def verify_problems(store: Path) -> list[str]:
+    """`hepc verify` of the store after the chaos: anything but exit 0 (every object intact) is a problem."""
+    verify = subprocess.run([sys.executable, "-m", "hepc.cli", "verify", "--store", str(store)],
+                            capture_output=True, text=True, cwd=ROOT, env=_env(store))
+    if verify.returncode != 0:
+        return [f"hepc verify exited {verify.returncode}: {(verify.stdout + verify.stderr)[-500:]}"]
+    return []
+
+
 def chaos(
     kills: int = 20,
     seed: int = 0,
@@ -246,10 +271,7 @@ def chaos(
     if final != reference:
         mismatches.append("results JSON differs from the uninterrupted run")
     mismatches += compare_stores(ref_store, chaos_store)
-    verify = subprocess.run([sys.executable, "-m", "hepc.cli", "verify", "--store", str(chaos_store)],
-                            capture_output=True, text=True, cwd=ROOT, env=_env(chaos_store))
-    if verify.returncode not in (0, 2):  # 2: `hepc verify` not registered in this build of the CLI
-        mismatches.append(f"hepc verify exited {verify.returncode}: {verify.stdout[-500:]}")
+    mismatches += restart_problems(log) + verify_problems(chaos_store)
     leftovers = [p.name for p in (chaos_store / "leases").iterdir() if not p.name.startswith(".")]
     if leftovers:
         mismatches.append(f"leases left behind: {leftovers}")
