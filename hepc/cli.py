@@ -5,17 +5,21 @@ Every user-facing failure prints one located line per problem and exits 2; Ctrl-
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
-from functools import wraps
-from typing import Annotated, Optional
+from hepc import early_signals
 
-import typer
+early_signals.install()  # before the heavy imports below: a SIGTERM now exits 130, not 143
 
-from hepc.errors import HepcError
-from hepc.wording import count
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from functools import wraps  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from hepc.errors import HepcError  # noqa: E402
+from hepc.wording import count  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,

@@ -170,6 +170,20 @@ def test_a_huge_recorded_plan_does_not_blow_up_gc_memory(store):
 # --------------------------------------------------------------------------- signals
 
 
+@pytest.mark.parametrize("delay", [0.15, 0.4])
+def test_a_sigterm_in_the_first_moments_exits_130(tmp_path, delay):
+    """While hepc is still importing or planning (nothing leased or written yet), SIGTERM exits 130 with
+    one line, as Ctrl-C does, not by the default action (143)."""
+    env = {**os.environ, "HEPC_STORE": str(tmp_path / "store")}
+    proc = subprocess.Popen([sys.executable, "-m", "hepc.cli", "run", TINY, "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted"), err
+
+
 @pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
 def test_two_sigterms_exit_130(tmp_path, gap):
     env = {**os.environ, "HEPC_STORE": str(tmp_path / "store")}

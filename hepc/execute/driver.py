@@ -186,8 +186,10 @@ def _sigterm_interrupts():
 
     The handler stays installed after the run (a second SIGTERM during the clean-up must not kill
     the process with the default action, exit 143); the CLI ignores further signals once it exits."""
+    from hepc.early_signals import terminated_early
+
     if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _raise_interrupt)
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _raise_interrupt, terminated_early)
     ):
         signal.signal(signal.SIGTERM, _raise_interrupt)
     yield
