@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
@@ -32,10 +33,13 @@ TINY_DATA = YAML(typ="safe").load(TINY.read_text())
 # Examples per property: 50 in the default run (fresh random ones on every run, so commits add up to
 # thousands); HEPC_HOSTILE_EXAMPLES=1000 for a thorough pass before a release.
 EXAMPLES = int(os.environ.get("HEPC_HOSTILE_EXAMPLES", "50"))
+# A failure prints the `@reproduce_failure(...)` line that replays it, and the failing examples are kept in
+# .hypothesis/ (git-ignored), so the next run on the same machine tries them first.
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    database=None,
+    database=DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis" / "examples")),
+    print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 FEWER = settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))

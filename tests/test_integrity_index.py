@@ -190,7 +190,7 @@ def test_the_index_is_written_whole_or_not_at_all(store, graph, monkeypatch):
     assert [p.name for p in store.iterdir() if p.name.startswith(f".{INDEX}")] == []
 
 
-def test_concurrent_writers_merge_and_a_stale_entry_is_never_trusted(store, graph):
+def test_two_writers_one_after_the_other_merge_and_a_stale_entry_is_never_trusted(store, graph):
     one, two = Store(store), Store(store)
     objs = objects(store)
     half = len(objs) // 2

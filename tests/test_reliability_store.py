@@ -174,7 +174,9 @@ def test_results_compare_report_refuse_a_tampered_prior(store, pristine, tmp_pat
     assert fixed == pristine[1] and fixed["ensembles"][0]["val_loss"] == true_loss
 
 
-def test_results_refuse_a_tampered_curve_even_with_a_fresh_stat_cache(store):
+def test_results_refuse_a_tampered_curve(store):
+    """A curve edited in place (its size and mtime change, so its stat signature does too) is refused.
+    Corruption that keeps the whole stat signature (size, mtime, ctime, inode) is not caught by this check."""
     curve = _obj(store, "curve") / "curve.json"
     text = curve.read_text()
     curve.write_text(text.replace("1", "2", 1))
