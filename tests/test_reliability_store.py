@@ -375,6 +375,7 @@ def test_a_run_stopped_while_another_takes_over_reports_no_false_failure(tmp_pat
         deadline = time.time() + 120
         while time.time() < deadline and not list((store / "work").glob("*/ckpt.pt")):
             time.sleep(0.05)
+        assert list((store / "work").glob("*/ckpt.pt")), "the first run never reached a checkpoint"
         os.kill(first.pid, 19)  # SIGSTOP
         time.sleep(3)
         second = subprocess.run([sys.executable, "-m", "hepc.cli", "run", *spec, "--json", "--quiet"],
@@ -390,6 +391,7 @@ def test_a_run_stopped_while_another_takes_over_reports_no_false_failure(tmp_pat
     for folder in (store / "records" / "tiny").iterdir():
         events += [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     assert not [e for e in events if e["event"] == "failed"]
+    assert [e for e in events if e["event"] == "lost"], "no run lost its lease: the take-over never happened"
     assert hepc("verify", store=store).returncode == 0
 
 

@@ -97,7 +97,7 @@ def test_heartbeat_thread_flags_a_lost_lease(tmp_path, monkeypatch):
     assert read_lease(path)["token"] == "thief"
 
 
-def _contend(path: str, start: float, out) -> None:
+def _contend(path: str, barrier, out, done) -> None:
     os.environ["HEPC_LEASE_TIMEOUT_S"] = "30"
     judge = store_lease.is_stale
 
@@ -107,15 +107,14 @@ def _contend(path: str, start: float, out) -> None:
         return verdict
 
     store_lease.is_stale = slow_judge
-    while time.time() < start:
-        pass
+    barrier.wait(timeout=30)  # all eight start together (a barrier, not a busy wait that starves some)
     try:
         lease = acquire(Path(path), f"pid {os.getpid()}")
     except LeaseBusy:
         out.put(None)
         return
     out.put(lease.token)
-    time.sleep(1.0)  # hold it while the others try
+    done.wait(timeout=60)  # hold it until every contender has tried: a late one can never find it free
     lease.release()
 
 
@@ -127,12 +126,14 @@ def test_take_over_of_a_stale_lease_is_race_free(tmp_path, round_):
     old = time.time() - 3600
     os.utime(path, (old, old))
     ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    start = time.time() + 0.5
-    procs = [ctx.Process(target=_contend, args=(str(path), start, out)) for _ in range(8)]
+    out, barrier, done = ctx.Queue(), ctx.Barrier(8), ctx.Event()
+    procs = [ctx.Process(target=_contend, args=(str(path), barrier, out, done)) for _ in range(8)]
     for p in procs:
         p.start()
-    tokens = [out.get(timeout=30) for _ in procs]
+    try:
+        tokens = [out.get(timeout=30) for _ in procs]
+    finally:
+        done.set()
     for p in procs:
         p.join(timeout=30)
     assert sum(t is not None for t in tokens) == 1, tokens
