@@ -79,6 +79,15 @@ def test_a_full_disk_stops_with_one_line_and_the_next_run_resumes(pristine, size
         assert hepc("verify", store=store).returncode == 0
 
 
+def test_an_export_onto_a_full_disk_names_the_export_not_the_store(pristine):
+    """The copy fails writing the export; its error names the source (the store's intact snapshot): the
+    message must name the export, and nothing of it may be left behind."""
+    with tmpfs("100k") as fs:
+        out = hepc("export", TINY, "--k", "2", "--out", str(fs / "ens"), store=pristine[0], check=False)
+        assert out.returncode == 2 and out.stderr.strip() == f"error: disk full at {fs / 'ens'}", out.stderr
+        assert list(fs.iterdir()) == []
+
+
 def test_a_full_disk_when_opening_the_run_record(pristine):
     with tmpfs("2m") as fs:
         store = fs / "store"

@@ -15,6 +15,7 @@ to an export is ever deleted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from hepc.errors import HepcError
+from hepc.safe_io import DISK_FULL
 from hepc.use.source import EXPORT_FORMAT, MANIFEST, Resolved, dumps, is_export, sha256_file
 from hepc.use.text import BYTES_TOKENIZER_FILE
 
@@ -42,6 +44,17 @@ def _check_target(out: Path, force: bool) -> None:
                             "an export's own files: move those out or choose another path (nothing was written)")
     if not out.parent.is_dir():
         raise HepcError(f"--out {out}: its parent folder {out.parent} does not exist")
+
+
+def _copy(src: Path, dest: Path, out: Path) -> None:
+    """Copy a member's snapshot into the export; a full or read-only disk is named at the export (the
+    copy's error names the file it read from, the store's intact object)."""
+    try:
+        shutil.copyfile(src, dest)
+    except OSError as e:
+        if e.errno in (*DISK_FULL, errno.EROFS):
+            raise OSError(e.errno, e.strerror, str(out)) from None
+        raise
 
 
 def _not_written_by_export(out: Path) -> list[str]:
@@ -72,7 +85,7 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
         files, rows = {}, []
         for m in resolved.members:
             rel = f"members/{m.name}-{m.key[:12]}.safetensors"
-            shutil.copyfile(m.path, tmp / rel)
+            _copy(m.path, tmp / rel, out)
             digest = sha256_file(tmp / rel)
             files[rel] = digest
             rows.append({"key": m.key, "name": m.name, "trajectory": m.trajectory, "cycle": m.cycle,
