@@ -393,7 +393,7 @@ def _restore_from(store: Store, trash: Path, reach: Reachability) -> list[str]:
         if not _real_folders(trash, obj) or not reach.holds(obj.name[-12:]):
             continue
         dest = store.objects / parts[1] / parts[2]
-        if os.path.lexists(dest) or not inside_store(store, dest.parent / "x"):
+        if os.path.lexists(dest) or not inside_store(store, dest):  # objects/<kind> must not lead outside
             continue
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
