@@ -4,10 +4,11 @@ template in `templates/recipes/` inside a sandboxed environment.
 The rules, in terms of S = the epochs at which a lone model saturates on this data:
 - epochs per cycle E = S / 8 (the reference run: S ≈ 16, E = 2), and never more than B / 4, so
   even a small budget yields at least four snapshots; rounded to a multiple of 1/8 epoch;
-- trajectories P: 1 while B ≤ 8·S, 2 while B ≤ 32·S, then 4. Measured (docs/results.md,
-  docs/repro-notes.md): up to 8·S one long chain beats P = 2 and 4 at equal budget, since every
-  extra trajectory repeats the first S epochs before its snapshots help; the paper's reference run
-  uses P = 5 at 960 epochs (60·S). Trajectories buy diversity, cycles buy depth;
+- trajectories P: 1 while B ≤ 8·S, 2 while B ≤ 32·S, then 4. Measured in the reproduction's protocol
+  v2 (docs/repro-notes.md; protocol v3 measures it again, paired, as its P = 2 / 4 ablations): up to
+  8·S one long chain beat P = 2 and 4 at equal budget, since every extra trajectory repeats the first
+  S epochs before its snapshots help; the paper's reference run uses P = 5 at 960 epochs (60·S).
+  Trajectories buy diversity, cycles buy depth;
 - cycles C = B / (P·E), rounded, at least 1;
 - chain distillation from cycle c0 + 1 with c0·E ≈ S (distil once a chain has trained as long
   as a lone model can usefully train); none when C ≤ c0;
