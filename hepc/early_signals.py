@@ -13,7 +13,7 @@ import threading
 
 
 def terminated_early(signum, frame) -> None:
-    os.write(2, b"interrupted: nothing had started; nothing was written\n")
+    os.write(2, b"interrupted (SIGTERM): stopped at once\n")
     os._exit(130)
 
 
