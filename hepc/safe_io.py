@@ -90,6 +90,7 @@ def read_json(path: str | os.PathLike, limit: int = 16 << 20):
 
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+DISK_FULL_OR_READ_ONLY = (*DISK_FULL, errno.EROFS)  # the disk, not the step or the data: nothing to blame there
 
 
 def os_error_behind(e: BaseException | None) -> OSError | None:

@@ -294,12 +294,12 @@ def _disk_error(e: BaseException, where: Path | None = None) -> OSError | None:
     without an errno (numpy's "N requested and M written") is a full disk at `where`."""
     import errno
 
-    from hepc.safe_io import DISK_FULL, os_error_behind
+    from hepc.safe_io import DISK_FULL_OR_READ_ONLY, os_error_behind
 
     found = os_error_behind(e)
     if found is None:
         return None
-    if found.errno in DISK_FULL or found.errno == errno.EROFS:
+    if found.errno in DISK_FULL_OR_READ_ONLY:
         return found
     if found.errno is None and _SHORT_WRITE.match(str(found)):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where) if where is not None else None)

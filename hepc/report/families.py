@@ -199,14 +199,16 @@ def grid_edges(family: Family, split: str = "val") -> list[str]:
         return []
     chosen = family.config_of(curve[-1]["config"])
     values = (next(iter(chosen.seeds.values())).get("values") or {}) if chosen.seeds else {}
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
     out = []
     for key, value in sorted(values.items()):
-        if key == "seed" or isinstance(value, bool) or not isinstance(value, int | float):
+        if key == "seed" or not number(value):
             continue
         tried = sorted({
             v for c in family.configs if c.spec == chosen.spec
-            for pop in c.seeds.values()
-            if isinstance(v := (pop.get("values") or {}).get(key), int | float) and not isinstance(v, bool)
+            for pop in c.seeds.values() if number(v := (pop.get("values") or {}).get(key))
         })  # fmt: skip
         if len(tried) < 2 or min(tried) < value < max(tried):
             continue

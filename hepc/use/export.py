@@ -15,7 +15,6 @@ to an export is ever deleted.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from hepc.errors import HepcError
-from hepc.safe_io import DISK_FULL
+from hepc.safe_io import DISK_FULL_OR_READ_ONLY, read_json
 from hepc.use.source import EXPORT_FORMAT, MANIFEST, Resolved, dumps, is_export, sha256_file
 from hepc.use.text import BYTES_TOKENIZER_FILE
 
@@ -52,7 +51,7 @@ def _copy(src: Path, dest: Path, out: Path) -> None:
     try:
         shutil.copyfile(src, dest)
     except OSError as e:
-        if e.errno in (*DISK_FULL, errno.EROFS):
+        if e.errno in DISK_FULL_OR_READ_ONLY:
             raise OSError(e.errno, e.strerror, str(out)) from None
         raise
 
@@ -62,7 +61,7 @@ def _not_written_by_export(out: Path) -> list[str]:
     if not any(out.iterdir()):
         return []
     try:
-        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files") or {}
+        listed = read_json(out / MANIFEST).get("files") or {}  # bounded, regular files only
         own = {MANIFEST, "README.md", "members", *(str(k) for k in dict(listed))}
     except (OSError, ValueError, TypeError, AttributeError):
         own = {MANIFEST, "README.md", "members"}
