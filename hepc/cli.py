@@ -351,6 +351,7 @@ def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict,
     from hepc.execute.driver import check_committed, execute
     from hepc.plan import make_plan
     from hepc.results import collect, render
+    from hepc.verify import Damaged
 
     t0 = time.time()
     loaded, compiled = _load(spec, overrides, strict_data=True)
@@ -367,7 +368,16 @@ def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict,
     runtime.update(flags)
     resolved = loaded.spec.model_dump(mode="json")
     execute(compiled, the_store, runtime, resolved, quiet=quiet, damaged=damaged, plan=the_plan)
-    results = collect(compiled, the_store)
+    for attempt in range(3):
+        try:
+            results = collect(compiled, the_store)  # the files shown are digest-checked as they are read
+            break
+        except Damaged as e:  # bytes changed below the filesystem since the start-up pass: repair, then show
+            if attempt == 2:
+                raise
+            moved = the_store.quarantine(e.damage.path)
+            _err(f"warning: damaged object {e.damage}; moved to {moved}; recomputing it")
+            execute(compiled, the_store, runtime, resolved, quiet=quiet)
     if members is not None:
         if json_out:
             print(json.dumps(results, indent=1))

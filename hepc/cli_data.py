@@ -52,6 +52,7 @@ def dry_meta(step, graph, store, loaded) -> dict:
     located SpecError, as `hepc run` reports it."""
     from hepc.data.identity import DataError
     from hepc.errors import HepcError, Problem, SpecError
+    from hepc.safe_io import disk_error, os_error_message
     from hepc.steps import RunContext, body
 
     inputs = {}
@@ -76,6 +77,12 @@ def dry_meta(step, graph, store, loaded) -> dict:
             body("corpus")(step, inputs, out, work, ctx)
         except DataError as e:
             raise SpecError([Problem(loaded.where(e.field), e.field, e.message)]) from None
+        except Exception as e:  # noqa: BLE001  (a full scratch disk: say where, not "?")
+            disk = disk_error(e, Path(tmp))
+            if disk is None:
+                raise
+            raise HepcError(f"hepc data builds the corpus in a scratch folder: {os_error_message(disk, Path(tmp))} "
+                            "(set TMPDIR to a folder on a disk with room)") from None
         return json.loads((out / "meta.json").read_text())
 
 

@@ -68,13 +68,21 @@ def _compile(spec: str, overrides=(), *, strict_data: bool = False):
 
 
 def verify_command(
-    spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False, adopt: bool = False
+    spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False, adopt: bool = False,
+    *, repair: bool = False, scrub: bool = False,
 ) -> int:
-    """Check every object of the store (or of one spec's graph) against its recorded digests, and
-    every mid-cycle checkpoint in work/ against its own. Returns 1 if anything is damaged, 0 if
-    not (user errors raise HepcError → exit 2). `adopt`: mark an older hepc's store, if intact."""
+    """Re-hash every object of the store (or of one spec's graph) against its recorded digests, and
+    check every mid-cycle checkpoint in work/ against its own. Every signature that vouched for a
+    damaged object is dropped, so the next `hepc run` re-hashes, quarantines and recomputes it.
+    `repair`: move the damaged objects (and checkpoints) to quarantine/ now, and with a SPEC run it to
+    recompute them. `scrub`: also rebuild the signature index from what was hashed (entries of objects
+    no longer in the store dropped) and report the rate. Returns 1 if anything is (or was) damaged
+    and not repaired, 0 if not (user errors raise HepcError → exit 2). `adopt`: mark an older hepc's store."""
+    import time
+
     from hepc.verify import check_checkpoints, verify_objects
 
+    t0 = time.perf_counter()
     missing: list[str] = []
     if spec is not None:
         loaded, compiled = _compile(spec, overrides)
@@ -88,24 +96,28 @@ def verify_command(
                 missing.append(f"{step.kind}/{step.dirname}")
             else:
                 objects.append(found)
-        checked, damaged = verify_objects(the_store, objects)
+        checked, damaged = verify_objects(the_store, objects, scrub=scrub)
     else:
         the_store = _open_store(store, adopt=adopt)
-        checked, damaged = verify_objects(the_store)
+        checked, damaged = verify_objects(the_store, scrub=scrub)
     checkpoints = check_checkpoints(the_store)
+    seconds = time.perf_counter() - t0
     if adopt and not damaged:
         _adopt(the_store)
     from hepc.gc import tree_bytes
 
     size = sum(tree_bytes(p) for p in checked)
+    moved = _repair(the_store, damaged, checkpoints) if repair and (damaged or checkpoints) else []
     if json_out:
         print(json.dumps({
             "store": str(the_store.root),
             "checked": len(checked),
             "bytes": size,
+            "seconds": round(seconds, 3),
             "damaged": [{"object": d.label, "path": str(d.path), "problems": list(d.problems)} for d in damaged],
             "not_computed": missing,
             "checkpoints": [{"path": str(p), "problem": why} for p, why in checkpoints],
+            "quarantined": moved,
         }, indent=1))
     else:
         for d in damaged:
@@ -113,15 +125,44 @@ def verify_command(
         for p, why in checkpoints:
             print(f"damaged checkpoint {p}: {why} (the next `hepc run` discards it and restarts that cycle)")
         scope = f"of {spec} " if spec else ""
-        status = (
-            f"{len(damaged)} damaged (`hepc run` moves them to quarantine/ and recomputes them)" if damaged
-            else "all intact"
-        )
+        if not damaged:
+            status = "all intact"
+        elif repair:
+            status = f"{len(damaged)} damaged, moved to quarantine/"
+        else:
+            status = (f"{len(damaged)} damaged (`hepc run` moves them to quarantine/ and recomputes them; "
+                      "`hepc verify --repair` moves them now)")
         extra = f"; {count(len(missing), 'step')} not computed yet" if missing else ""
-        print(f"verified {count(len(checked), 'object')} {scope}({_human(size)}) in {the_store.root}: {status}{extra}")
+        rate = f", {_human(size / seconds)}/s" if seconds > 0 else ""
+        verb = "scrubbed" if scrub else "verified"
+        print(f"{verb} {count(len(checked), 'object')} {scope}({_human(size)}) in {the_store.root} in "
+              f"{seconds:.1f} s{rate}: {status}{extra}")
         if adopt and damaged:
             print("not adopted: repair or remove the damaged objects first", file=sys.stderr)
+    if moved and spec is not None:  # recompute what was moved aside: the spec's run, as `hepc run` does
+        from hepc.cli import _run_one
+
+        print(f"recomputing with `hepc run {spec}`", file=sys.stderr)
+        _run_one(spec, list(overrides or []), store, {}, json_out=False, quiet=False, members=None)
+        return 0
+    if moved:
+        print("the next `hepc run` of a spec that uses them recomputes them", file=sys.stderr)
     return 1 if damaged or checkpoints else 0
+
+
+def _repair(the_store, damaged, checkpoints) -> list[str]:
+    """Move damaged objects and checkpoints to quarantine/ (kept for inspection); what moved where."""
+    the_store.open_for_writing()
+    moved = []
+    for d in damaged:
+        dest = the_store.quarantine(d.path)
+        if dest is not None:
+            moved.append(str(dest))
+    for ckpt, _why in checkpoints:
+        dest = the_store.set_aside(ckpt)
+        moved.append(str(dest))
+    the_store.save_index()
+    return moved
 
 
 # --------------------------------------------------------------------------- gc
@@ -256,9 +297,15 @@ def register(app) -> None:
         adopt: Annotated[
             bool, typer.Option("--adopt", help="Mark a store written by an older hepc (no marker) as a store, if intact.")
         ] = False,
+        repair: Annotated[
+            bool, typer.Option("--repair", help="Move damaged objects to quarantine/ now; with SPEC, run it to recompute them.")
+        ] = False,
+        scrub: Annotated[
+            bool, typer.Option("--scrub", help="Also rebuild the signature index from what was hashed; report the rate.")
+        ] = False,
     ) -> None:
-        """Check committed objects against their recorded digests; list the damaged ones (exit 1 if any)."""
-        _exit(verify_command(spec, overrides, store, json_out, adopt))
+        """Re-hash committed objects against their recorded digests; list the damaged ones (exit 1 if any)."""
+        _exit(verify_command(spec, overrides, store, json_out, adopt, repair=repair, scrub=scrub))
 
     @app.command()
     @user_errors

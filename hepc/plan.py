@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from hepc.compile import Compiled, graph_totals
 from hepc.graph import StepSpec
-from hepc.safe_io import read_json
 from hepc.store import Store
-from hepc.verify import file_digest, read_manifest
+from hepc.verify import Damaged, read_checked
 from hepc.wording import count, shorten
 
 SPLITS = ("val", "test", "heldout", "train")
-META_LIMIT = 4 << 20  # a corpus meta.json is a few KB
 
 SYMBOLS = {"cached": "=", "new": "+", "resumable": "~", "failed": "!"}
 FAILURE_LIMIT = 120  # characters of a step's last error shown in the plan (cut at a word, with "…")
@@ -158,14 +157,10 @@ def present_splits(meta: dict) -> list[str]:
 
 def _corpus_meta(path) -> tuple[dict | None, str]:
     """A committed corpus's meta.json when it matches its recorded digest, else (None, what is wrong)."""
-    manifest, problems = read_manifest(path)
-    if manifest is None:
-        return None, "; ".join(problems)
-    recorded = manifest["files"].get("meta.json")
     try:
-        if not isinstance(recorded, dict) or file_digest(path / "meta.json") != recorded.get("xxh3_128"):
-            return None, "meta.json does not match its recorded digest"
-        meta = read_json(path / "meta.json", META_LIMIT)
+        meta = json.loads(read_checked(path, "meta.json"))
+    except Damaged as e:
+        return None, "; ".join(e.damage.problems)
     except (OSError, ValueError) as e:
         return None, f"meta.json is unreadable ({type(e).__name__})"
     return (meta, "") if isinstance(meta, dict) else (None, "meta.json holds no object")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -124,3 +125,19 @@ def _inside(path, root: Path) -> bool:
     except (OSError, ValueError):
         return False
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile/save on a full disk (no errno)
+
+
+def disk_error(e: BaseException, where: Path | None = None) -> OSError | None:
+    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it). A short write
+    without an errno (numpy's "N requested and M written") is a full disk at `where`."""
+    found = os_error_behind(e)
+    if found is None:
+        return None
+    if found.errno in DISK_FULL_OR_READ_ONLY:
+        return found
+    if found.errno is None and _SHORT_WRITE.match(str(found)):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where) if where is not None else None)
+    return None

@@ -37,6 +37,7 @@ from hepc.safe_io import os_error_message, read_json
 from hepc.store_lease import Lease, LeaseBusy, LeaseLost
 from hepc.verify import (
     SELF_DIGEST,
+    Damaged,
     check_object,
     check_object_sigs,
     file_digest,
@@ -44,7 +45,9 @@ from hepc.verify import (
     index_label,
     manifest_digest,
     quarantine,
+    read_checked,
     read_index,
+    read_manifest,
     record_sig,
     write_index,
 )
@@ -260,10 +263,12 @@ class Store:
         return path
 
     def manifest(self, path: Path) -> dict:
-        try:
-            return read_json(path / MANIFEST, MANIFEST_LIMIT)
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{path / MANIFEST}: unreadable manifest ({e}); run `hepc verify`") from None
+        """The manifest of a committed object, its own digest checked (damage raises StoreError naming it)."""
+        manifest, problems = read_manifest(path)
+        if manifest is None:
+            self.distrust(path)
+            raise Damaged(path, tuple(problems))
+        return manifest
 
     def check(self, path: Path, *, full: bool = False) -> list[str]:
         """Problems of a committed object (see hepc.verify); full=False hashes only what changed.
@@ -299,25 +304,60 @@ class Store:
                 self._sigs.update(self._sig_updates)
             self._sig_updates, self._sig_drops = {}, set()
 
-    def find_intact(self, step: StepSpec) -> Path | None:
-        """`find`, but a damaged object raises StoreError naming it (for anything read to be shown)."""
+    def find_intact(self, step: StepSpec, *, full: bool = False) -> Path | None:
+        """`find`, but a damaged object raises StoreError naming it (for anything read to be shown).
+        full=True hashes every file (for objects whose bytes are then consumed whole)."""
         path = self.find(step)
         if path is None:
             return None
-        problems = self.check(path)
+        problems = self.check(path, full=full)
         if problems:
+            self.distrust(path)
             raise StoreError(
-                f"damaged object {step.kind}/{path.name}: {'; '.join(problems)}; not shown "
+                f"damaged object {step.kind}/{path.name}: {'; '.join(problems)}; not used "
                 "(`hepc run` moves it to quarantine/ and recomputes it; `hepc verify` lists every damaged object)"
             )
         return path
 
-    def read_object_json(self, path: Path, name: str):
-        """A JSON file of a committed object (checked by `find_intact`), read with a bound."""
+    def read_checked(self, path: Path, name: str) -> bytes:
+        """File `name` of the committed object `path`, read once and checked against its recorded digest
+        on the bytes read (never trusted through a stat signature). Damage raises StoreError naming the
+        object, after dropping every signature that vouched for it (the next run re-hashes it)."""
         try:
-            return read_json(path / name, MANIFEST_LIMIT)
-        except (OSError, ValueError) as e:
+            return read_checked(path, name)
+        except Damaged:
+            self.distrust(path)
+            raise
+        except OSError as e:
+            raise StoreError(f"{path / name}: unreadable ({os_error_message(e, self.root)}); run `hepc verify`") from None
+
+    def read_object_json(self, path: Path, name: str):
+        """A JSON file of a committed object, its bytes checked against their digest as they are read."""
+        data = self.read_checked(path, name)
+        try:
+            return json.loads(data)
+        except ValueError as e:
             raise StoreError(f"{path / name}: unreadable ({type(e).__name__}); run `hepc verify`") from None
+
+    def forget_index_entries(self, labels: set[str]) -> None:
+        """Drop these entries from `verified-index.json` at the next `save_index`."""
+        self._sig_drops |= labels
+
+    def distrust(self, path: Path) -> None:
+        """Forget every signature that vouched for the object at `path` (its `verified/` file and its
+        entry in `verified-index.json`): the next check of it hashes every byte, so damage found by a
+        reader or by `hepc verify` is quarantined and recomputed by the next `hepc run`."""
+        label = index_label(path)
+        self._sig_updates.pop(label, None)
+        if self._sigs is not None:
+            self._sigs.pop(label, None)
+        if not self.has_marker():
+            return
+        try:
+            self.sig_path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+        write_index(self.root, {}, {label})
 
     def orphan(self, step: StepSpec) -> Path | None:
         """The object folder of `step` if it exists without a manifest (half-deleted, never a commit
@@ -369,7 +409,7 @@ class Store:
         self._ensure()
         work = self.work_dir(step.key)
         if work.is_symlink() or (work.exists() and not work.is_dir()):
-            self._set_aside(work)  # never write (or delete) through a link out of the store
+            self.set_aside(work)  # never write (or delete) through a link out of the store
         work.mkdir(parents=True, exist_ok=True)
         (work / "failed.json").unlink(missing_ok=True)
         for partial in work.glob(".*.tmp-*"):  # half-written checkpoints of killed attempts
@@ -390,10 +430,10 @@ class Store:
             junk += [Path(e.path) for e in os.scandir(self.objects)]
         for path in junk:
             if path.is_file() and not path.is_symlink():
-                moved = self._set_aside(path)
+                moved = self.set_aside(path)
                 print(f"warning: {path} is a file where a folder belongs; moved to {moved}", file=sys.stderr)
 
-    def _set_aside(self, path: Path) -> Path:
+    def set_aside(self, path: Path) -> Path:
         """Move something that does not belong at `path` (a link, a file) into quarantine/."""
         dest = self.root / "quarantine" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         dest.mkdir(parents=True, exist_ok=True)

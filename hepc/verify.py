@@ -1,12 +1,23 @@
 """Integrity of committed objects: every file's size and xxh3_128 digest are recorded in the manifest
 (which carries a digest of itself); a damaged object is reported by name, never silently used.
 
-Full checks hash every file (`hepc verify`). Runs use a cheaper check that is just as strict for
-any change made through the filesystem: after an object has been fully verified (or committed), the
-stat signature of each file (size, mtime, ctime, inode) is cached in `verified/`; while it still
-matches, the object is trusted without hashing, and any write, truncation, replacement or even an
-mtime reset (ctime cannot be set back) forces a full re-hash. Silent media corruption is what
-`hepc verify` is for.
+Two uses, two rules:
+
+- *Deciding what is cached* (a run's start-up pass, `plan`) may use the stat signature: after an
+  object has been fully verified (or committed), the signature of each file (size, mtime, ctime,
+  inode) is cached in `verified/` and `verified-index.json`; while it matches, the object counts as
+  committed without hashing. Any write, truncation, replacement or even an mtime reset (ctime cannot
+  be set back) forces a full re-hash. A bit flip below the filesystem keeps every number of the
+  signature, so the signature never vouches for the bytes themselves.
+- *Consuming bytes* never trusts a signature: a step's inputs are hashed in full right before its
+  body reads them (the hash pass also pulls them into the page cache the body then reads), and the
+  files shown to a user or loaded into a model (a prior, a curve, a snapshot) are read once into
+  memory and their digest checked on those very bytes (`read_checked`). Damage found either way is
+  named, and every signature that vouched for the object is dropped (`Store.distrust`), so the next
+  `hepc run` re-hashes it, moves it to quarantine/ and recomputes it.
+
+`hepc verify` re-hashes every object (`--scrub` also rebuilds the signature caches from what it
+hashed and reports the rate; `--repair` moves what is damaged to quarantine/ at once).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import xxhash
 
+from hepc.errors import StoreError
 from hepc.safe_io import open_regular, read_json
 
 MANIFEST = "manifest.json"
@@ -33,6 +45,28 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_checked(obj: Path, rel: str) -> bytes:
+    """The bytes of file `rel` of the committed object `obj`, read once (at most the size its manifest
+    records, plus one byte) and checked against its recorded digest on those same bytes; the manifest's
+    own digest is checked first. Raises `Damaged` naming the object; OSError if it cannot be read."""
+    manifest, problems = read_manifest(obj)
+    if manifest is None:
+        raise Damaged(obj, tuple(problems))
+    info = manifest["files"].get(rel)
+    if not safe_relpath(rel) or not isinstance(info, dict) or type(info.get("size")) is not int:
+        raise Damaged(obj, (f"{rel} is not listed in its manifest",))
+    try:
+        with open_regular(obj / rel) as f:
+            data = f.read(info["size"] + 1)
+    except FileNotFoundError:
+        raise Damaged(obj, (f"{rel} is missing",)) from None
+    if len(data) != info["size"]:
+        raise Damaged(obj, (f"{rel} has {len(data)} bytes, expected {info['size']} (truncated or altered)",))
+    if xxhash.xxh3_128_hexdigest(data) != info.get("xxh3_128"):
+        raise Damaged(obj, (f"{rel} does not match its recorded digest (altered)",))
+    return data
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -60,6 +94,17 @@ class Damage:
 
     def __str__(self) -> str:
         return f"{self.label}: {'; '.join(self.problems)}"
+
+
+class Damaged(StoreError):
+    """Bytes about to be used do not match their object's manifest: the object is named, never used."""
+
+    def __init__(self, path: Path, problems: tuple[str, ...]):
+        self.damage = Damage(path, problems)
+        super().__init__(
+            f"damaged object {self.damage}; not used (`hepc run` moves it to quarantine/ and recomputes it; "
+            "`hepc verify` lists every damaged object)"
+        )
 
 
 def read_manifest(obj: Path) -> tuple[dict | None, list[str]]:
@@ -160,9 +205,19 @@ def _check(obj: Path, full: bool, sig_file: Path | None) -> tuple[list[str], dic
             continue
         if digest != info.get("xxh3_128"):
             problems.append(f"{rel} does not match its recorded digest (altered)")
-    if not problems and sig_file is not None:
-        record_sig(obj, sig_file, sigs)
+    if sig_file is not None:
+        if problems:
+            drop_sig(sig_file)  # it vouched for bytes that are damaged
+        else:
+            record_sig(obj, sig_file, sigs)
     return problems, (None if problems else sigs)
+
+
+def drop_sig(sig_file: Path) -> None:
+    try:
+        sig_file.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def record_sig(obj: Path, sig_file: Path, sigs: dict | None = None) -> None:
@@ -353,14 +408,22 @@ def iter_objects(objects_root: Path):
                 yield Path(entry.path)
 
 
-def verify_objects(store, objects: list[Path] | None = None) -> tuple[list[Path], list[Damage]]:
-    """Fully check `objects` (default: every object in the store). Returns (checked, damaged)."""
+def verify_objects(store, objects: list[Path] | None = None, *, scrub: bool = False) -> tuple[list[Path], list[Damage]]:
+    """Re-hash `objects` (default: every object in the store), whatever their signatures say. Returns
+    (checked, damaged). Every signature that vouched for a damaged object is dropped (the next run
+    re-hashes it and recomputes it); intact ones get fresh signatures. `scrub` over the whole store
+    also drops index entries of objects that are no longer there (the index is rebuilt from this pass)."""
+    whole = objects is None
     checked, damaged = [], []
-    for obj in objects if objects is not None else list(iter_objects(store.objects)):
+    for obj in list(iter_objects(store.objects)) if whole else objects:
         checked.append(obj)
-        problems = check_object(obj, full=True, sig_file=store.sig_path(obj))
+        problems = store.check(obj, full=True)
         if problems:
             damaged.append(Damage(obj, tuple(problems)))
+            store.distrust(obj)
+    if scrub and whole:
+        store.forget_index_entries(set(read_index(store.root)) - {index_label(o) for o in checked})
+    store.save_index()
     return checked, damaged
 
 

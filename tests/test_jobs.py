@@ -212,3 +212,30 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint_and_exits_130(long_reference,
     assert {e["key"] for e in run if e["event"] == "interrupted" and "key" in e} >= set(keys)
     hepc("run", TINY, *LONG, "--jobs", "2", "--quiet", store=store)  # resumes
     assert object_contents(store) == long_reference
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("when", ["starting", "training"])
+def test_workers_orphaned_by_a_killed_driver_stop_quietly(tmp_path, when):
+    """kill -9 of the driver while its workers are still importing torch, or inside a cycle: each worker
+    notices within seconds, stops its step, and exits without a traceback."""
+    store = tmp_path / "store"
+    proc = _start(store)
+    if when == "starting":
+        workers = _wait_for(lambda: _children(proc.pid), proc, timeout=60)
+    else:
+        keys = _wait_for(lambda: _running_cycles(store) or None, proc)
+        workers = [_holder_pid(store, k) for k in keys]
+    proc.kill()
+    _, err = proc.communicate(timeout=60)  # the pipes close once every worker has gone
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)

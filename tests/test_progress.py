@@ -49,6 +49,19 @@ def test_plain_lines_name_the_worker_and_carry_an_eta_from_measured_steps(capsys
     assert err[4].startswith("w1: [1/3] cycle t1-c001 done in") and err[4].endswith("(final loss 2.3000)")
 
 
+def test_a_step_begun_again_keeps_its_number_and_the_counter_never_passes_the_total(capsys):
+    """A worker that died or lost its lease: the step starts again under its own number."""
+    progress = StepProgress(2)
+    progress.start("cycle", "t1-c001", slot="w1", key="a" * 32)
+    progress.finish(None, "stopped: lease taken over by another process", slot="w1")
+    progress.start("cycle", "t1-c001", slot="w2", key="a" * 32)
+    progress.finish({"final_loss": 2.3}, slot="w2")
+    progress.start("score", "t1-c001-val", slot="w1", key="b" * 32)
+    err = capsys.readouterr().err
+    assert "w2: [1/2] cycle t1-c001 (again) ..." in err and "w1: [2/2] score t1-c001-val ..." in err
+    assert "[3/2]" not in err
+
+
 def test_distillation_shows_ce_and_kd_apart_never_as_loss():
     assert describe({"loss": 1.8, "ce": 2.37, "kd": 1.37, "tokens_per_s": 10.0}) == "ce 2.3700 · kd 1.3700, 10 tok/s"
     assert describe({"loss": 2.5, "ce": 2.5}) == "loss 2.5000"

@@ -88,6 +88,17 @@ def test_an_export_onto_a_full_disk_names_the_export_not_the_store(pristine):
         assert list(fs.iterdir()) == []
 
 
+def test_hepc_data_on_a_full_scratch_disk_names_the_folder(tmp_path):
+    """`hepc data` previews a corpus that is not built yet by building it in a scratch folder ($TMPDIR)."""
+    with tmpfs("12k") as fs:
+        env = {**os.environ, "TMPDIR": str(fs), "HEPC_STORE": str(tmp_path / "store")}
+        out = subprocess.run([sys.executable, "-m", "hepc.cli", "data", TINY], capture_output=True, text=True,
+                             env=env, cwd=ROOT)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+        assert f"disk full at {fs}/hepc-data-" in line and "TMPDIR" in line and "?" not in line, line
+
+
 def test_a_full_disk_when_opening_the_run_record(pristine):
     with tmpfs("2m") as fs:
         store = fs / "store"

@@ -204,7 +204,7 @@ def test_tampered_export_is_refused(pop, tmp_path):
     assert r.returncode == 2
     assert "sha256 does not match" in r.stderr and member.name in r.stderr
     with pytest.raises(HepcError, match="sha256"):
-        hepc_api.load_ensemble(out)
+        hepc_api.load_ensemble(out).log_prob("x")  # a member is checked as it is loaded
     (out / "tokenizer.json").unlink()
     r = cli("sample", str(out), "--prompt", "x", store=store, check=False)
     assert r.returncode == 2 and "tokenizer.json: missing" in r.stderr

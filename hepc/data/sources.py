@@ -142,12 +142,20 @@ def _file_documents(
 
 def record_text(line: str, key: str) -> bytes | None:
     """The UTF-8 text of one JSON Lines line's `key` (None for a blank line); ValueError saying what is wrong."""
-    if not line.strip():
+    text = record_field(line, key)
+    return None if text is None else field_utf8(text, key)
+
+
+def record_field(line: str, key: str) -> str | None:
+    """The string field `key` of one JSON Lines line (None for a blank line); ValueError saying what is wrong.
+    No copy of the line is made (a record can be hundreds of MB): JSON allows the line's end as whitespace."""
+    if not line or line.isspace():
         return None
     try:
-        record = json.loads(line.rstrip())  # the line's end aside, so that a column counts in the line
+        record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg}: column {e.colno:,})") from None
+        column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # a column inside the line, never past its end
+        raise ValueError(f"not JSON ({e.msg}: column {column:,})") from None
     except ValueError as e:
         raise ValueError(f"not JSON ({e})") from None
     except RecursionError:
@@ -160,6 +168,10 @@ def record_text(line: str, key: str) -> bytes | None:
     text = record[key]
     if not isinstance(text, str):
         raise ValueError(f"field '{key}' is not a string (it is {_json_kind(text)})")
+    return text
+
+
+def field_utf8(text: str, key: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -195,8 +207,11 @@ def jsonl_records(file: DataFile, key: str, encoding: str, field: str) -> Iterat
                     if not line:
                         return
                     n += 1
-                    try:
-                        text = record_text(line, key)
+                    try:  # one record at a time, each copy dropped before the next is made (line, field, bytes)
+                        field_text = record_field(line, key)
+                        line = None
+                        text = None if field_text is None else field_utf8(field_text, key)
+                        field_text = None
                     except ValueError as e:
                         raise DataError(f"'{file.name}' line {n:,}: {e}", file.where) from None
                     if text is not None:

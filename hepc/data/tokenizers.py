@@ -287,7 +287,7 @@ def load_tokenizer(compiled: Compiled, store: Store, population: int = 0) -> Tok
     if cfg["kind"] != "bpe":
         return make_tokenizer(cfg, corpus.context.get("source"))
     step = compiled.graph[corpus.inputs["tokenizer"]]
-    path = store.find_intact(step)
+    path = store.find_intact(step, full=True)  # its files are read whole: hashed, not trusted
     if path is None:
         raise HepcError(
             f"the tokenizer of spec '{compiled.spec.name}' (tokenizer/{step.dirname}) is not trained yet in store "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import socket
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from hepc import __version__
 from hepc.errors import HepcError, StepFailed, StoreError
 from hepc.graph import StepSpec
-from hepc.safe_io import os_error_message
+from hepc.safe_io import disk_error, os_error_message
 from hepc.steps import RunContext, body
 from hepc.store import LeaseBusy, LeaseLost, Store, write_json_atomic
 from hepc.store_lease import describe
@@ -87,9 +86,10 @@ def _device_name(torch) -> str:
     return "cpu"
 
 
-def damaged(step: StepSpec, path: Path, store: Store, note: Callable[[str], None]) -> bool:
-    """Check a committed object; a damaged one is moved to quarantine/ and named through `note`."""
-    problems = store.check(path)
+def damaged(step: StepSpec, path: Path, store: Store, note: Callable[[str], None], *, full: bool = False) -> bool:
+    """Check a committed object; a damaged one is moved to quarantine/ and named through `note`.
+    full=True hashes every byte whatever the stat signatures say (an input about to be consumed)."""
+    problems = store.check(path, full=full)
     if not problems:
         return False
     moved = store.quarantine(path)
@@ -149,7 +149,7 @@ class Attempt:
             if path is None:
                 self.note(f"input {up.kind}/{up.dirname} of {step.kind} {step.name} is gone; recomputing it")
                 self.event("missing", key=up.key, kind=up.kind, name=up.name)
-            elif damaged(up, path, self.store, self.note):
+            elif damaged(up, path, self.store, self.note, full=True):  # bytes about to be read: hashed, not trusted
                 self.event("damaged", object=f"{up.kind}/{path.name}")
             else:
                 paths[key] = path
@@ -224,7 +224,7 @@ class Attempt:
                 emit("finish", summary=None, status="input vanished; recomputing it")
                 store.refresh()
                 return Outcome("input", step.key, forget=list(step.upstream()))
-            disk = _disk_error(e, staged)
+            disk = disk_error(e, staged)
             if disk is not None:  # the disk, not the step: no failed.json, the step resumes later
                 raise StoreError(f"{step.kind} {step.name}: {os_error_message(disk, store.root)}") from None
             message = f"{type(e).__name__}: {e}"
@@ -284,26 +284,6 @@ class _Live:
             self.path.unlink(missing_ok=True)
         except OSError:
             pass
-
-
-_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile/save on a full disk (no errno)
-
-
-def _disk_error(e: BaseException, where: Path | None = None) -> OSError | None:
-    """The OSError behind `e` if the disk is full or read-only (also when a writer wraps it). A short write
-    without an errno (numpy's "N requested and M written") is a full disk at `where`."""
-    import errno
-
-    from hepc.safe_io import DISK_FULL_OR_READ_ONLY, os_error_behind
-
-    found = os_error_behind(e)
-    if found is None:
-        return None
-    if found.errno in DISK_FULL_OR_READ_ONLY:
-        return found
-    if found.errno is None and _SHORT_WRITE.match(str(found)):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where) if where is not None else None)
-    return None
 
 
 def _any_missing(inputs: dict) -> bool:

@@ -153,11 +153,20 @@ class LocalPool:
 
 
 def worker_main(conn, root: str, runtime: dict, env: dict[str, str], label: str) -> None:
-    """Run steps sent by the driver until it sends None, goes away, or interrupts this worker."""
+    """Run steps sent by the driver until it sends None, goes away, or interrupts this worker. An
+    interrupt or a vanished driver at any point (even while torch is still being imported) ends the
+    worker quietly: the driver, if alive, reports; an orphan has no one to report to."""
     os.environ.update(env)  # before anything imports torch: CUDA_VISIBLE_DEVICES, thread counts
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     _watch_parent(os.getppid())
+    try:
+        _serve(conn, root, runtime, label)
+    except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
+        return  # interrupted while idle or starting, or the driver is gone
+
+
+def _serve(conn, root: str, runtime: dict, label: str) -> None:
     if runtime.get("threads"):
         import torch
 
@@ -174,26 +183,23 @@ def worker_main(conn, root: str, runtime: dict, env: dict[str, str], label: str)
             conn.send(("emit", kind, fields))
 
     attempt = Attempt(Store(root), runtime, emit, worker=label)
-    try:
-        while True:
-            task = conn.recv()
-            if task is None:
-                return
-            step, upstream = task
-            try:
-                outcome = attempt.run(step, upstream)
-            except HepcError as e:
-                conn.send(("error", type(e).__name__, [str(p) for p in e.problems]))
-                continue
-            except KeyboardInterrupt:
-                conn.send(("interrupted", step.key))
-                return
-            except Exception as e:  # noqa: BLE001  (a bug: the driver names it and stops the run)
-                conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
-                continue
-            conn.send(("result", asdict(outcome)))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
-        return  # interrupted while idle, or the driver is gone
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        step, upstream = task
+        try:
+            outcome = attempt.run(step, upstream)
+        except HepcError as e:
+            conn.send(("error", type(e).__name__, [str(p) for p in e.problems]))
+            continue
+        except KeyboardInterrupt:
+            conn.send(("interrupted", step.key))
+            return
+        except Exception as e:  # noqa: BLE001  (a bug: the driver names it and stops the run)
+            conn.send(("crash", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            continue
+        conn.send(("result", asdict(outcome)))
 
 
 def _interrupt(signum, frame):

@@ -59,6 +59,7 @@ class StepProgress:
         self.total = total_steps
         self.done = 0
         self.started = 0
+        self.numbers: dict[str, int] = {}  # step key → its number in the counter
         self.costs = dict(costs or {})
         self.default_cost = min(self.costs.values(), default=1.0) or 1.0
         self.total_cost = sum(self.costs.values()) if self.costs else float(total_steps)
@@ -85,8 +86,15 @@ class StepProgress:
 
     # ------------------------------------------------------------------ what the driver calls
     def start(self, kind: str, name: str, slot: str | None = None, key: str | None = None) -> None:
-        self.started += 1
-        label = f"[{self.started}/{self.total}] {kind} {name}"
+        """A step begins. A step begun again (its worker died, its lease was lost, it was committed
+        elsewhere meanwhile) keeps its number, so the counter never passes the total."""
+        again = key is not None and key in self.numbers
+        if not again:
+            self.started += 1
+            if key is not None:
+                self.numbers[key] = self.started
+        number = self.numbers[key] if again else self.started
+        label = f"[{number}/{self.total}] {kind} {name}" + (" (again)" if again else "")
         if slot is not None:
             label = f"{slot}: {label}"
         task = None

@@ -97,19 +97,39 @@ class Ensemble:
 
     # ------------------------------------------------------------------ members
     def _load(self, i: int) -> torch.nn.Module:
-        from safetensors.torch import load_file
+        """Member i, built from bytes checked against their recorded digest, and only once the snapshot's
+        tensor shapes are the ones the model config implies (nothing is allocated for a config that
+        does not match its snapshot)."""
+        from safetensors.torch import load
 
         from hepc.train.model import GPT
+        from hepc.use.source import load_member
 
-        path = self.resolved.members[i].path
+        member = self.resolved.members[i]
+        data = load_member(member)
         try:
-            state = load_file(str(path))
+            state = load(data)  # tensors no larger than the checked bytes
         except Exception as e:  # noqa: BLE001  (safetensors raises its own errors for damaged files)
-            raise HepcError(f"{path}: not a loadable safetensors snapshot ({e})") from None
+            raise HepcError(f"{member.path}: not a loadable safetensors snapshot ({e})") from None
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        if shapes != self._shapes():
+            wrong = sorted(set(shapes.items()) ^ set(self._shapes().items()))[:2]
+            raise HepcError(f"{member.path}: its tensors do not match the model {self.resolved.model} "
+                            f"(first differences: {wrong}); not used")
         net = GPT(self.config)
         net.load_state_dict(state)
         self.loads += 1
         return net.to(self.device).eval()
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes of the model config, taken on the meta device (no memory allocated)."""
+        if getattr(self, "_meta_shapes", None) is None:
+            from hepc.train.model import GPT
+
+            with torch.device("meta"):
+                net = GPT(self.config)
+            self._meta_shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        return self._meta_shapes
 
     def groups(self) -> Iterator[list[tuple[int, torch.nn.Module]]]:
         """The members in groups of at most `max_resident` loaded at once; every member resident when

@@ -6,6 +6,8 @@
     DIR/members/<name>-<key12>.safetensors   the K snapshots, as the store holds them
     DIR/tokenizer.json            the tokenizer (bytes: its kind and ids; a trained one: its own file)
     DIR/README.md                 the card: where it came from, its members and weights, val figures, usage
+    DIR/SHA256SUMS                `<sha256>  <name>` of every other file (`sha256sum -c SHA256SUMS` checks it);
+                                  loading checks it before anything is built (hepc/use/export_check.py)
 
 Written into a temporary folder next to DIR and renamed into place: DIR appears whole or not at all.
 An existing DIR is refused unless `force`, and even then only an earlier export (or an empty folder)
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from hepc.errors import HepcError
 from hepc.safe_io import DISK_FULL_OR_READ_ONLY, read_json
-from hepc.use.source import EXPORT_FORMAT, MANIFEST, Resolved, dumps, is_export, sha256_file
+from hepc.use.export_check import CARD, EXPORT_FORMAT, MANIFEST, SUMS, sums_text
+from hepc.use.source import MemberRef, Resolved, dumps, is_export, load_member, sha256_file
 from hepc.use.text import BYTES_TOKENIZER_FILE
 
 
@@ -45,11 +48,13 @@ def _check_target(out: Path, force: bool) -> None:
         raise HepcError(f"--out {out}: its parent folder {out.parent} does not exist")
 
 
-def _copy(src: Path, dest: Path, out: Path) -> None:
-    """Copy a member's snapshot into the export; a full or read-only disk is named at the export (the
-    copy's error names the file it read from, the store's intact object)."""
+def _copy(member: MemberRef, dest: Path, out: Path) -> None:
+    """Copy a member's snapshot into the export, from bytes checked against the store's recorded digest
+    (`load_member`); a full or read-only disk is named at the export."""
+    data = load_member(member)
     try:
-        shutil.copyfile(src, dest)
+        with open(dest, "xb") as f:
+            f.write(data)
     except OSError as e:
         if e.errno in DISK_FULL_OR_READ_ONLY:
             raise OSError(e.errno, e.strerror, str(out)) from None
@@ -62,9 +67,9 @@ def _not_written_by_export(out: Path) -> list[str]:
         return []
     try:
         listed = read_json(out / MANIFEST).get("files") or {}  # bounded, regular files only
-        own = {MANIFEST, "README.md", "members", *(str(k) for k in dict(listed))}
+        own = {MANIFEST, CARD, SUMS, "members", *(str(k) for k in dict(listed))}
     except (OSError, ValueError, TypeError, AttributeError):
-        own = {MANIFEST, "README.md", "members"}
+        own = {MANIFEST, CARD, SUMS, "members"}
     found = []
     for root, dirs, names in os.walk(out):  # links are not followed (os.walk's default)
         for name in dirs + names:
@@ -84,7 +89,7 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
         files, rows = {}, []
         for m in resolved.members:
             rel = f"members/{m.name}-{m.key[:12]}.safetensors"
-            _copy(m.path, tmp / rel, out)
+            _copy(m, tmp / rel, out)
             digest = sha256_file(tmp / rel)
             files[rel] = digest
             rows.append({"key": m.key, "name": m.name, "trajectory": m.trajectory, "cycle": m.cycle,
@@ -108,7 +113,9 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
             "figures": resolved.figures,
         }
         (tmp / MANIFEST).write_text(dumps(manifest))
-        (tmp / "README.md").write_text(card(manifest))
+        (tmp / CARD).write_text(card(manifest))
+        sums = {**files, MANIFEST: sha256_file(tmp / MANIFEST), CARD: sha256_file(tmp / CARD)}
+        (tmp / SUMS).write_text(sums_text(sums))  # every file, the manifest and the card included
         _fsync_tree(tmp)
         if out.exists():  # --force over an earlier export: swap, then delete the old one
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -194,11 +201,12 @@ def card(manifest: dict) -> str:
         "",
         "```python",
         "import hepc",
-        "ens = hepc.load_ensemble(\"THIS_FOLDER\")   # every file checked against its sha256",
+        "ens = hepc.load_ensemble(\"THIS_FOLDER\")   # every file checked against SHA256SUMS first",
         "print(ens.log_prob(\"def main():\\n\"))",
         "```",
         "",
         "`hepc sample THIS_FOLDER --prompt TEXT`, `hepc score THIS_FOLDER FILE...` work on this folder too.",
+        "`sha256sum -c SHA256SUMS` checks every file of it (this card and the manifest included) without hepc.",
         "",
     ]
     return "\n".join(lines)

@@ -16,10 +16,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
+
 from hepc.errors import HepcError, Problem
 
-MANIFEST = "hepc-ensemble.json"  # the manifest of an exported ensemble folder
-EXPORT_FORMAT = 1
+from hepc.use.export_check import EXPORT_FORMAT, MANIFEST
 _MAX_LISTED = 8  # missing steps named in the "not trained yet" message
 
 
@@ -36,6 +37,8 @@ class MemberRef:
     path: Path  # model.safetensors
     val_loss: float | None = None
     sha256: str | None = None  # exported members: the digest the manifest records
+    xxh3_128: str | None = None  # store members: the digest the cycle object's manifest records
+    size: int | None = None  # bytes of the file, as recorded (checked before it is read)
 
 
 @dataclass
@@ -168,7 +171,7 @@ def from_spec(spec, k, *, overrides=None, store=None, population: str | None = N
         members.append(MemberRef(
             key=mb.cycle_key, name=f"t{mb.trajectory}-c{mb.cycle:03d}", trajectory=mb.trajectory, cycle=mb.cycle,
             weight=float(wi), prior_weight=float(weights[i]), path=snap / "model.safetensors",
-            val_loss=row.get("val_loss"),
+            val_loss=row.get("val_loss"), **_recorded(the_store, snap, "model.safetensors"),
         ))
 
     sp = loaded.spec
@@ -207,6 +210,48 @@ def from_spec(spec, k, *, overrides=None, store=None, population: str | None = N
     )
 
 
+def _recorded(store, obj: Path, rel: str) -> dict:
+    """The size and digest the object's manifest records for `rel`: the member is checked against them
+    on the bytes it is loaded from (`load_member`), never trusted through a stat signature."""
+    info = store.manifest(obj)["files"].get(rel) or {}
+    return {"xxh3_128": info.get("xxh3_128"), "size": info.get("size")}
+
+
+def load_member(member: MemberRef) -> bytes:
+    """A member's snapshot bytes, read once and checked against the digest recorded for it (the store
+    object's xxh3_128, or the export's sha256) before anything is built from them. A file of another
+    size is refused before it is read; damage is one HepcError naming the file."""
+    from hepc.safe_io import not_a_file, open_regular
+
+    path = member.path
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if member.size is not None and size != member.size:
+                raise HepcError(f"{path}: {size} bytes, expected {member.size} (truncated or altered); not used")
+            data = f.read(size + 1)
+    except OSError:
+        raise HepcError(f"{path}: member snapshot {not_a_file(path)}") from None
+    if member.xxh3_128 is not None and xxhash.xxh3_128_hexdigest(data) != member.xxh3_128:
+        _distrust(path)
+        raise HepcError(f"damaged object cycle/{path.parent.name}: {path.name} does not match its recorded digest "
+                        "(altered); not used (`hepc run` moves it to quarantine/ and recomputes it)")
+    if member.sha256 is not None and hashlib.sha256(data).hexdigest() != member.sha256:
+        raise HepcError(f"{path}: sha256 does not match the export's checksum list (altered); export the ensemble again")
+    if member.xxh3_128 is None and member.sha256 is None:
+        raise HepcError(f"{path}: no recorded digest to check it against; not used")
+    return data
+
+
+def _distrust(path: Path) -> None:
+    """A store member found damaged: drop the signatures that vouched for its object, so that the next
+    `hepc run` re-hashes it, quarantines it and recomputes it."""
+    from hepc.store import Store
+
+    obj = path.parent
+    Store(obj.parent.parent.parent).distrust(obj)
+
+
 def _store_tokenizer(compiled, store, population: int):
     """A trained tokenizer (BPE) as the corpus used it, through hepc.data.tokenizers.load_tokenizer."""
     try:
@@ -228,8 +273,9 @@ def _figures(store, graph, pop, prior: dict, idx, w, meta: dict) -> dict:
                              "val_bpb": r.get("val_bpb")} for r in prior["members"]), key=lambda r: r["val_loss"]),
         "val_tokens": (meta.get("tokens") or {}).get("val"),
     }
-    folders = [store.find(graph[mb.score_keys["val"]]) for mb in pop.members]
-    if pop.logits_key is None and all(f is not None for f in folders):
+    steps = [graph[mb.score_keys["val"]] for mb in pop.members]
+    if pop.logits_key is None and all(store.find(s) is not None for s in steps):
+        folders = [store.find_intact(s, full=True) for s in steps]  # their bytes are read whole below
         loss = ensemble_loss(load_scores(folders), idx, w)
         out["val_loss"] = loss
         out["val_bpb"] = bpb_of(loss, score_summary(folders[0]))
@@ -244,80 +290,58 @@ def _figures(store, graph, pop, prior: dict, idx, w, meta: dict) -> dict:
 
 
 def from_export(folder, k=None) -> Resolved:
-    """An exported ensemble folder (hepc.use.export), every file checked against its sha256 in the manifest.
+    """An exported ensemble folder (hepc.use.export): SHA256SUMS, the manifest, the card and the
+    tokenizer checked before anything is built (hepc.use.export_check), each member's sha256 as it
+    is loaded.
 
     `k` may pick the top k ≤ K of the exported members (the same rule: the largest prior weights,
     renormalised); more than the folder holds is an error."""
-    from hepc.safe_io import read_json
+    from hepc.use.export_check import check_export
 
     folder = Path(folder)
-    try:
-        manifest = read_json(folder / MANIFEST)
-    except (OSError, ValueError) as e:
-        raise HepcError(f"{folder / MANIFEST}: not a readable hepc ensemble manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "hepc-ensemble":
-        raise HepcError(f"{folder / MANIFEST}: not an hepc ensemble manifest")
-    if manifest.get("version", 0) > EXPORT_FORMAT:
-        raise HepcError(f"{folder}: exported by a newer hepc (format {manifest.get('version')}); upgrade hepc")
-    verify_export(folder, manifest)
-    rows = manifest["members"]
+    manifest, _, sums = check_export(folder)
+    rows = manifest.members
     kk = len(rows) if k is None else parse_k(k, len(rows), what=f"the exported ensemble {folder}")
     chosen = rows[:kk]  # stored in top_k order: decreasing prior weight
-    total = sum(float(r["prior_weight"]) for r in chosen)
+    total = sum(r.prior_weight for r in chosen)
+    if total <= 0:
+        raise HepcError(f"{folder / MANIFEST}: the chosen members' prior weights sum to zero")
     members = [
-        MemberRef(key=r["key"], name=r["name"], trajectory=r["trajectory"], cycle=r["cycle"],
-                  weight=float(r["weight"]) if kk == len(rows) else float(r["prior_weight"]) / total,
-                  prior_weight=float(r["prior_weight"]), path=folder / r["file"], val_loss=r.get("val_loss"),
-                  sha256=r["sha256"])
+        MemberRef(key=r.key, name=r.name, trajectory=r.trajectory, cycle=r.cycle,
+                  weight=r.weight if kk == len(rows) else r.prior_weight / total,
+                  prior_weight=r.prior_weight, path=folder / r.file, val_loss=r.val_loss,
+                  sha256=sums[r.file], size=r.bytes)
         for r in chosen
     ]
-    provenance = {**manifest["provenance"], "export": str(folder.resolve()), "k": kk,
+    provenance = {**manifest.provenance, "export": str(folder.resolve()), "k": kk,
                   "members": [m.key for m in members]}
-    tok = manifest["tokenizer"]
+    tok = manifest.tokenizer
     return Resolved(
         members=members,
-        aggregate=manifest["aggregate"],
-        model=manifest["model"],
-        tokenizer_config={**(tok.get("config") or {}), "kind": tok["kind"],
-                          **({"file": str(folder / tok["file"])} if tok["kind"] not in ("bytes", "none") else {})},
-        eot_id=tok.get("eot_id"),
-        max_doc_tokens=manifest.get("max_doc_tokens"),
+        aggregate=manifest.aggregate,
+        model=manifest.model.model_dump(),
+        tokenizer_config={**(tok.config or {}), "kind": tok.kind,
+                          **({"file": str(folder / tok.file)} if tok.kind not in ("bytes", "none") else {})},
+        eot_id=tok.eot_id,
+        max_doc_tokens=manifest.max_doc_tokens,
         provenance=provenance,
-        source=manifest.get("source"),
-        figures=manifest.get("figures", {}) if kk == len(rows) else {},
+        source=manifest.source,
+        figures=manifest.figures if kk == len(rows) else {},
     )
-
-
-def verify_export(folder: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists, is a regular file inside the folder and has its sha256."""
-    root = folder.resolve()
-    problems = []
-    for rel, digest in sorted((manifest.get("files") or {}).items()):
-        path = (folder / rel)
-        if os.path.isabs(rel) or ".." in Path(rel).parts or not path.resolve().is_relative_to(root):
-            problems.append(f"{folder}: manifest lists {rel!r}, outside the folder")
-            continue
-        if not path.is_file() or path.is_symlink():
-            problems.append(f"{path}: missing (the manifest lists it)")
-            continue
-        if sha256_file(path) != digest:
-            problems.append(f"{path}: sha256 does not match the manifest (altered); export the ensemble again")
-    if not manifest.get("files"):
-        problems.append(f"{folder / MANIFEST}: lists no files")
-    if problems:
-        raise HepcError([Problem("", "", text) for text in problems])
 
 
 # ---------------------------------------------------------------------------------------- store folder
 
 
-def _object(store, kind: str, key: str) -> Path:
-    """The intact committed object `kind` with `key` (HepcError when it is missing or damaged)."""
+def _object(store, kind: str, key: str, *, full: bool = False) -> Path:
+    """The intact committed object `kind` with `key` (HepcError when it is missing or damaged); full=True
+    hashes every byte (an object whose files are then read whole)."""
     path = store._kind_index(kind).get(key[:12])
     if path is None or not (path / "manifest.json").is_file():
         raise HepcError(f"store {store.root}: no {kind} object {key[:12]} (run `hepc run SPEC` for its spec)")
-    problems = store.check(path)
+    problems = store.check(path, full=full)
     if problems:
+        store.distrust(path)
         raise HepcError(f"damaged object {kind}/{path.name}: {'; '.join(problems)}; not used (`hepc verify` lists "
                         "every damaged object, `hepc run` recomputes it)")
     return path
@@ -361,7 +385,7 @@ def from_store_dir(root, k, *, prior: str | None = None) -> Resolved:
         members.append(MemberRef(
             key=cm["key"], name=f"t{row['trajectory']}-c{row['cycle']:03d}", trajectory=row["trajectory"],
             cycle=row["cycle"], weight=float(wi), prior_weight=float(weights[i]), path=snap / "model.safetensors",
-            val_loss=row.get("val_loss"),
+            val_loss=row.get("val_loss"), **_recorded(store, snap, "model.safetensors"),
         ))
     corpus_dir = _object(store, "corpus", corpus_key)
     meta = store.read_object_json(corpus_dir, "meta.json")
@@ -370,7 +394,7 @@ def from_store_dir(root, k, *, prior: str | None = None) -> Resolved:
     if kind not in ("bytes", "none", None):
         from hepc.use.text import ensemble_tokenizer
 
-        tok_dir = _object(store, "tokenizer", store.manifest(corpus_dir)["inputs"]["tokenizer"])
+        tok_dir = _object(store, "tokenizer", store.manifest(corpus_dir)["inputs"]["tokenizer"], full=True)
         tokenizer = ensemble_tokenizer({**meta["tokenizer"], "file": str(tok_dir / "tokenizer.json")},
                                    int(meta["vocab_size"]), meta.get("eot_id"))
     model = cycle_params["model"]
