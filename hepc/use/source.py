@@ -18,9 +18,9 @@ from pathlib import Path
 
 import xxhash
 
-from hepc.errors import HepcError, Problem
+from hepc.errors import HepcError
+from hepc.use.export_check import MANIFEST
 
-from hepc.use.export_check import EXPORT_FORMAT, MANIFEST
 _MAX_LISTED = 8  # missing steps named in the "not trained yet" message
 
 
