@@ -167,7 +167,19 @@ def corpus_report(step, graph, store, loaded, *, dry: bool = True) -> dict:
     report = {"corpus": step.name, "key": step.key12, "origin": origin}
     if problem:
         report["stored_problem"] = problem
-    return report | summarize(meta)
+    report |= summarize(meta)
+    report["source"]["duplicate_files"] = duplicate_files(step.params.get("source") or {})
+    return report
+
+
+def duplicate_files(identity: dict) -> list[list[str]]:
+    """Groups of files of a file source whose bytes are identical (names sorted; from the source's
+    identity, which holds each file's digest). Their documents are exact duplicates: each is kept once."""
+    groups: dict[str, list[str]] = {}
+    for entry in identity.get("files") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
+            groups.setdefault(entry["digest"], []).append(str(entry.get("name")))
+    return sorted(sorted(names) for names in groups.values() if len(names) > 1)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -196,6 +208,12 @@ def render(report: dict) -> list[str]:
             f"{_n(s['bytes']):>13}{(f'{bpt:.3f}' if isinstance(bpt, (int, float)) else '-'):>13}"
             f"{(f'{share:.1%}' if share is not None else '-'):>9}{_n(s['tokens_dropped']):>10}"
         )
+    copies = src.get("duplicate_files") or []
+    if copies:
+        shown = "; ".join(" = ".join(group[:3]) + (" = ..." if len(group) > 3 else "") for group in copies[:3])
+        extra = sum(len(g) - 1 for g in copies)
+        lines.append(f"  duplicate files: {extra:,} file{'s are exact copies' if extra != 1 else ' is an exact copy'} "
+                     f"of another ({shown}{'; ...' if len(copies) > 3 else ''}); their documents count once")
     duplicates = src.get("duplicates") or {}
     if duplicates.get("documents"):
         lines.append(f"  duplicates: {duplicates['documents']:,} exact copies of other documents "

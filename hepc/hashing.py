@@ -72,8 +72,8 @@ def step_key(kind: str, impl_version: int, params: dict, inputs: dict) -> str:
 def key_fields(model: Any) -> Any:
     """A pydantic model as hashable plain data.
 
-    A field declared with ``json_schema_extra={"added_in": ...}`` is left out while it equals its
-    default, so adding a field to hepc keeps every earlier key (and result) valid.
+    A field declared with ``json_schema_extra={"key_omits_default": True}`` (hepc.spec.models.KEY_OMITS_DEFAULT)
+    is left out while it equals its default, so adding a field to hepc keeps every earlier key (and result) valid.
     """
     from pydantic import BaseModel
 
@@ -82,7 +82,7 @@ def key_fields(model: Any) -> Any:
         for name, info in type(model).model_fields.items():
             value = getattr(model, name)
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if "added_in" in extra and value == info.default:
+            if extra.get("key_omits_default") and value == info.default:
                 continue
             out[name] = key_fields(value)
         return out

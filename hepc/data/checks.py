@@ -22,21 +22,22 @@ file of at most `PARQUET_EXACT` bytes (its column is read) and skipped for a lar
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from hepc.data.identity import (
     DataError,
     DataFile,
+    choose_files,
     documents_rule,
-    excluded_paths,
-    is_excluded,
     list_pattern,
     open_regular,
 )
 from hepc.errors import Problem
 
 HEAD = 64 << 10  # bytes of each text file that are checked for binary content
+UNSPLIT_MIN = 2 << 10  # a file with at least this much text where the documents rule matches nothing is named
 JSONL_HEAD = 4 << 20  # bytes of each JSON Lines file whose lines are checked
 PARQUET_EXACT = 64 << 20  # Parquet files up to this size are read to count their tokens exactly
 FIELD = "data.source"
@@ -64,7 +65,7 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
     cfg = source.model_dump()
     base_dir = Path(base_dir)
     keys = ["paths"] + (["val_paths"] if cfg.get("val_paths") is not None else [])
-    listed: dict[str, DataFile] = {}
+    listed: list[DataFile] = []
     for key in keys:
         for i, pattern in enumerate(cfg.get(key) or []):
             try:
@@ -73,17 +74,19 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
                 add(errors, e.field, e.message)
                 continue
             if key == "paths":
-                for file in files:
-                    listed.setdefault(str(file.path), file)
+                listed += files
     if source.kind != "text":
         return errors, warnings
 
-    files = sorted(listed.values(), key=lambda f: (f.name, str(f.path)))
-    for j, pattern in enumerate(cfg.get("exclude") or []):
-        excluded = excluded_paths(pattern, base_dir)
-        if not excluded:
-            add(warnings, f"{FIELD}.exclude[{j}]", f"'{pattern}' matches nothing (looked in {base_dir})")
-        files = [f for f in files if not is_excluded(f.path, excluded)]
+    excludes = cfg.get("exclude") or []
+    files, unmatched = choose_files(listed, excludes, base_dir)
+    absolute_paths = any(os.path.isabs(str(p)) for p in cfg.get("paths") or [])
+    for j in unmatched:
+        hint = ""
+        if absolute_paths and not os.path.isabs(excludes[j]):
+            hint = ("; `exclude` patterns are relative to the spec's folder even when `paths` are absolute: "
+                    "write it as an absolute pattern")
+        add(warnings, f"{FIELD}.exclude[{j}]", f"'{excludes[j]}' matches nothing (looked in {base_dir}){hint}")
     if listed and not files:
         add(errors, f"{FIELD}.exclude", "removes every file that `paths` lists (nothing is left to read)")
 
@@ -99,7 +102,11 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         _check_parquet(spec, files, rule["parquet"], add, errors, warnings)
         return errors, warnings
     jsonl = rule["jsonl"] if isinstance(rule, dict) and "jsonl" in rule else None
+    splitter = _splitter(cfg, rule)
+    unsplit: list[DataFile] = []  # files of some size where the separator rule matches nothing in the head
+    split_checked = 0
     sizes: list[int] = []
+    binary: list[tuple[DataFile, str, bool]] = []  # (file, why, has a NUL byte): reported together below
     named: list[tuple[str, int]] = []
     for file in files:
         try:
@@ -116,21 +123,22 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
             continue
         reason = _binary(head[:HEAD], source.encoding, final=size <= HEAD)
         if reason:
-            if file.name.endswith(".parquet"):
-                hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)"
-            elif b"\x00" not in head[:HEAD]:  # no NUL byte: maybe text in another encoding
-                hint = " (text in another encoding? set `data.source.encoding`; not text? leave it out with `exclude`)"
-            else:
-                hint = " (leave it out with `exclude`)"
-            add(errors, file.where, f"'{file.name}' looks binary, not {source.encoding} text: {reason}{hint}")
+            binary.append((file, reason, b"\x00" in head[:HEAD]))
             continue
         if jsonl is not None:
             problem = _jsonl_problem(head, source.encoding, jsonl, whole=size <= len(head))
             if problem:
                 add(errors, file.where, f"'{file.name}' {problem}")
                 continue
+        if splitter is not None and len(head) >= UNSPLIT_MIN:
+            split_checked += 1
+            if not _splits(head[:HEAD], source.encoding, splitter):
+                unsplit.append(file)
         sizes.append(size)
         named.append((file.name, size))
+    _binary_errors(binary, source.encoding, add, errors)
+    if unsplit:
+        _unsplit_warning(rule, unsplit, split_checked, add, warnings)
     if files and not sizes and not errors:
         add(errors, f"{FIELD}.paths", f"every file is empty ({len(files)} listed): there are no documents")
     if sizes and not errors:
@@ -138,6 +146,71 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         if rule == "file":
             _check_share(spec, named, add, warnings)
     return errors, warnings
+
+
+def _splitter(cfg: dict, rule):
+    """The compiled separator of a `separator` or `regex` rule (None otherwise, or when the rule itself
+    is wrong: that is reported where the rule is checked)."""
+    if not (isinstance(rule, dict) and ("separator" in rule or "regex" in rule)):
+        return None
+    from hepc.data.sources import document_splitter
+
+    try:
+        return document_splitter(cfg)
+    except DataError:
+        return None
+
+
+def _splits(head: bytes, encoding: str, splitter) -> bool:
+    """Whether the rule matches anywhere in a file's head (decoded; a cut character at its end ignored)."""
+    from hepc.data.sources import REGEX_TIMEOUT_S
+
+    text = codecs.getincrementaldecoder(encoding)(errors="ignore").decode(head, final=False)
+    try:
+        return splitter.search(text, timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        return True  # a pattern that backtracks without end is reported when the corpus is read
+
+
+def _unsplit_warning(rule: dict, unsplit: list[DataFile], checked: int, add, warnings: list[Problem]) -> None:
+    """The rule splits nothing in some files it was asked to split: each of those would be one document."""
+    key = "separator" if "separator" in rule else "regex"
+    shown = ", ".join(f"'{f.name}'" for f in unsplit[:3]) + (f" and {len(unsplit) - 3:,} more" if len(unsplit) > 3 else "")
+    head = f"the first {HEAD >> 10} KiB"
+    if len(unsplit) == checked:
+        what = f"matches nothing in {head} of any of the {checked:,} files ({shown})"
+    else:
+        what = f"matches nothing in {head} of {len(unsplit):,} of {checked:,} files ({shown})"
+    advice = ("a separator is the whole text of a line, without its line end: a line holding only % is "
+              "`separator: '%'`" if key == "separator" else
+              "the pattern is searched in the decoded text; `^` and `$` match at line ends only with (?m)")
+    add(warnings, f"{FIELD}.documents.{key}",
+        f"{{{key}: {rule[key]!r}}} {what}: each of those files would be one document; {advice}")
+
+
+def _binary_errors(binary: list[tuple[DataFile, str, bool]], encoding: str, add, errors: list[Problem]) -> None:
+    """One error per binary file; files that share a folder and a suffix (a package's `.dat` indexes
+    beside its texts) are one error with the `exclude` pattern that leaves them all out."""
+    groups: dict[tuple[str, str, str], list[tuple[DataFile, str, bool]]] = {}
+    for entry in binary:
+        name = entry[0].name
+        folder, _, base = name.rpartition("/")
+        suffix = base[base.rfind("."):] if "." in base.lstrip(".") else ""
+        groups.setdefault((entry[0].where, folder, suffix or name), []).append(entry)
+    for (where, folder, suffix), group in groups.items():
+        file, reason, has_nul = group[0]
+        if len(group) > 1:
+            pattern = f"{folder + '/' if folder else ''}*{suffix}"
+            add(errors, where, f"{len(group):,} files look binary, not {encoding} text, such as '{file.name}' ({reason}); "
+                f"leave them out with `exclude: ['{pattern}']`")
+            continue
+        if file.name.endswith(".parquet"):
+            hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)"
+        elif not has_nul:  # no NUL byte: maybe text in another encoding
+            hint = " (text in another encoding? set `data.source.encoding`; not text? leave it out with `exclude`)"
+        else:
+            hint = " (leave it out with `exclude`)"
+        add(errors, where, f"'{file.name}' looks binary, not {encoding} text: {reason}{hint}")
 
 
 def _check_share(spec, named: list[tuple[str, int]], add, warnings: list[Problem]) -> None:

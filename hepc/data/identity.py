@@ -93,8 +93,9 @@ class DataFile(NamedTuple):
     """One file of a file source: its name (as hashed), where it is, and the `paths[i]` entry that reached it."""
 
     name: str
-    path: Path
+    path: Path  # the file itself, links resolved: what is read, and what makes two names one file
     where: str  # dotted spec path, e.g. data.source.paths[1]
+    listed: str = ""  # the absolute path as listed, links not resolved: what `exclude` patterns match
 
 
 def resolve_text_paths(
@@ -121,18 +122,40 @@ def list_data_files(source_cfg: dict, base_dir: Path, field: str = "data.source"
     patterns = source_cfg.get(key) or []
     if not patterns:
         raise DataError("must list at least one file or glob pattern", f"{field}.{key}")
-    found: dict[str, DataFile] = {}  # real path -> file; the first pattern to reach a file names it
+    listed = []
     for i, pattern in enumerate(patterns):
-        for file in list_pattern(pattern, source_cfg, base_dir, f"{field}.{key}[{i}]"):
-            found.setdefault(str(file.path), file)
-    files = sorted(found.values(), key=lambda f: (f.name, str(f.path)))
+        listed += list_pattern(pattern, source_cfg, base_dir, f"{field}.{key}[{i}]")
     excludes = (source_cfg.get("exclude") or []) if key == "paths" else []
-    if excludes:
-        excluded = [excluded_paths(pattern, base_dir) for pattern in excludes]
-        files = [f for f in files if not any(is_excluded(f.path, e) for e in excluded)]
-        if not files:
-            raise DataError(f"removes every file that `{key}` lists (nothing is left to read)", f"{field}.exclude")
+    files, _ = choose_files(listed, excludes, base_dir)
+    if not files:
+        raise DataError(f"removes every file that `{key}` lists (nothing is left to read)", f"{field}.exclude")
     return files
+
+
+def choose_files(listed: list[DataFile], excludes: list[str], base_dir: Path) -> tuple[list[DataFile], list[int]]:
+    """(the files of a source, sorted by name; the indices of `exclude` entries that matched nothing).
+
+    1. Each `exclude` entry removes the files whose path *as listed* it matches (a matched folder:
+       everything listed under it). Links are not resolved for this: excluding `x.u8`, a link to
+       `x`, removes the link and never `x`.
+    2. A file reached under several names (a link and its target, two links, two patterns) is read
+       once, under one name chosen by a rule that depends neither on the order a folder lists its
+       entries nor on where the folder lives: a name that is not itself a symbolic link before one
+       that is, then the first in sorted order. So `cp -a` of the data elsewhere, or another
+       filesystem's listing order, keeps every name, and so the corpus key.
+    """
+    unmatched = []
+    for j, pattern in enumerate(excludes):
+        excluded = excluded_paths(pattern, base_dir)
+        if not excluded:
+            unmatched.append(j)
+        listed = [f for f in listed if not is_excluded(f.listed or str(f.path), excluded)]
+    groups: dict[str, list[DataFile]] = {}
+    for f in listed:
+        groups.setdefault(str(f.path), []).append(f)
+    chosen = [min(group, key=lambda f: (bool(f.listed) and os.path.islink(f.listed), f.name, f.where))
+              for group in groups.values()]
+    return sorted(chosen, key=lambda f: (f.name, str(f.path))), unmatched
 
 
 def list_pattern(pattern: str, source_cfg: dict, base_dir: Path, where: str) -> list[DataFile]:
@@ -143,27 +166,25 @@ def list_pattern(pattern: str, source_cfg: dict, base_dir: Path, where: str) -> 
     else:
         names = [_literal(str(pattern), source_cfg, root, rest, where)]
     files = []
-    for name in names:
-        real = os.path.realpath(os.path.join(root, name))
-        files.append(DataFile(Path(os.path.normpath(name)).as_posix(), Path(real), where))
+    for name in sorted(names):  # never the order the folder happens to list its entries in
+        joined = os.path.abspath(os.path.join(root, name))
+        files.append(DataFile(Path(os.path.normpath(name)).as_posix(), Path(os.path.realpath(joined)), where, joined))
     return files
 
 
 def excluded_paths(pattern: str, base_dir: Path) -> list[str]:
-    """Real paths an `exclude` entry matches (a glob, relative to `base_dir` unless absolute); may be none.
-
-    A matched directory excludes everything under it."""
+    """Absolute paths an `exclude` entry matches, links not resolved (a glob, relative to `base_dir`
+    unless absolute, whatever `paths` are); may be none. A matched directory excludes everything under it."""
     root, rest = _split_pattern(str(pattern), base_dir)
     try:
         names = glob.glob(rest, root_dir=root, recursive=True) if glob.has_magic(rest) else [rest]
     except (OSError, ValueError):
         return []
-    return [os.path.realpath(os.path.join(root, n)) for n in names if os.path.lexists(os.path.join(root, n))]
+    return [os.path.abspath(os.path.join(root, n)) for n in names if os.path.lexists(os.path.join(root, n))]
 
 
-def is_excluded(path: Path, excluded: list[str]) -> bool:
-    text = str(path)
-    return any(text == e or text.startswith(e.rstrip(os.sep) + os.sep) for e in excluded)
+def is_excluded(listed: str, excluded: list[str]) -> bool:
+    return any(listed == e or listed.startswith(e.rstrip(os.sep) + os.sep) for e in excluded)
 
 
 def _glob(pattern: str, root: str, rest: str, where: str) -> list[str]:

@@ -60,6 +60,7 @@ def _phrase(err: dict) -> str:
         "union_tag_invalid": lambda: f"unknown kind {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})",
         "union_tag_not_found": lambda: "needs a 'kind' key (one of the known kinds)",
         "finite_number": lambda: f"must be a finite number{shown}",
+        "value_error": lambda: str(ctx.get("error") or err["msg"]),  # our validators' own words, value included
     }
     if t in simple:
         return simple[t]()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Sweeps may vary anything that defines a population, not the experiment's identity or runtime.
@@ -25,10 +25,23 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
+# A field added after keys were first stored: left out of the step key while it equals its default
+# (hepc.hashing.key_fields), so every earlier key and result stays valid. Shown in `hepc schema`.
+KEY_OMITS_DEFAULT = {"key_omits_default": True}
+
+
+def _one_line(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(
+            f"must be the separator line's text without its line end (got {value!r}; e.g. '%' for a line holding only %)"
+        )
+    return value
+
+
 class SeparatorDocuments(Strict):
     """A line equal to `separator` (its line ending aside) ends a document; it is part of no document."""
 
-    separator: Annotated[str, Field(min_length=1, pattern=r"^[^\r\n]+$")]
+    separator: Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
     """The separator line's text, e.g. `%` (fortune files); one line."""
 
 
@@ -41,6 +54,19 @@ class RegexDocuments(Strict):
     may be missed."""
 
 
+def _documents_tag(value, keys: tuple[str, ...]) -> str | None:
+    """Which rule a `documents` value is: 'str' for a name, else the one rule key of a mapping (None: none
+    or several, one error for the field instead of one per kind of rule)."""
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, BaseModel):  # serialising a validated spec: the rule's model names its tag
+        value = type(value).model_fields
+    if isinstance(value, dict):
+        present = [k for k in keys if k in value]
+        return present[0] if len(present) == 1 else None
+    return None
+
+
 class PyStdlibSource(Strict):
     """The installed Python standard library's `.py` files: one document per file, or several per file
     with a `documents` rule."""
@@ -51,7 +77,18 @@ class PyStdlibSource(Strict):
     exclude: list[Annotated[str, Field(min_length=1)]] = []
     """Library-relative paths or glob patterns (`fnmatch`, `*` also crosses `/`) of files left out, e.g.
     `encodings/*` (code-page tables); the listing after them is part of the corpus key."""
-    documents: Literal["file"] | SeparatorDocuments | RegexDocuments = "file"
+    documents: Annotated[
+        Union[
+            Annotated[Literal["file"], Tag("str")],
+            Annotated[SeparatorDocuments, Tag("separator")],
+            Annotated[RegexDocuments, Tag("regex")],
+        ],
+        Discriminator(
+            lambda v: _documents_tag(v, ("separator", "regex")),
+            custom_error_type="documents_rule",
+            custom_error_message="must be 'file', {separator: LINE} or {regex: PATTERN}",
+        ),
+    ] = "file"
     """How files become documents, as for `text` sources: `file`, `{separator: LINE}` or `{regex:
     PATTERN}`; specs/repro splits before every top-level definition and method, so that its splits
     hold many small documents. A rule other than `file` is part of the corpus key."""
@@ -87,9 +124,21 @@ class TextSource(Strict):
     """Python codec of the files (e.g. utf-8, latin-1, utf-16). Nothing is replaced: a byte sequence that
     cannot be decoded in it is an error naming the file and its byte offset. Documents are re-encoded
     as UTF-8."""
-    documents: (
-        Literal["file", "jsonl", "parquet"] | SeparatorDocuments | RegexDocuments | JsonlDocuments | ParquetDocuments
-    ) = "file"
+    documents: Annotated[
+        Union[
+            Annotated[Literal["file", "jsonl", "parquet"], Tag("str")],
+            Annotated[SeparatorDocuments, Tag("separator")],
+            Annotated[RegexDocuments, Tag("regex")],
+            Annotated[JsonlDocuments, Tag("jsonl")],
+            Annotated[ParquetDocuments, Tag("parquet")],
+        ],
+        Discriminator(
+            lambda v: _documents_tag(v, ("separator", "regex", "jsonl", "parquet")),
+            custom_error_type="documents_rule",
+            custom_error_message="must be 'file', 'jsonl', 'parquet', {separator: LINE}, {regex: PATTERN}, "
+            "{jsonl: FIELD} or {parquet: COLUMN}",
+        ),
+    ] = "file"
     """How files become documents: `file` = one document per file; `{separator: LINE}`: a line equal
     to LINE ends a document; `{regex: PATTERN}`: matches of PATTERN separate documents; `{jsonl: FIELD}`
     (`jsonl` = `{jsonl: text}`): each line of a JSON Lines file is a record, its string FIELD a
@@ -164,7 +213,7 @@ class Data(Strict):
     """The fixed corpus: where it comes from, how it is tokenized and split."""
 
     source: Source
-    """Where the documents come from (`kind`: pystdlib, text or synthetic)."""
+    """Where the documents come from (`kind`: pystdlib, text, synthetic or tokens)."""
     tokenizer: Annotated[
         Union[Annotated[Literal["bytes", "none"], Tag("str")], Annotated[BpeTokenizer, Tag("bpe")]],
         Discriminator(
@@ -349,21 +398,21 @@ class Prior(Strict):
     """Learning rate of the prior fit (`learned` only)."""
     budgets: Annotated[list[Budget], Field(min_length=1)] = ["all"]
     """Inference budgets K to report (top-K members by weight); `all` = every snapshot."""
-    aggregate: Literal["probability", "logit"] = Field("probability", json_schema_extra={"added_in": "0.2"})
+    aggregate: Literal["probability", "logit"] = Field("probability", json_schema_extra=KEY_OMITS_DEFAULT)
     """How the top-K members are combined on val: `probability` (weighted mixture, the method) or
     `logit` (softmax of the weighted mean logits; the ablation, final budget only: the loss curve
     always averages probabilities)."""
-    folds: Annotated[int, Field(ge=2, le=100, json_schema_extra={"added_in": "0.3"})] = 5
+    folds: Annotated[int, Field(ge=2, le=100, json_schema_extra=KEY_OMITS_DEFAULT)] = 5
     """`shrinkage`: cross-validation folds, each a group of whole held-out documents (contiguous blocks
     of tokens when the corpus records no held-out document boundaries); fewer when there are fewer
     documents."""
     strengths: Annotated[
-        list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=64, json_schema_extra={"added_in": "0.3"})
+        list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=64, json_schema_extra=KEY_OMITS_DEFAULT)
     ] = [0.0, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0]
     """`shrinkage`: the grid of strengths λ cross-validation chooses from. λ is the share of
     pseudo-counts spread evenly over the members: the weights minimise the held-out NLL plus
     λ/(1−λ)·KL(uniform ‖ w), so 0 is the plain maximum-likelihood fit and 1 the uniform prior."""
-    em_iters: Annotated[int, Field(ge=1, le=100000, json_schema_extra={"added_in": "0.3"})] = 100
+    em_iters: Annotated[int, Field(ge=1, le=100000, json_schema_extra=KEY_OMITS_DEFAULT)] = 100
     """`shrinkage`: most accelerated EM cycles (three EM updates each) per fit."""
 
     def step_params(self) -> dict:
