@@ -348,6 +348,7 @@ def run(
 def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict, *, json_out: bool, quiet: bool,
              members: Optional[bool]) -> dict:
     """Run one spec (see `run`); print its results unless `members` is None; return them."""
+    from hepc.errors import StepFailed
     from hepc.execute.driver import check_committed, execute
     from hepc.plan import make_plan
     from hepc.results import collect, render
@@ -367,7 +368,10 @@ def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict,
     runtime = loaded.spec.runtime.model_dump()
     runtime.update(flags)
     resolved = loaded.spec.model_dump(mode="json")
-    execute(compiled, the_store, runtime, resolved, quiet=quiet, damaged=damaged, plan=the_plan)
+    try:
+        execute(compiled, the_store, runtime, resolved, quiet=quiet, damaged=damaged, plan=the_plan)
+    except StepFailed as e:  # the data cannot give what the spec asks (known only now, e.g. tokens after a BPE)
+        raise _located_data_error(loaded, e) or e from None
     for attempt in range(3):
         try:
             results = collect(compiled, the_store)  # the files shown are digest-checked as they are read
@@ -386,6 +390,18 @@ def _run_one(spec: str, overrides: list[str], store: Optional[str], flags: dict,
     if not quiet:
         _err(f"done in {time.time() - t0:.1f}s (store: {the_store.root})")
     return results
+
+
+def _located_data_error(loaded, e: Exception):
+    """A step that failed on its data (a DataError naming a spec field) as a SpecError at that field's line."""
+    from hepc.data.identity import DataError
+    from hepc.errors import Problem, SpecError
+
+    cause = e.__cause__
+    if not isinstance(cause, DataError):
+        return None
+    where = loaded.where(cause.field)
+    return SpecError([Problem(where, cause.field, f"{cause.message} ({str(e).split(':', 1)[0]})")])
 
 
 def _run_flags(jobs: Optional[int], backend: Optional[str], address: Optional[str]) -> dict:

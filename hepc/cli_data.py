@@ -45,7 +45,7 @@ def stored_meta(step, store):
     return _corpus_meta(path)
 
 
-def dry_meta(step, graph, store, loaded) -> dict:
+def dry_meta(step, graph, store, loaded, *, train_tokenizer: bool = True) -> dict:
     """The meta.json the corpus step would record, from running its body into a temporary folder.
 
     Inputs of the step (a trained tokenizer, say) must be committed in the store; a DataError is a
@@ -55,24 +55,21 @@ def dry_meta(step, graph, store, loaded) -> dict:
     from hepc.safe_io import disk_error, os_error_message
     from hepc.steps import RunContext, body
 
-    inputs = {}
-    for role, keys in step.inputs.items():
-        paths = []
-        for key in keys if isinstance(keys, list) else [keys]:
-            upstream = graph[key]
-            path = store.find(upstream)
-            if path is None:
-                raise HepcError(
-                    f"corpus {step.name} needs the {upstream.kind} step {upstream.name}, which is not built yet: "
-                    "`hepc run` builds it (then `hepc data` reads the corpus from the store)"
-                )
-            paths.append(str(path))
-        inputs[role] = paths if isinstance(keys, list) else paths[0]
     with tempfile.TemporaryDirectory(prefix="hepc-data-") as tmp:
+        ctx = RunContext(runtime=loaded.spec.runtime.model_dump())
+        inputs = {}
+        for role, keys in step.inputs.items():
+            paths = []
+            for key in keys if isinstance(keys, list) else [keys]:
+                upstream = graph[key]
+                path = store.find(upstream)
+                if path is None:
+                    path = _scratch_input(upstream, Path(tmp), ctx, step, train_tokenizer)
+                paths.append(str(path))
+            inputs[role] = paths if isinstance(keys, list) else paths[0]
         out, work = Path(tmp) / "out", Path(tmp) / "work"
         out.mkdir()
         work.mkdir()
-        ctx = RunContext(runtime=loaded.spec.runtime.model_dump())
         try:
             body("corpus")(step, inputs, out, work, ctx)
         except DataError as e:
@@ -84,6 +81,28 @@ def dry_meta(step, graph, store, loaded) -> dict:
             raise HepcError(f"hepc data builds the corpus in a scratch folder: {os_error_message(disk, Path(tmp))} "
                             "(set TMPDIR to a folder on a disk with room)") from None
         return json.loads((out / "meta.json").read_text())
+
+
+def _scratch_input(upstream, tmp: Path, ctx, step, train_tokenizer: bool) -> Path:
+    """An input of the corpus step that is not built yet, built into the scratch folder: a BPE tokenizer
+    is trained there (on the train split only, as `hepc run` trains it), then dropped with the folder."""
+    import time
+
+    from hepc.errors import HepcError
+    from hepc.steps import body
+
+    if upstream.kind != "tokenizer" or not train_tokenizer:
+        raise HepcError(f"corpus {step.name} needs the {upstream.kind} step {upstream.name}, which is not built yet: "
+                        "`hepc run` builds it (then `hepc data` reads the corpus from the store)")
+    print(f"tokenizer {upstream.name}: not in the store; training it in a scratch folder for this preview "
+          "(`hepc run` trains it into the store) ...", file=sys.stderr, flush=True)
+    t0 = time.time()
+    out, work = tmp / f"{upstream.kind}-out", tmp / f"{upstream.kind}-work"
+    out.mkdir()
+    work.mkdir()
+    body(upstream.kind)(upstream, {}, out, work, ctx)
+    print(f"tokenizer {upstream.name}: trained in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    return out
 
 
 def source_bytes(step, base_dir) -> int | None:
@@ -156,14 +175,14 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def corpus_report(step, graph, store, loaded, *, dry: bool = True) -> dict:
+def corpus_report(step, graph, store, loaded, *, dry: bool = True, train_tokenizer: bool = True) -> dict:
     """One corpus: its step, where its figures come from ('store' or 'dry pass') and `summarize`'s figures."""
     meta, problem = stored_meta(step, store)
     origin = "store"
     if meta is None:
         if not dry:
             return {"corpus": step.name, "key": step.key12, "origin": None, "problem": problem}
-        meta, origin = dry_meta(step, graph, store, loaded), "dry pass"
+        meta, origin = dry_meta(step, graph, store, loaded, train_tokenizer=train_tokenizer), "dry pass"
     report = {"corpus": step.name, "key": step.key12, "origin": origin}
     if problem:
         report["stored_problem"] = problem
@@ -308,7 +327,8 @@ def plan_data_lines(the_plan, the_store, loaded) -> list[str]:
         if size is None or size > SMALL_SOURCE_BYTES:
             return None
         try:
-            return f"a dry pass gives {one_line(corpus_report(step, graph, the_store, loaded))}"
+            report = corpus_report(step, graph, the_store, loaded, train_tokenizer=False)  # plan stays quick
+            return f"a dry pass gives {one_line(report)}"
         except (HepcError, OSError):  # the plan stands without its summary; `hepc data` says what is wrong
             return None
 

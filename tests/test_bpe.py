@@ -178,9 +178,15 @@ def test_cut_document_matches_the_corpus_rule(tmp_path):
 def test_bpe_runs_end_to_end_and_reports_nats_per_token_and_bits_per_byte(tmp_path):
     spec = write_spec(tmp_path)
     store = tmp_path / "store"
+    preview = hepc("data", str(spec), "--json", store=store)  # before any run: the BPE is trained in a scratch folder
+    assert "training it in a scratch folder" in preview.stderr and not store.exists()  # nothing written
     plan = hepc("plan", str(spec), store=store).stdout
     assert "tokenizer" in plan and "text-bpe1024" in plan
     res = json.loads(hepc("run", str(spec), "--json", "--quiet", store=store).stdout)
+    built = json.loads(hepc("data", str(spec), "--json", store=store).stdout)["corpora"][0]
+    dry = json.loads(preview.stdout)["corpora"][0]
+    assert (dry["origin"], built["origin"]) == ("dry pass", "store")
+    assert dry["splits"] == built["splits"] and dry["source"] == built["source"]  # the preview is the corpus
     loaded = load_spec(spec)
     compiled = compile_spec(loaded)
     the_store = Store(store)

@@ -170,3 +170,33 @@ def test_the_schema_names_every_source_kind_and_no_future_version():
 
     text = json.dumps(spec_schema())
     assert "pystdlib, text, synthetic or tokens" in text and "added_in" not in text
+
+
+def test_the_room_check_counts_what_the_run_will_find(tmp_path):
+    """Separated documents: validate reads them as the corpus will (within 20 %: here exactly)."""
+    from hepc.data.sources import iter_named_documents
+
+    package_folder(tmp_path / "data")
+    source = '{kind: text, paths: ["data/*"], exclude: ["data/*.dat", "data/*.u8"], documents: {separator: "%"}}'
+    cfg = load_spec(str(_spec(tmp_path, source)), []).spec.data.source.model_dump()
+    docs = [b"".join(c) for _, c in iter_named_documents(cfg, tmp_path)]
+    tokens = sum(len(d) + 1 for d in set(docs) if d)  # bytes and one end-of-text per distinct document
+    spec = spec_file(tmp_path, source, train_tokens=int(tokens * 1.05), val_tokens=600, heldout_tokens=300)
+    errors, _ = input_problems(load_spec(str(spec), []).spec, tmp_path)
+    (error,) = [str(e) for e in errors]
+    assert "data.train_tokens" in error and f"hold {tokens:,} tokens" in error
+    fits = spec_file(tmp_path, source, train_tokens=int(tokens * 0.8), val_tokens=600, heldout_tokens=300)
+    assert input_problems(load_spec(str(fits), []).spec, tmp_path)[0] == []
+
+
+def test_a_bpe_corpus_too_small_for_its_splits_is_a_located_error_of_the_run(tmp_path):
+    from cli_helpers import hepc
+
+    package_folder(tmp_path / "data", entries=20)
+    spec = spec_file(tmp_path, '{kind: text, paths: ["data/*"], exclude: ["data/*.dat", "data/*.u8"], '
+                               'documents: {separator: "%"}}', train_tokens=40000, val_tokens=600, heldout_tokens=300)
+    spec.write_text(spec.read_text().replace("tokenizer: bytes", "tokenizer: {kind: bpe, vocab_size: 300}"))
+    out = hepc("run", str(spec), store=tmp_path / "store", check=False)
+    assert out.returncode == 2
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {spec}:") and "data.train_tokens: the source has only" in line

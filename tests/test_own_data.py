@@ -281,7 +281,7 @@ def test_corpus_too_small_for_its_splits(tmp_path):
     message = only(errors, "data.train_tokens").message
     assert "the data file holds 5,010 tokens" in message and "need 14,000" in message  # 5,000 bytes in 10 pieces of <= 512
     errors, _ = problems_of(tmp_path, "{kind: text, paths: [a.txt], documents: {separator: '%'}}", train_tokens=200_000)
-    assert "holds at most 40,000 tokens" in only(errors, "data.train_tokens").message
+    assert "the document holds 5,010 tokens" in only(errors, "data.train_tokens").message  # read: exact (10 pieces)
     (tmp_path / "a.txt").write_text("x" * 14_000)
     assert problems_of(tmp_path, "{kind: text, paths: [a.txt]}") == ([], [])
 

@@ -7,8 +7,12 @@ error), the encoding (unknown: error), and for text the first 64 KiB of every fi
 bytes that do not decode in the declared encoding: binary, an error naming the file, located at the
 `paths` entry that reached it); an empty file is a warning, all files empty an error. Last, whether
 the files can hold the splits (val_tokens + test_tokens + train_tokens, heldout included in train) with the bytes
-tokenizer: exact for the default `file` rule in UTF-8, an upper bound otherwise (4 UTF-8 bytes per
-file byte, one end-of-text per byte), so that only a corpus that is surely too small is refused.
+tokenizer: exact for the default `file` rule in UTF-8 (file sizes), exact for any other rule or
+encoding when the files hold at most `EXACT_ROOM_BYTES` (every document is read as the corpus reads
+it, duplicates counted once), an upper bound beyond that (4 UTF-8 bytes per file byte, one
+end-of-text per byte), so that only a corpus that is surely too small is refused. With a BPE the
+count is known only once the tokenizer is trained: a corpus too small for its splits is then a
+located error of the run's corpus step (`data.train_tokens`, exit 2).
 
 JSON Lines (`documents: {jsonl: FIELD}`): besides the above, every line that starts in the first
 `JSONL_HEAD` bytes of each file must be blank or a JSON object whose FIELD is a string (an error
@@ -37,6 +41,7 @@ from hepc.data.identity import (
 from hepc.errors import Problem
 
 HEAD = 64 << 10  # bytes of each text file that are checked for binary content
+EXACT_ROOM_BYTES = 64 << 20  # up to this many bytes of text, the room check reads every document (as the run will)
 UNSPLIT_MIN = 2 << 10  # a file with at least this much text where the documents rule matches nothing is named
 JSONL_HEAD = 4 << 20  # bytes of each JSON Lines file whose lines are checked
 PARQUET_EXACT = 64 << 20  # Parquet files up to this size are read to count their tokens exactly
@@ -142,7 +147,13 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
     if files and not sizes and not errors:
         add(errors, f"{FIELD}.paths", f"every file is empty ({len(files)} listed): there are no documents")
     if sizes and not errors:
-        _check_room(spec, source, sizes, add, errors)
+        if spec.data.tokenizer == "bytes" and sum(sizes) <= EXACT_ROOM_BYTES and not (rule == "file" and _utf8(source)):
+            try:
+                _check_room_exact(spec, _document_lengths(cfg, base_dir), add, errors)  # read: the run's own count
+            except DataError as e:  # found while reading every document: the build would stop on it too
+                add(errors, e.field, e.message)
+        else:
+            _check_room(spec, source, sizes, add, errors)
         if rule == "file":
             _check_share(spec, named, add, warnings)
     return errors, warnings
@@ -314,6 +325,30 @@ def _parquet_lengths(pf, column: str) -> list[int]:
     return lengths
 
 
+def _utf8(source) -> bool:
+    return source.encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+
+
+def _document_lengths(cfg: dict, base_dir: Path) -> list[int]:
+    """UTF-8 lengths of the source's documents as the corpus reads them (its `documents` rule and
+    encoding), each distinct document once (exact duplicates are dropped before carving)."""
+    import xxhash
+
+    from hepc.data.sources import iter_named_documents
+
+    seen: set[int] = set()
+    lengths = []
+    for _, chunks in iter_named_documents(cfg, base_dir):
+        digest, n = xxhash.xxh3_64(), 0
+        for chunk in chunks:
+            digest.update(chunk)
+            n += len(chunk)
+        if n and digest.intdigest() not in seen:
+            seen.add(digest.intdigest())
+            lengths.append(n)
+    return lengths
+
+
 def _check_room_exact(spec, lengths: list[int], add, errors: list[Problem]) -> None:
     """An error when documents of these UTF-8 lengths cannot hold val + train tokens (bytes tokenizer, exact)."""
     d = spec.data
@@ -326,7 +361,8 @@ def _check_room_exact(spec, lengths: list[int], add, errors: list[Problem]) -> N
         add(
             errors,
             "data.train_tokens",
-            f"the {len(lengths):,} documents hold {tokens:,} tokens (bytes and end-of-texts); the splits need "
+            f"{'the document holds' if len(lengths) == 1 else f'the {len(lengths):,} documents hold'} {tokens:,} tokens "
+            "(bytes and end-of-texts); the splits need "
             f"{needed:,} (val {d.val_tokens:,} + test {d.test_tokens:,} + train {d.train_tokens:,}, heldout included in train)",
         )
 
@@ -379,7 +415,7 @@ def _check_room(spec, source, sizes: list[int], add, errors: list[Problem]) -> N
     if d.tokenizer != "bytes":
         return
     needed = d.val_tokens + d.test_tokens + d.train_tokens
-    utf8 = source.encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+    utf8 = _utf8(source)
     cap = d.max_doc_tokens
     if source.documents == "file" and utf8:
         width = None if cap is None else cap - 1
