@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 
 from hepc.compile import Compiled, Population
@@ -22,6 +24,40 @@ def collect(compiled: Compiled, store: Store) -> dict:
     return {"spec": compiled.spec.name, "populations": rows}
 
 
+def where_store(store: Store) -> str:
+    """The store's absolute path and what is there, for "no results" messages."""
+    root = store.root.resolve()
+    if not root.exists():
+        return f"{root} (no store there)"
+    return str(root)
+
+
+def elsewhere(compiled: Compiled, pop: Population, store: Store) -> str:
+    """What to do next: the other stores beside the spec, in its parent folders or in those of the
+    current folder that hold this population's results, else `hepc run`. (The store read is --store,
+    else $HEPC_STORE, else the spec's runtime.store, else ./runs of the folder the command runs in.)"""
+    from hepc.store import DEFAULT_STORE, MARKER
+
+    step = compiled.graph[pop.prior_key]
+    base = compiled.graph[pop.corpus_key].context.get("base_dir")
+    here = store.root.resolve()
+    folders = [Path(base)] if base else []
+    folders += [Path.cwd()]
+    seen, holding, other = set(), [], []
+    for start in folders:
+        for folder in [start, *list(start.parents)[:8]]:
+            candidate = (folder / DEFAULT_STORE).resolve()
+            if candidate in seen or candidate == here or not (candidate / MARKER).is_file():
+                continue
+            seen.add(candidate)
+            (holding if Store(candidate).find(step) is not None else other).append(candidate)
+    if holding:
+        return (f"; store {holding[0]} holds them: add `--store {holding[0]}` (a store is --store, $HEPC_STORE, "
+                "the spec's runtime.store, else ./runs of the folder you run hepc in)")
+    found = f"; other stores found, without them: {', '.join(map(str, other[:3]))}" if other else ""
+    return f" (run `hepc run` first; `hepc plan` shows what is missing){found}"
+
+
 def collect_population(compiled: Compiled, pop: Population, store: Store) -> dict:
     graph = compiled.graph
     prior_dir = store.find_intact(graph[pop.prior_key])  # a damaged object is named, never shown
@@ -29,8 +65,8 @@ def collect_population(compiled: Compiled, pop: Population, store: Store) -> dic
     if prior_dir is None or curve_dir is None:
         which = f" (population {pop.label})" if pop.label else ""
         raise HepcError(
-            f"no results yet for spec '{compiled.spec.name}'{which} in store {store.root} "
-            f"(run `hepc run` first; `hepc plan` shows what is missing)"
+            f"no results yet for spec '{compiled.spec.name}'{which} in store {where_store(store)}"
+            + elsewhere(compiled, pop, store)
         )
     prior = store.read_object_json(prior_dir, "prior.json")
     curve = store.read_object_json(curve_dir, "curve.json")

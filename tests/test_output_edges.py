@@ -280,3 +280,22 @@ def test_schema_carries_every_field_docstring():
                 documented += 1
     assert documented > 50
     assert "use_attribute_docstrings" not in str(models.Strict.model_config)
+
+
+def test_results_from_another_folder_name_the_store_read_and_the_one_that_holds_them(tmp_path):
+    """`hepc results sub/spec.yaml` from elsewhere reads ./runs of the folder it runs in: say which store
+    that was, and name the store beside the spec that holds the results, rather than invite a retrain."""
+    import shutil as _shutil
+
+    from cli_helpers import TINY, tiny_store
+
+    store, _ = tiny_store(tmp_path)
+    (tmp_path / "sub").mkdir()
+    _shutil.move(str(store), tmp_path / "sub" / "runs")
+    _shutil.copy(TINY, tmp_path / "sub" / "spec.yaml")
+    env_store = tmp_path / "elsewhere" / "runs"
+    out = hepc("results", "sub/spec.yaml", "--store", str(env_store), store=env_store, check=False, cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"in store {env_store} (no store there)" in out.stderr
+    assert f"store {tmp_path / 'sub' / 'runs'} holds them: add `--store {tmp_path / 'sub' / 'runs'}`" in out.stderr
+    assert hepc("results", "sub/spec.yaml", "--store", str(tmp_path / "sub" / "runs"), store=env_store, cwd=tmp_path).returncode == 0
