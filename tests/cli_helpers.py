@@ -56,3 +56,9 @@ def tiny_store(folder: Path) -> tuple[Path, dict]:
     store = folder / "store"
     shutil.copytree(source, store, symlinks=True)
     return store, copy.deepcopy(results)
+
+
+def obj(store: Path, kind: str, name: str) -> Path:
+    """The one committed object of `kind` named `name` (its folder is `<name>-<key12>`) in a store."""
+    (found,) = [p for p in (store / "objects" / kind).iterdir() if p.name.rsplit("-", 1)[0] == name]
+    return found

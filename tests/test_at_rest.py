@@ -14,15 +14,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY, executed, hepc, tiny_store
+from cli_helpers import TINY, executed, hepc, obj, tiny_store
 
 from hepc.errors import HepcError
 from hepc.verify import _dir_sigs, _stat_sig, index_intact, index_label, read_index, write_index
-
-
-def obj(store: Path, kind: str, name: str) -> Path:
-    (found,) = [p for p in (store / "objects" / kind).iterdir() if p.name.rsplit("-", 1)[0] == name]
-    return found
 
 
 def flip_keeping_signatures(store: Path, o: Path, rel: str, edit=None) -> None:

@@ -9,21 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import executed, hepc, tiny_store
+from cli_helpers import executed, hepc, obj, tiny_store
 
 from hepc.verify import check_object, manifest_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
-
-
-
-
-def obj(store: Path, kind: str, name: str) -> Path:
-    (found,) = [p for p in (store / "objects" / kind).iterdir() if p.name.rsplit("-", 1)[0] == name]
-    return found
-
-
 
 
 @pytest.fixture(scope="module")
