@@ -5,26 +5,30 @@ train from that order by their sizes in tokens, so which documents train takes d
 tokenizer, and the tokenizer is to be trained on train alone. The pieces are therefore fixed before
 any BPE exists: a document is cut every `max_doc_tokens - 1` *bytes* (each piece then has at most
 `max_doc_tokens` BPE tokens, its end-of-text included), and the pieces are ordered exactly as for
-the `bytes` tokenizer (same keys, same order). Then, in rounds:
+the `bytes` tokenizer (same keys, same order). Then:
 
-1. Round 0 carves the order with byte counts (the bytes tokenizer's carve): train is a window
-   [s, e) of the order.
-2. A BPE is trained on the text of the pieces [s, e); the order is carved again with its token
-   counts, giving val + test + held-out = the pieces before a, train = [a, b).
-3. If a > s, the BPE saw val, test or held-out pieces: s moves past a (by 1% of a, at least one piece,
-   so that a retrained BPE that compresses val a little worse still fits), e to b, and again
-   from step 2. Otherwise it is valid, and the closer [s, e) is to its own train split [a, b)
-   the better: done when they differ by at most 2% of train's pieces (at least one) or [a, b)
-   was tried already; else [s, e) = [a, b) (b moved on by its last growth: a BPE that sees more
-   of train compresses it more, so train takes more pieces) and again from step 2.
-The best valid BPE is kept; none after MAX_ROUNDS rounds is an error. A few rounds in practice.
+1. The bound: at `BYTES_PER_TOKEN_BOUND` bytes per token (more than any BPE of a natural text
+   compresses), val, test and held-out would end at position `safe` of the order; everything past it
+   is train or in no split, whatever the BPE.
+2. The estimate: a sample BPE is trained on the first `SAMPLE_BYTES` of text past `safe` (train
+   text); under its counts val, test and held-out end at `a_est`, and it compresses them at `ratio`
+   bytes per token. The real BPE, trained on more text, compresses a little more, so val, test and
+   held-out take a few more pieces: training starts at s = a_est + `MARGIN`·a_est (never past `safe`).
+3. The BPE is trained once on the pieces [s, e), e being where train ends at (1 + `MARGIN`)·ratio + 1
+   bytes per token (or the source's end): all of train but the few pieces before s, and perhaps some
+   pieces past train's end (in no split). Under its counts val, test and held-out end at a (only they
+   are encoded to find it). If a <= s it never saw them: done. Otherwise (the estimate fell short)
+   s moves past a (by 1% of a, at least one piece) and it is trained again; none valid after
+   MAX_ROUNDS rounds is an error. One round in practice: one small and one full training, where
+   training in rounds until train's window stopped moving took four (bench/corpus_speed.py).
+Documents are encoded `ENCODE_BATCH` pieces at a time (the library encodes a batch on all cores).
 
 The corpus step tokenizes with the final BPE and carves the same order with the same counts, so it
 gets the same a; it checks that every val, test and held-out piece comes before the first piece the
-BPE was trained on and records the check in meta.json. The BPE saw the pieces [s, e): never val, test
-or held-out, usually all of train but a few pieces, perhaps a few past train's end (the record says
-how many of each). Everything is deterministic: the same source, split rule and config give the
-same tokenizer.json.
+BPE was trained on and records in meta.json the check and how many train pieces the BPE did not see
+(before its first piece or after its last). The BPE saw the pieces [s, e): never val, test or
+held-out, all of train but a few pieces, perhaps some past train's end. Everything is
+deterministic: the same source, split rule and config give the same tokenizer.json.
 
 Memory: the pieces are collected as for the bytes tokenizer, with each split's size taken as
 `BYTES_PER_TOKEN_BOUND` bytes per token; a split that needs more bytes per token than that is an
@@ -54,6 +58,9 @@ from hepc.data.tokenizers import BpeTokenizer, tokenizer_config, train_bpe, utf8
 
 BYTES_PER_TOKEN_BOUND = 8
 MAX_ROUNDS = 8
+ENCODE_BATCH = 1024  # pieces encoded at once (a small read-ahead of the order; the ids are the same)
+SAMPLE_BYTES = 4 << 20  # text of the sample BPE that estimates the compression (step 2 of the module docstring)
+MARGIN = 0.2  # share added to the estimated end of val + test + held-out (and to the compression) for safety
 TOKENIZER_META = "meta.json"
 
 
@@ -90,8 +97,11 @@ class _Replay:
 
     def read_to(self, n: int) -> int:
         """Read until `n` pieces are held (or the stream ends); how many are held."""
-        for _ in zip(range(n), self):
-            pass
+        while len(self.seen) < n:
+            piece = next(self._stream, None)
+            if piece is None:
+                break
+            self.seen.append(piece)
         return len(self.seen)
 
 
@@ -132,15 +142,31 @@ def bpe_pieces(raw: PieceSource, pieces, tokenizer: BpeTokenizer) -> PieceSource
         if group:
             yield group
 
+    def batches() -> Iterator[list[list[Piece]]]:
+        """Whole documents, about ENCODE_BATCH pieces at a time (the library encodes a batch on all cores)."""
+        batch: list[list[Piece]] = []
+        held = 0
+        for group in documents():
+            batch.append(group)
+            held += len(group)
+            if held >= ENCODE_BATCH:
+                yield batch
+                batch, held = [], 0
+        if batch:
+            yield batch
+
     def encoded() -> Iterator[Piece]:
         count, total, n_bytes = 0, 0, 0
-        for group in documents():
-            ids = [tokenizer.encode(p.ids[1:].tobytes()) for p in group]
-            rest = sum(x.size for x in ids)
-            for p, x in zip(group, ids):
-                rest -= x.size
-                count, total, n_bytes = count + 1, total + x.size, n_bytes + p.ids.size - 1
-                yield Piece(p.key, p.doc, p.index, int(x.size), x, p.digest, rest)
+        for batch in batches():
+            flat = tokenizer.encode_many([p.ids[1:].tobytes() for group in batch for p in group])
+            at = 0
+            for group in batch:
+                ids, at = flat[at : at + len(group)], at + len(group)
+                rest = sum(x.size for x in ids)
+                for p, x in zip(group, ids):
+                    rest -= x.size
+                    count, total, n_bytes = count + 1, total + x.size, n_bytes + p.ids.size - 1
+                    yield Piece(p.key, p.doc, p.index, int(x.size), x, p.digest, rest)
         if raw.pieces_total is not None and count < raw.pieces_total:
             raise DataError(
                 f"the splits need more than {BYTES_PER_TOKEN_BOUND} bytes per token under this tokenizer (the first "
@@ -171,6 +197,29 @@ def _window(source: PieceSource, targets: dict) -> tuple[int, int]:
     return carved.spans["train"]
 
 
+def _eval_end(source: PieceSource, targets: dict) -> int:
+    """a: where train begins under `source`'s counts (only val, test and held-out are read, and one piece)."""
+    return _window(source, {**targets, "train": 1})[0]
+
+
+def _at_rate(raw: PieceSource, order: _Replay, rate: float) -> PieceSource:
+    """The raw pieces counted at `rate` bytes per token (end-of-text one token): the carve of a
+    tokenizer that compresses exactly that much, without encoding anything."""
+
+    def tokens(n_bytes: int) -> int:
+        return -(-n_bytes // rate) if n_bytes else 0
+
+    def scaled() -> Iterator[Piece]:
+        for p in order:
+            yield Piece(p.key, p.doc, p.index, 1 + int(tokens(p.ids.size - 1)), p.ids, p.digest, int(tokens(p.rest)))
+
+    return PieceSource(scaled(), raw.name, raw.rule, raw.documents, raw.pieces_total, None, raw.duplicates)
+
+
+def _texts(order: _Replay, start: int, stop: int) -> list[str]:
+    return [utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(start, stop)]
+
+
 def train_on_train_split(
     source_cfg: dict,
     tokenizer_cfg,
@@ -186,40 +235,52 @@ def train_on_train_split(
     """(the BPE trained on the train split only, a record of what it was trained on) — see the module docstring."""
     check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens, test_tokens)
     cfg = tokenizer_config(tokenizer_cfg)
+    vocab, min_frequency = cfg["vocab_size"], cfg.get("min_frequency", 2)
     targets = split_targets(train_tokens, val_tokens, heldout_tokens, test_tokens)
     cap = None if source_cfg.get("kind") == "synthetic" else max_doc_tokens
     raw = raw_source(source_cfg, Path(base_dir), seed, cap, targets)
     order = _Replay(raw.pieces)
-    byte_counts = PieceSource(order, raw.name, raw.rule, raw.documents, raw.pieces_total, raw.tokens, raw.duplicates)
-    s, e = _window(byte_counts, targets)
-    best, tried = None, set()
+    # 1. Where val, test and held-out end at the bound (no BPE of this size compresses more): past that, train.
+    safe = _eval_end(_at_rate(raw, order, BYTES_PER_TOKEN_BOUND), targets)
+    # 2. A sample BPE, trained on the first pieces past that point, estimates the real compression.
+    stop, held = safe, 0
+    while held < SAMPLE_BYTES and stop < order.read_to(stop + 1):
+        held += order.seen[stop].ids.size - 1
+        stop += 1
+    if stop > safe:
+        sample = train_bpe(_texts(order, safe, stop), vocab, min_frequency)
+        a_est = _eval_end(bpe_pieces(raw, order, sample), targets)
+        n_bytes = sum(order.seen[i].ids.size - 1 for i in range(a_est))
+        n_tokens = sum(x.size - 1 for x in sample.encode_many([order.seen[i].ids[1:].tobytes() for i in range(a_est)]))
+        ratio = n_bytes / max(1, n_tokens)
+        s = max(0, min(safe, a_est + int(a_est * MARGIN)))
+    else:  # nothing past the bound: the source ends first
+        ratio, s = 1.0, 0
+    # 3. The BPE: trained on the pieces from s to where train ends at a compression well past the estimate.
+    try:
+        _, e = carve(_at_rate(raw, order, ratio * (1 + MARGIN) + 1).pieces, targets).spans["train"]
+    except NotEnough:  # train would end past the source's end at that rate: train on all that is left
+        e = order.read_to(1 << 62)
+    best, rounds = None, 0
     for rounds in range(1, MAX_ROUNDS + 1):
-        e = min(e, order.read_to(e))
-        if s >= e:
+        e = max(min(e, order.read_to(e)), s + 1)
+        if s >= len(order.seen):
             raise DataError(
                 f"the source has no pieces left to train the tokenizer on after val and held-out ({len(order.seen):,} pieces)",
                 "data.train_tokens",
             )
-        tried.add((s, e))
-        texts = [utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(s, e)]
-        tokenizer = train_bpe(texts, cfg["vocab_size"], cfg.get("min_frequency", 2))
-        a, b = _window(bpe_pieces(raw, order, tokenizer), targets)
-        if a > s:  # it saw val, test or held-out pieces: start past them
-            s = a + max(1, a // 100)
-            e = max(b, s + 1)
-            continue
-        mismatch = (s - a) + abs(e - b)  # train pieces it did not see + pieces past train's end it saw
-        if best is None or mismatch <= best[0]:
-            best = (mismatch, tokenizer, s, e, a, b, rounds)
-        if (a, b) in tried or mismatch <= max(1, (b - a) // 50):
+        tokenizer = train_bpe(_texts(order, s, e), vocab, min_frequency)
+        a = _eval_end(bpe_pieces(raw, order, tokenizer), targets)
+        if a <= s:  # it saw no val, test or held-out piece
+            best = (tokenizer, s, e, a)
             break
-        s, e = a, b + max(b - e, 0)  # train grows as the BPE sees more of it: look ahead by the last growth
+        s = min(a + max(1, a // 100), safe) if a < safe else a + max(1, a // 100)  # start past them, again
     if best is None:
         raise DataError(
             f"the tokenizer could not be trained apart from val and held-out in {MAX_ROUNDS} rounds", "data.tokenizer"
         )
-    _, tokenizer, s, e, a, b, rounds = best
-    first = order.seen[s]
+    tokenizer, s, e, a = best
+    first, last = order.seen[s], order.seen[e - 1]
     unused = sum(1 for token in tokenizer.hf.get_vocab() if token.startswith("<|unused_"))
     record = {
         "learned_vocab": tokenizer.vocab_size - unused,
@@ -227,13 +288,12 @@ def train_on_train_split(
         "trained_bytes": int(sum(order.seen[i].ids.size - 1 for i in range(s, e))),
         "trained_source_documents": len({order.seen[i].doc for i in range(s, e)}),
         "first_trained_piece": {"key": first.key, "doc": first.doc, "index": first.index, "name": raw.name(first.doc)},
+        "last_trained_piece": {"key": last.key, "doc": last.doc, "index": last.index, "name": raw.name(last.doc)},
         "eval_pieces": a,
-        "train_pieces": b - a,
-        "train_pieces_unseen": (s - a) + max(0, b - e),  # train pieces the BPE did not see
-        "pieces_past_train_seen": max(0, e - b),  # pieces after train's end (in no split) it saw
+        "train_pieces_before_trained": s - a,  # train pieces before the first one it saw (unseen)
         "rounds": rounds,
-        "rule": f"trained on the pieces [{s}, {e}) of the corpus order; under it val and held-out are the first {a} "
-        f"pieces and train the pieces [{a}, {b}) (hepc/data/bpe_training.py)",
+        "rule": f"trained on the pieces [{s}, {e}) of the corpus order; under it val, test and held-out are the first "
+        f"{a} pieces (hepc/data/bpe_training.py)",
     }
     return tokenizer, record
 
@@ -249,10 +309,15 @@ def check_unseen(taken: dict, tokenizer_dir: Path) -> dict:
     seen = [piece.order for name in ("val", "test", "heldout") for piece, _ in taken[name] if piece.order >= bound]
     if seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
         raise RuntimeError(f"{len(seen)} val/test/held-out pieces are among those the tokenizer was trained on")
+    train = [piece.order for piece, _ in taken["train"]]
+    last = record.get("last_trained_piece")
+    end = (last["key"], last["doc"], last["index"]) if last else None
     return {
         "trained_pieces": record["trained_pieces"],
         "trained_bytes": record["trained_bytes"],
         "learned_vocab": record["learned_vocab"],
-        "train_pieces_unseen": record["train_pieces_unseen"],
+        "train_pieces": len(train),
+        # train pieces the BPE did not see: before the first piece it was trained on, or after its last
+        "train_pieces_unseen": sum(1 for o in train if o < bound or (end is not None and o > end)),
         "val_heldout_unseen": True,
     }

@@ -171,6 +171,11 @@ class BpeTokenizer(_TextTokens):
         text = utf8_text(document) if isinstance(document, (bytes, bytearray, memoryview)) else document
         return self._eot_first(self.hf.encode(text).ids)
 
+    def encode_many(self, documents: list[bytes]) -> list[np.ndarray]:
+        """`encode` of each document, the library encoding them on all cores at once (same ids)."""
+        texts = [utf8_text(d) if isinstance(d, (bytes, bytearray, memoryview)) else d for d in documents]
+        return [self._eot_first(e.ids) for e in self.hf.encode_batch(texts)]
+
     def decode(self, ids) -> str:
         """Text of `ids` with end-of-text written as `<|endoftext|>` (bytes that are no whole UTF-8
         character become U+FFFD)."""
