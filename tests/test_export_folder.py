@@ -157,6 +157,7 @@ MALFORMED = {
     "model missing": lambda m: m.pop("model"),
     "vocab size zero": lambda m: m["model"].update(vocab_size=0),
     "layers as text": lambda m: m["model"].update(n_layer="1"),
+    "heads do not divide the width": lambda m: m["model"].update(n_head=3),
     "tokenizer missing": lambda m: m.pop("tokenizer"),
     "tokenizer file a number": lambda m: m["tokenizer"].update(file=3),
     "aggregate unknown": lambda m: m.update(aggregate="median"),
@@ -187,3 +188,8 @@ def test_the_cli_says_one_line_and_exits_2(ens):
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "members" in out.stderr
+
+
+def test_a_context_length_no_spec_allows_is_refused(ens):
+    edit_manifest(ens, lambda m: m["model"].update(seq_len=1 << 24))  # RoPE tables of gigabytes
+    refused(ens, "model.seq_len")

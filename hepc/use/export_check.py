@@ -29,7 +29,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hepc.errors import HepcError
 from hepc.safe_io import file_kind, open_regular
@@ -53,11 +53,20 @@ class _Model(BaseModel):
 
 
 class ModelShape(_Model):
+    """The bounds a spec allows (hepc/spec/models.py): the RoPE tables (seq_len × head size) are the
+    one allocation the snapshot's own size does not bound."""
+
     vocab_size: Annotated[int, Field(strict=True, ge=2, le=1 << 24)]
-    n_layer: Annotated[int, Field(strict=True, ge=1, le=4096)]
-    d_model: Annotated[int, Field(strict=True, ge=1, le=1 << 17)]
-    n_head: Annotated[int, Field(strict=True, ge=1, le=4096)]
-    seq_len: Annotated[int, Field(strict=True, ge=1, le=1 << 24)]
+    n_layer: Annotated[int, Field(strict=True, ge=1, le=256)]
+    d_model: Annotated[int, Field(strict=True, ge=8, le=65536)]
+    n_head: Annotated[int, Field(strict=True, ge=1, le=1024)]
+    seq_len: Annotated[int, Field(strict=True, ge=8, le=65536)]
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError("d_model must split into n_head heads of an even size")
+        return self
 
 
 class MemberRow(_Model):
