@@ -216,8 +216,9 @@ def _at_rate(raw: PieceSource, order: _Replay, rate: float) -> PieceSource:
     return PieceSource(scaled(), raw.name, raw.rule, raw.documents, raw.pieces_total, None, raw.duplicates)
 
 
-def _texts(order: _Replay, start: int, stop: int) -> list[str]:
-    return [utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(start, stop)]
+def _texts(order: _Replay, start: int, stop: int) -> Iterator[str]:
+    """The text of the pieces [start, stop), one at a time (the trainer counts words as they come)."""
+    return (utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(start, stop))
 
 
 def train_on_train_split(
