@@ -46,6 +46,8 @@ def status_command(
 
         raise HepcError(f"overrides ({' '.join(overrides)}) need a SPEC to apply to")
     the_store = open_store(resolve_store_path(store, spec_store))
+    if not the_store.has_marker():
+        print(f"store {the_store.root}: empty (nothing has run into it yet; `hepc run` makes it a store)", file=sys.stderr)
 
     def snapshot() -> dict:
         the_store.refresh()  # other processes commit meanwhile

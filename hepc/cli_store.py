@@ -28,9 +28,12 @@ def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None, *, a
     from hepc.store import Store, resolve_store_path
 
     root = resolve_store_path(cli_value, spec_store)
-    if not root.is_dir():
-        raise HepcError(f"{root}: no store here (use --store, $HEPC_STORE or runtime.store)")
+    if root.exists() and not root.is_dir():
+        raise HepcError(f"{root}: store path exists and is not a folder")
     the_store = Store(root)
+    if not root.exists() or not any(root.iterdir()):
+        print(f"store {root}: empty (nothing has run into it yet; `hepc run` makes it a store)", file=sys.stderr)
+        return the_store  # the rule of every command: a missing or empty folder is a store holding nothing
     if not adopt:
         the_store.require_store()
     return the_store
@@ -173,10 +176,12 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
     with yes=True, remove it in two phases (trash, then delete)."""
     from hepc.gc import collect, garbage, reachable
 
+    from hepc.cli_specs import spec_args
+
     named = []
     spec_store = None
-    for s in specs or []:
-        loaded, compiled = _compile(s, strict_data=True)  # keys must be exact before deleting anything
+    for ref in spec_args(list(specs or [])):  # SPEC [key=value ...] ..., as every command reads them
+        loaded, compiled = _compile(ref.path, ref.overrides, strict_data=True)  # exact keys before deleting anything
         named.append(compiled)
         spec_store = spec_store or loaded.spec.runtime.store
     the_store = _open_store(store, spec_store)
@@ -192,7 +197,7 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
         print(f"warning: {note}", file=sys.stderr)
     total = sum(i.bytes for i in items)
     result = None
-    if yes:
+    if yes and the_store.has_marker():  # an empty folder holds nothing to remove: nothing is written there
         result = collect(the_store, items, named)
     if json_out:
         print(json.dumps({
@@ -311,7 +316,8 @@ def register(app) -> None:
     @user_errors
     def gc(
         specs: Annotated[
-            Optional[list[str]], typer.Argument(help="Specs whose objects to keep besides the recorded ones.")
+            Optional[list[str]], typer.Argument(
+                help="Specs whose objects to keep besides the recorded ones, each followed by its key=value overrides.")
         ] = None,
         yes: Annotated[bool, typer.Option("--yes", help="Delete (default: a dry run that only lists).")] = False,
         store: StoreOpt = None,

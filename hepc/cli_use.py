@@ -11,6 +11,25 @@ import json
 import sys
 
 
+def split_args(args: list, set_=None, *, files: bool = False) -> tuple:
+    """SPEC, then its `key=value` overrides, as every command that takes a spec reads them (the
+    `--set` option adds more). For `score` the other arguments are the FILEs to score: an argument is
+    an override when it reads `dotted.key=value` and no file of that name exists, else a file.
+    Returns (spec, overrides, files)."""
+    from hepc.cli_specs import is_override
+    from hepc.errors import HepcError
+
+    if not args:
+        raise HepcError("missing SPEC (a trained spec, an exported folder or a store folder)")
+    spec, rest = args[0], list(args[1:])
+    overrides = [a for a in rest if is_override(a)]
+    others = [a for a in rest if not is_override(a)]
+    if others and not files:
+        raise HepcError(f"unexpected argument '{others[0]}' after {spec}: overrides read key=value "
+                        "(e.g. population.cycles=12)")
+    return spec, overrides + list(set_ or []), others
+
+
 def _ensemble(spec: str, k, store, overrides, population, device: str, max_resident, threads=None, prior=None):
     from hepc.use.ensemble import load_ensemble
 
@@ -103,10 +122,12 @@ def register(app) -> None:
     if "sample" in existing:
         return
 
-    Source = Annotated[str, typer.Argument(help="Trained spec (YAML), a folder written by `hepc export`, or a store folder.",
-                                           show_default=False)]
+    Source = Annotated[list[str], typer.Argument(
+        help="SPEC \\[key=value ...]: a trained spec (YAML) and its overrides, a folder written by `hepc export`, or a "
+             "store folder.", show_default=False)]
     KOpt = Annotated[str, typer.Option("--k", help="Members: the K largest prior weights, renormalised ('all': every one).")]
-    SetOpt = Annotated[list[str] | None, typer.Option("--set", help="A key=value override of the spec (repeatable).")]
+    SetOpt = Annotated[list[str] | None, typer.Option(
+        "--set", help="A key=value override of the spec (repeatable; the same as one after SPEC).")]
     PriorOpt = Annotated[str | None, typer.Option(
         "--prior", help="SPEC is a store folder with several fitted priors: the one with this key (prefix).")]
     PopOpt = Annotated[str | None, typer.Option("--population", help="The sweep population (its label).")]
@@ -136,14 +157,17 @@ def register(app) -> None:
         threads: ThreadsOpt = None,
     ) -> None:
         """Generate text from the top-K ensemble's mixture distribution, streamed to stdout."""
+        spec, set_, _ = split_args(spec, set_)
         sample_command(spec, k, prompt, max_tokens, temperature, top_k, top_p, seed, store, set_, population, device,
                        max_resident, threads, prior)
 
     @app.command()
     @user_errors
     def score(
-        spec: Source,
-        files: Annotated[list[str], typer.Argument(help="Text files to score.", show_default=False)],
+        spec: Annotated[list[str], typer.Argument(
+            help="SPEC \\[key=value ...] FILE...: the trained spec (or an exported or store folder), its overrides, then "
+                 "the text files to score (an argument is an override when it reads key=value and no such file exists).",
+            show_default=False)],
         k: KOpt = "all",
         json_out: JsonOpt = False,
         store: StoreOpt = None,
@@ -155,6 +179,7 @@ def register(app) -> None:
         threads: ThreadsOpt = None,
     ) -> None:
         """Nats/token and bits per byte of text files: the top-K ensemble and its best member."""
+        spec, set_, files = split_args(spec, set_, files=True)
         score_command(spec, k, files, json_out, store, set_, population, device, max_resident, threads, prior)
 
     @app.command("export")
@@ -170,6 +195,7 @@ def register(app) -> None:
         prior: PriorOpt = None,
     ) -> None:
         """Write the top-K ensemble to a self-contained folder (safetensors, weights, tokenizer, manifest, card)."""
+        spec, set_, _ = split_args(spec, set_)
         export_command(spec, k, out, force, store, set_, population, prior)
 
     @app.command("eval")
@@ -192,6 +218,7 @@ def register(app) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of lm-eval and of sampling.")] = 0,
         threads: ThreadsOpt = None,
     ) -> None:
-        """Downstream tasks through lm-evaluation-harness (pip install 'hepc[eval]')."""
+        """Downstream tasks through lm-evaluation-harness (pip install 'hepc\\[eval]')."""
+        spec, set_, _ = split_args(spec, set_)
         eval_command(spec, k, tasks, include_path, limit, num_fewshot, json_out, output, store, set_, population,
                      device, max_resident, seed, threads, prior)

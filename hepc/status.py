@@ -38,13 +38,15 @@ WORK_LIMIT = 1 << 20  # progress.json / failed.json
 
 
 def open_store(root: Path) -> Store:
-    """The store at `root` for reading: it must exist and carry the store marker (nothing is created)."""
+    """The store at `root` for reading (nothing is created). The rule every command follows: a missing
+    or empty folder is a store nothing has run into yet (`hepc run` makes it one: it reads as empty);
+    a folder with other content and no marker is not a store."""
     root = Path(root)
-    if not root.exists():
-        raise StoreError(f"{root}: no store here (use --store, $HEPC_STORE or runtime.store)")
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
         raise StoreError(f"{root}: store path exists and is not a folder")
     store = Store(root)
+    if not root.exists() or not any(root.iterdir()):
+        return store  # empty: no leases, no objects
     if not (root / MARKER).exists():
         raise StoreError(f"{root}: not an hepc store (no {MARKER}); point --store (or $HEPC_STORE) at a store")
     store.require_store()  # an unreadable marker, or a newer store format

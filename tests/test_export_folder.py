@@ -193,3 +193,12 @@ def test_the_cli_says_one_line_and_exits_2(ens):
 def test_a_context_length_no_spec_allows_is_refused(ens):
     edit_manifest(ens, lambda m: m["model"].update(seq_len=1 << 24))  # RoPE tables of gigabytes
     refused(ens, "model.seq_len")
+
+
+def test_the_card_and_manifest_name_no_folder_of_this_machine(ens):
+    manifest = json.loads((ens / "hepc-ensemble.json").read_text())
+    prov = manifest["provenance"]
+    assert "store" not in prov and not Path(prov["spec"]).is_absolute() and prov["spec"].endswith("tiny.yaml")
+    text = (ens / "README.md").read_text() + (ens / "hepc-ensemble.json").read_text()
+    assert str(ROOT) not in text and "/tmp/" not in text
+    assert prov["spec_sha256"] in (ens / "README.md").read_text()

@@ -97,3 +97,20 @@ def test_unknown_task_is_one_clear_error(pop):
     spec, store, _ = pop
     r = cli("eval", spec, "--k", "2", "--tasks", "no_such_task_xyz", "--include-path", TASKS, store=store, check=False)
     assert r.returncode == 2 and "no_such_task_xyz" in r.stderr
+
+
+def test_the_harness_never_runs_git_in_the_users_folder(monkeypatch):
+    """lm-eval's `git describe` printed "fatal: not a git repository" outside a repository."""
+    import subprocess
+
+    from lm_eval import evaluator
+
+    from hepc.use.lm_eval_model import _quiet_git_lookup
+
+    def no_git(*args, **kwargs):
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(subprocess, "check_output", no_git)
+    monkeypatch.setattr(evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash)  # restored after the test
+    _quiet_git_lookup()
+    assert evaluator.get_git_commit_hash() is None

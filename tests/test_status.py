@@ -243,12 +243,15 @@ def test_status_writes_nothing_into_the_store(store):
     assert listing(store) == before and not (store / "leases").exists() and not (store / "work").exists()
 
 
-def test_a_missing_store_or_a_folder_that_is_not_one_exits_2_with_one_line(tmp_path):
+def test_a_missing_or_empty_store_is_empty_and_a_folder_that_is_not_one_exits_2(tmp_path):
+    """The rule of every command: a missing or empty folder is a store nothing has run into yet (`run`
+    makes it one); a folder holding other things is not a store."""
     missing = tmp_path / "nope"
-    out = status(missing, check=False)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.splitlines() == [f"error: {missing}: no store here (use --store, $HEPC_STORE or runtime.store)"]
-    assert not missing.exists()
+    for folder in (missing, tmp_path):
+        out = status(folder, check=False)
+        assert out.returncode == 0 and "no step is running" in out.stdout
+        assert out.stderr.splitlines() == [f"store {folder}: empty (nothing has run into it yet; `hepc run` makes it a store)"]
+    assert not missing.exists() and not any(tmp_path.iterdir())
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -109,7 +109,7 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
             "members": rows,
             "weights": [m.weight for m in resolved.members],
             "files": files,
-            "provenance": resolved.provenance,
+            "provenance": publishable(resolved.provenance),
             "figures": resolved.figures,
         }
         (tmp / MANIFEST).write_text(dumps(manifest))
@@ -127,6 +127,21 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def publishable(provenance: dict) -> dict:
+    """The provenance an export carries (its manifest and card may be published): the spec by its path
+    relative to the folder hepc ran in (its file name when it lies elsewhere) and its sha256, the step
+    keys; never this machine's folders (the store's path is left out)."""
+    out = {k: v for k, v in provenance.items() if k != "store"}
+    spec = provenance.get("spec")
+    if spec:
+        path = Path(spec)
+        try:
+            out["spec"] = path.relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            out["spec"] = path.name
     return out
 
 
@@ -173,7 +188,7 @@ def card(manifest: dict) -> str:
         + (f", overrides `{' '.join(prov['overrides'])}`" if prov.get("overrides") else ""),
         (f"- population: {prov.get('population') or '(the spec itself)'}; prior: {json.dumps(prov.get('prior'))}, "
         f"step key `{prov.get('prior_key')}`"),
-        f"- corpus step key `{prov.get('corpus_key')}`; store `{prov.get('store')}`",
+        f"- corpus step key `{prov.get('corpus_key')}`",
         f"- model: {json.dumps(manifest['model'])}; tokenizer: {manifest['tokenizer']['kind']}",
         "",
         "## Members",

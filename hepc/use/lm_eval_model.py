@@ -133,6 +133,7 @@ def run_eval(ensemble, tasks, *, include_path=None, limit=None, num_fewshot=None
         where = f" (nor in {include_path})" if include_path else ""
         raise HepcError(f"--tasks: lm-eval knows no task {', '.join(map(repr, unknown))}{where}; "
                         "`lm_eval ls tasks` lists them, --include-path adds a folder of task YAMLs")
+    _quiet_git_lookup()
     try:
         res = lm_eval.simple_evaluate(
             model=HepcLM(ensemble=ensemble, seed=seed), tasks=names, num_fewshot=num_fewshot, limit=limit,
@@ -146,6 +147,16 @@ def run_eval(ensemble, tasks, *, include_path=None, limit=None, num_fewshot=None
     out = {k: res[k] for k in keep if k in res}
     out["model"] = {"hepc": ensemble.provenance}
     return out
+
+
+def _quiet_git_lookup() -> None:
+    """lm-eval records the git commit of the folder it runs in by running `git describe`, whose "fatal:
+    not a git repository" then reaches the user's terminal; hepc's results carry their own provenance
+    (the ensemble's spec, keys and store), so that lookup is answered without running git."""
+    from lm_eval import evaluator
+
+    if hasattr(evaluator, "get_git_commit_hash"):
+        evaluator.get_git_commit_hash = lambda: None
 
 
 def table(results: dict) -> str:
