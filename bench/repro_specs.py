@@ -31,8 +31,8 @@ SCALES = {
           "q0_base_wd": 4.0, "q0_wd": [2.0, 4.0, 8.0, 12.0], "ablations": True},
     "b": {"label": "B", "data": 8_000, "heldout": 1_600, "heldout5": 400, "batch": 256,
           "model": {"n_layer": 2, "d_model": 64, "n_head": 4, "dropout": 0.1},
-          "S": 32, "budget_S": 8, "base_wd": 1.5, "ens_wd": [1.5], "single_wd": [1.5], "q0_base_wd": 4.0,
-          "q0_wd": [4.0], "ablations": False},
+          "S": 32, "budget_S": 8, "base_wd": 1.5, "ens_wd": [0.5, 1.5, 4.0], "single_wd": [1.5, 4.0],
+          "q0_base_wd": 4.0, "q0_wd": [2.0, 4.0, 8.0], "ablations": False},
 }
 MEMBER_LENGTHS = [1, 1.5, 2, 3, 4]  # × S: the independent ensemble's member lengths
 DATA_SIZES = [8_000, 16_000, 32_000, 64_000, 128_000]  # trained tokens of the data-efficiency single models
