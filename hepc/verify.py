@@ -59,7 +59,10 @@ def read_checked(obj: Path, rel: str) -> bytes:
         raise Damaged(obj, (f"{rel} is not listed in its manifest",))
     try:
         with open_regular(obj / rel) as f:
-            data = f.read(info["size"] + 1)
+            size = os.fstat(f.fileno()).st_size  # before reading: a size the manifest claims is never allocated
+            if size != info["size"]:
+                raise Damaged(obj, (f"{rel} has {size} bytes, expected {info['size']} (truncated or altered)",))
+            data = f.read(size + 1)
     except FileNotFoundError:
         raise Damaged(obj, (f"{rel} is missing",)) from None
     if len(data) != info["size"]:

@@ -159,3 +159,19 @@ def test_verify_scrub_rehashes_everything_rebuilds_the_index_and_says_how_long(s
     assert "cycle/gone-0123456789ab" not in read_index(path) and len(read_index(path)) <= 15
     text = hepc("verify", "--scrub", store=path).stdout
     assert text.startswith("scrubbed 15 objects") and "/s: all intact" in text
+
+
+def test_a_manifest_forged_to_claim_a_huge_file_is_refused_before_anything_is_read(store):
+    """A manifest rewritten with its own digest recomputed (not a secret) claiming 10 TB: refused on the
+    file's real size, never allocated."""
+    from hepc.store import Store
+    from hepc.verify import Damaged, manifest_digest
+
+    path, _, _ = store
+    prior = obj(path, "prior", "p2xc2")
+    manifest = json.loads((prior / "manifest.json").read_text())
+    manifest["files"]["prior.json"]["size"] = 10**13
+    manifest["manifest_xxh3_128"] = manifest_digest(manifest)
+    (prior / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Damaged, match="expected 10000000000000"):
+        Store(path).read_object_json(prior, "prior.json")
