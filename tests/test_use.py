@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from cli_helpers import ROOT, hepc
 from use_helpers import cli, trained_population, val_tokens
@@ -329,3 +330,33 @@ def test_score_reads_files_with_the_corpus_document_rule(tmp_path):
     assert file_documents(tmp_path / "q.txt", {"kind": "pystdlib"}) == [b"first\n%\nsecond one\n%\n"]
     with pytest.raises(HepcError, match=r"r.jsonl.*line 1.*no field 'body'"):
         file_documents(tmp_path / "r.jsonl", {**text, "documents": {"jsonl": "body"}})
+
+
+@pytest.mark.parametrize("aggregate", ["probability", "logit"])
+def test_the_kv_cache_gives_the_mixture_of_the_whole_context(pop, aggregate):
+    spec, store, _ = pop
+    ens = hepc_api.load_ensemble(spec, k="all", store=store)
+    ens.resolved.aggregate = aggregate  # the same members, combined the other way too
+    ids = np.asarray([[256, *b"def main():\n    re"]], dtype=np.int64)
+    mixture = ens.cached()
+    got = [mixture.start(ids[:, :5])]
+    for t in range(5, ids.shape[1]):
+        got.append(mixture.push(int(ids[0, t])))
+    want = ens.next_token_probs(ids)[0, 4:]
+    np.testing.assert_allclose(torch.stack(got).numpy(), want.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_sampling_with_the_cache_draws_the_same_text_within_the_window(pop):
+    from hepc.use.sample import generate_ids
+
+    spec, store, _ = pop
+    ens = hepc_api.load_ensemble(spec, k="all", store=store)
+    prompt = np.asarray([256, *b"import "], dtype=np.int64)
+    room = ens.seq_len - prompt.size  # tokens that keep the whole text within seq_len
+    for seed in (0, 1):
+        kw = {"max_tokens": room, "temperature": 1.0, "seed": seed, "stop_at_eot": False}
+        assert list(generate_ids(ens, prompt, cache=True, **kw)) == list(generate_ids(ens, prompt, cache=False, **kw))
+    longer = list(generate_ids(ens, prompt, max_tokens=3 * ens.seq_len, seed=0, stop_at_eot=False))
+    assert len(longer) == 3 * ens.seq_len  # past seq_len the window slides (by half a window at a time)
+    streamed = hepc_api.load_ensemble(spec, k="all", store=store, max_resident=1)
+    assert streamed.cached() is None  # members streamed: no cache, the context is recomputed

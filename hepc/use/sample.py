@@ -69,14 +69,29 @@ def filter_probs(p: torch.Tensor, temperature: float, top_k: int | None, top_p: 
 
 
 def generate_ids(ensemble, ids: np.ndarray, *, max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int = 0, stop_at_eot: bool = True) -> Iterator[int]:
-    """Token ids drawn one at a time after `ids` (a document's ids, end-of-text first)."""
+                 top_p: float | None = None, seed: int = 0, stop_at_eot: bool = True,
+                 cache: bool = True) -> Iterator[int]:
+    """Token ids drawn one at a time after `ids` (a document's ids, end-of-text first).
+
+    With `cache` (and every member resident) each member keeps its keys and values: a new token costs
+    one position per member. The context is the last seq_len tokens; when it fills, the cache starts
+    again from the last seq_len / 2 tokens (a sliding window that moves by half a window at a time, so
+    past seq_len the context holds between seq_len / 2 and seq_len tokens). Without the cache every
+    token recomputes the last seq_len tokens. While the text fits in seq_len both give the same tokens."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     ctx = [int(t) for t in np.asarray(ids).reshape(-1)]
     eot = getattr(ensemble.tokenizer, "eot_id", None)
+    mixture = ensemble.cached() if cache else None
+    window_len = ensemble.seq_len
     for _ in range(max_tokens):
-        window = np.asarray(ctx[-ensemble.seq_len:], dtype=np.int64)
-        p = ensemble.next_token_probs(window[None])[0, -1].cpu()
+        if mixture is None:
+            window = np.asarray(ctx[-window_len:], dtype=np.int64)
+            p = ensemble.next_token_probs(window[None])[0, -1].cpu()
+        elif mixture.caches is None or mixture.length >= window_len:
+            keep = window_len if mixture.caches is None else window_len // 2
+            p = mixture.start(np.asarray(ctx[-keep:], dtype=np.int64)[None]).cpu()
+        else:
+            p = mixture.push(ctx[-1]).cpu()
         q = filter_probs(p, temperature, top_k, top_p)
         tok = int(torch.multinomial(q, 1, generator=gen)) if temperature > 0.0 else int(torch.argmax(q))
         if stop_at_eot and tok == eot:
