@@ -75,17 +75,22 @@ def score_command(spec, k, files, json_out=False, store=None, overrides=None, po
     return 0
 
 
-def export_command(spec, k, out, force=False, store=None, overrides=None, population=None, prior=None) -> int:
+def export_command(spec, k, out, force=False, store=None, overrides=None, population=None, prior=None,
+                   fmt: str = "hepc") -> int:
     from pathlib import Path
 
     from hepc.use.export import _check_target, export
     from hepc.use.source import resolve
     from hepc.use.text import ensemble_tokenizer
 
+    from hepc.errors import HepcError
+
+    if fmt not in ("hepc", "hf"):
+        raise HepcError(f"--format: {fmt!r} is not a format (hepc, or hf: also each member for transformers)")
     _check_target(Path(out), force)  # before anything is read
     res = resolve(spec, k, overrides=overrides or None, store=store, population=population, prior=prior)
     tok = ensemble_tokenizer(res.tokenizer_config, res.model["vocab_size"], res.eot_id, res.tokenizer)
-    path = export(res, tok, out, force=force)
+    path = export(res, tok, out, force=force, hf=fmt == "hf")
     print(path)
     return 0
 
@@ -189,6 +194,8 @@ def register(app) -> None:
         out: Annotated[str, typer.Option("--out", help="Folder to write (must not exist, unless --force).")],
         k: KOpt = "all",
         force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at --out.")] = False,
+        fmt: Annotated[str, typer.Option(
+            "--format", help="hepc, or hf: also each member as a transformers (Qwen3) model folder under hf/.")] = "hepc",
         store: StoreOpt = None,
         set_: SetOpt = None,
         population: PopOpt = None,
@@ -196,7 +203,7 @@ def register(app) -> None:
     ) -> None:
         """Write the top-K ensemble to a self-contained folder (safetensors, weights, tokenizer, manifest, card)."""
         spec, set_, _ = split_args(spec, set_)
-        export_command(spec, k, out, force, store, set_, population, prior)
+        export_command(spec, k, out, force, store, set_, population, prior, fmt)
 
     @app.command("eval")
     @user_errors

@@ -4,6 +4,7 @@ One tiny pystdlib population is trained once for the module (tests/use_helpers.p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -280,13 +281,26 @@ def test_bpe_population_exports_its_tokenizer_and_scores_identically(tmp_path):
     ens = hepc_api.load_ensemble(spec, k=2, store=store)
     assert ens.score(val)["nats_per_token"] == e2["val_loss"]
     out = tmp_path / "ens"
-    cli("export", spec, "--k", "2", "--out", out, store=store)
+    hf_extra = ["--format", "hf"] if importlib.util.find_spec("transformers") else []
+    cli("export", spec, "--k", "2", "--out", out, *hf_extra, store=store)
     assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "BPE"  # the library's own file
     exported = hepc_api.load_ensemble(out)
     assert exported.score(val)["nats_per_token"] == ens.score(val)["nats_per_token"]
     text = "import os\nprint(os.sep)\n"
     assert exported.log_prob(text) == ens.log_prob(text)
     assert exported.tokenizer.decode(exported.tokenizer.encode(text.encode())[1:]) == text
+    if hf_extra:  # the trained BPE as a transformers tokenizer and model: hepc's ids, hepc's logits
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        first = out / "hf" / f"{ens.resolved.members[0].name}-{ens.members[0][:12]}"
+        tok = AutoTokenizer.from_pretrained(first, local_files_only=True)
+        ids = tok(text)["input_ids"]
+        assert ids == ens.tokenizer.encode(text).tolist()
+        hf = AutoModelForCausalLM.from_pretrained(first, local_files_only=True, dtype=torch.float32).eval()
+        net = next(iter(ens.groups()))[0][1]
+        with torch.no_grad():
+            x = torch.tensor([ids])
+            assert (hf(x).logits - net(x)).abs().max().item() <= 1e-5
 
 
 def test_logit_aggregate_population_reproduces_its_results(pop):

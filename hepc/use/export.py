@@ -67,9 +67,10 @@ def _not_written_by_export(out: Path) -> list[str]:
         return []
     try:
         listed = read_json(out / MANIFEST).get("files") or {}  # bounded, regular files only
-        own = {MANIFEST, CARD, SUMS, "members", *(str(k) for k in dict(listed))}
+        own = {MANIFEST, CARD, SUMS, "members", "hf", *(str(k) for k in dict(listed))}
+        own |= {str(k).rsplit("/", 1)[0] for k in dict(listed) if str(k).startswith("hf/")}
     except (OSError, ValueError, TypeError, AttributeError):
-        own = {MANIFEST, CARD, SUMS, "members"}
+        own = {MANIFEST, CARD, SUMS, "members", "hf"}
     found = []
     for root, dirs, names in os.walk(out):  # links are not followed (os.walk's default)
         for name in dirs + names:
@@ -79,8 +80,9 @@ def _not_written_by_export(out: Path) -> list[str]:
     return sorted(found)
 
 
-def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
-    """Write the folder; returns its path. HepcError (nothing written) for a target that may not be used."""
+def export(resolved: Resolved, tokenizer, out, *, force: bool = False, hf: bool = False) -> Path:
+    """Write the folder; returns its path. HepcError (nothing written) for a target that may not be used.
+    `hf`: also each member as a transformers model folder, DIR/hf/<name>/ (hepc/use/hf.py)."""
     out = Path(out)
     _check_target(out, force)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -97,6 +99,8 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
                          "file": rel, "sha256": digest, "bytes": (tmp / rel).stat().st_size})
         tok = _write_tokenizer(resolved, tokenizer, tmp)
         files[tok["file"]] = sha256_file(tmp / tok["file"])
+        if hf:
+            files |= _write_hf(resolved, tokenizer, tmp)
         manifest = {
             "format": "hepc-ensemble",
             "version": EXPORT_FORMAT,
@@ -127,6 +131,24 @@ def export(resolved: Resolved, tokenizer, out, *, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def _write_hf(resolved: Resolved, tokenizer, tmp: Path) -> dict[str, str]:
+    """hf/<member>/ for each member (config, weights, tokenizer); {relative path: sha256} of the files."""
+    from safetensors.torch import load
+
+    from hepc.use.hf import write_member
+
+    if getattr(tokenizer, "eot_id", None) is None or not hasattr(tokenizer, "encode"):
+        raise HepcError("--format hf needs a text tokenizer (bytes or a trained BPE); this population has none")
+    out = {}
+    for m in resolved.members:
+        folder = tmp / "hf" / f"{m.name}-{m.key[:12]}"
+        write_member(folder, load((tmp / f"members/{m.name}-{m.key[:12]}.safetensors").read_bytes()), resolved.model,
+                     tokenizer)
+        for f in sorted(folder.iterdir()):
+            out[f.relative_to(tmp).as_posix()] = sha256_file(f)
     return out
 
 
@@ -167,6 +189,32 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def _hf_card(manifest: dict) -> list[str]:
+    """The card's transformers section: load a member, then the mixture in plain transformers code."""
+    folders = sorted({f.split("/")[1] for f in manifest["files"] if f.startswith("hf/")})
+    weights = [round(float(w), 6) for w in manifest["weights"]]
+    return [
+        "",
+        "## With transformers alone",
+        "",
+        f"`hf/` holds each member as a Qwen3 checkpoint (no custom code): {', '.join(folders)}.",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"names = {folders!r}",
+        f"weights = {weights!r}  # the prior's top-K weights, renormalised",
+        "members = [AutoModelForCausalLM.from_pretrained(f'hf/{n}', local_files_only=True).eval() for n in names]",
+        "tok = AutoTokenizer.from_pretrained(f'hf/{names[0]}')  # end-of-text first, as hepc encodes",
+        "ids = torch.tensor([tok('def main():')['input_ids']])",
+        "with torch.no_grad():  # weighted probability averaging: the mixture the prior was fit for",
+        "    probs = sum(w * m(ids).logits.softmax(-1) for w, m in zip(weights, members))",
+        "```",
+        "",
+        "`lm_eval --model hf --model_args pretrained=hf/NAME` evaluates one member with the stock harness.",
+    ]
 
 
 def _fmt(x) -> str:
@@ -221,6 +269,7 @@ def card(manifest: dict) -> str:
         "```",
         "",
         "`hepc sample THIS_FOLDER --prompt TEXT`, `hepc score THIS_FOLDER FILE...` work on this folder too.",
+        *(_hf_card(manifest) if any(f.startswith("hf/") for f in manifest["files"]) else []),
         "`sha256sum -c SHA256SUMS` checks every file of it (this card and the manifest included) without hepc.",
         "",
     ]
