@@ -400,8 +400,8 @@ def _located_data_error(loaded, e: Exception):
     cause = e.__cause__
     if not isinstance(cause, DataError):
         return None
-    where = loaded.where(cause.field)
-    return SpecError([Problem(where, cause.field, f"{cause.message} ({str(e).split(':', 1)[0]})")])
+    step = str(e).split(":", 1)[0].removeprefix("step ")  # "corpus NAME (KEY) failed"
+    return SpecError([Problem(loaded.where(cause.field), cause.field, f"{cause.message} (step {step})")])
 
 
 def _run_flags(jobs: Optional[int], backend: Optional[str], address: Optional[str]) -> dict:

@@ -49,3 +49,11 @@ class StoreError(HepcError):
 
 class StepFailed(HepcError):
     """A step body raised; finished steps stay committed."""
+
+
+def data_cause(e: BaseException) -> tuple[str, str] | None:
+    """(field, message) of the data problem behind a failed step (a DataError naming a spec field), so
+    that a worker process can send it to the driver, which locates it in the spec (None: not one)."""
+    cause = e.__cause__
+    field, message = getattr(cause, "field", None), getattr(cause, "message", None)
+    return (field, message) if isinstance(field, str) and isinstance(message, str) else None

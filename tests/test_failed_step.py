@@ -43,7 +43,9 @@ def test_a_failing_step_is_reported_recorded_retried_and_cleared_by_a_fix(spec, 
         assert out.returncode == 2, out.stderr
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, out.stderr
-        assert errors[0].startswith("error: step corpus tokens-none (") and "holds id 150 at token 5,000" in errors[0]
+        # located at the spec field the data breaks (one line, with either backend), naming the failed step
+        assert errors[0].startswith(f"error: {spec}:") and "data.source.vocab_size" in errors[0], errors[0]
+        assert "holds id 150 at token 5,000" in errors[0] and "(step corpus tokens-none (" in errors[0]
         (failed,) = store.glob("work/*/failed.json")
         assert "holds id 150" in json.loads(failed.read_text())["error"]
         assert not list(store.glob("objects/*/*")), "a failed step committed something"

@@ -333,6 +333,10 @@ class _Runner:
             cls = getattr(errors, message[1], HepcError)
             cls = cls if isinstance(cls, type) and issubclass(cls, HepcError) else HepcError
             error = cls([Problem("", "", p) for p in message[2]])
+            if len(message) > 3 and message[3]:  # a data problem the spec can locate (hepc.errors.data_cause)
+                from hepc.data.identity import DataError
+
+                error.__cause__ = DataError(message[3][1], message[3][0])
             if stopping:
                 self.progress.note(str(error))
                 return

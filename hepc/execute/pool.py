@@ -172,7 +172,7 @@ def _serve(conn, root: str, runtime: dict, label: str) -> None:
 
         torch.set_num_threads(int(runtime["threads"]))
 
-    from hepc.errors import HepcError
+    from hepc.errors import HepcError, data_cause
     from hepc.execute.attempt import Attempt
     from hepc.store import Store
 
@@ -191,7 +191,7 @@ def _serve(conn, root: str, runtime: dict, label: str) -> None:
         try:
             outcome = attempt.run(step, upstream)
         except HepcError as e:
-            conn.send(("error", type(e).__name__, [str(p) for p in e.problems]))
+            conn.send(("error", type(e).__name__, [str(p) for p in e.problems], data_cause(e)))
             continue
         except KeyboardInterrupt:
             conn.send(("interrupted", step.key))

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from hepc.errors import HepcError, Problem
+from hepc.errors import HepcError, Problem, data_cause
 from hepc.graph import StepSpec
 from hepc.store import MARKER, Store
 
@@ -302,4 +302,4 @@ def run_step(root: str, runtime: dict, step: StepSpec, upstream: dict, label: st
     try:
         return ("result", asdict(attempt.run(step, upstream)))
     except HepcError as e:
-        return ("error", type(e).__name__, [str(p) for p in e.problems])
+        return ("error", type(e).__name__, [str(p) for p in e.problems], data_cause(e))
