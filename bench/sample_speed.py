@@ -36,7 +36,7 @@ def main() -> int:
     from hepc.use.text import encode_document
 
     torch.set_num_threads(args.threads)
-    print(f"| K | tokens | without cache (tok/s) | with cache (tok/s) | speed-up |")
+    print("| K | tokens | without cache (tok/s) | with cache (tok/s) | speed-up |")
     print("|---:|---:|---:|---:|---:|")
     for k in args.k:
         ens = hepc.load_ensemble(args.spec, k=k, store=args.store)

@@ -174,9 +174,8 @@ def _repair(the_store, damaged, checkpoints) -> list[str]:
 def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_out: bool = False) -> int:
     """Dry run by default: list what is not reachable from the recorded (or named) specs and its size;
     with yes=True, remove it in two phases (trash, then delete)."""
-    from hepc.gc import collect, garbage, reachable
-
     from hepc.cli_specs import spec_args
+    from hepc.gc import collect, garbage, reachable
 
     named = []
     spec_store = None

@@ -79,11 +79,10 @@ def export_command(spec, k, out, force=False, store=None, overrides=None, popula
                    fmt: str = "hepc") -> int:
     from pathlib import Path
 
+    from hepc.errors import HepcError
     from hepc.use.export import _check_target, export
     from hepc.use.source import resolve
     from hepc.use.text import ensemble_tokenizer
-
-    from hepc.errors import HepcError
 
     if fmt not in ("hepc", "hf"):
         raise HepcError(f"--format: {fmt!r} is not a format (hepc, or hf: also each member for transformers)")

@@ -25,3 +25,22 @@ def _plain_approx(expected, *args, **kwargs):
 
 
 pytest.approx = _plain_approx
+
+
+@pytest.fixture(scope="module")
+def tiny_pristine(tmp_path_factory):
+    """(store, results) of the tiny fixture's run, one per test module (a copy of the session's)."""
+    from cli_helpers import tiny_store
+
+    return tiny_store(tmp_path_factory.mktemp("pristine"))
+
+
+@pytest.fixture
+def tiny_copy(tiny_pristine, tmp_path):
+    """(a fresh copy of the module's tiny store for this test, the module's store, the run's results)."""
+    import shutil
+
+    src, results = tiny_pristine
+    dst = tmp_path / "store"
+    shutil.copytree(src, dst, symlinks=True)
+    return dst, src, results

@@ -10,11 +10,10 @@ the object is rewritten to the signatures the object has now: the state a flip o
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY, executed, hepc, obj, tiny_store
+from cli_helpers import TINY, executed, hepc, obj
 
 from hepc.errors import HepcError
 from hepc.verify import _dir_sigs, _stat_sig, index_intact, index_label, read_index, write_index
@@ -38,19 +37,6 @@ def flip_keeping_signatures(store: Path, o: Path, rel: str, edit=None) -> None:
     assert index_intact(o, read_index(store)[index_label(o)])  # the caches now vouch for the damage
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return tiny_store(tmp_path_factory.mktemp("pristine"))
-
-
-@pytest.fixture
-def store(pristine, tmp_path):
-    src, results = pristine
-    dst = tmp_path / "store"
-    shutil.copytree(src, dst)
-    return dst, src, results
-
-
 def _lower_digit(text: bytes) -> bytes:
     """A flipped digit in the first val loss of a prior: still valid JSON, plausible, wrong."""
     at = text.index(b'"val_loss": ') + len(b'"val_loss": ')
@@ -58,8 +44,8 @@ def _lower_digit(text: bytes) -> bytes:
     return text[:at] + bytes([digit - 1 if digit > ord("0") else digit + 1]) + text[at + 1:]
 
 
-def test_results_never_show_a_flipped_prior_and_the_next_run_recomputes_it(store):
-    path, pristine, results = store
+def test_results_never_show_a_flipped_prior_and_the_next_run_recomputes_it(tiny_copy):
+    path, pristine, results = tiny_copy
     prior = obj(path, "prior", "p2xc2")
     flip_keeping_signatures(path, prior, "prior.json", _lower_digit)
 
@@ -75,8 +61,8 @@ def test_results_never_show_a_flipped_prior_and_the_next_run_recomputes_it(store
     assert hepc("results", TINY, "--json", store=path).returncode == 0
 
 
-def test_a_cached_run_repairs_a_flipped_result_before_showing_it(store):
-    path, _, results = store
+def test_a_cached_run_repairs_a_flipped_result_before_showing_it(tiny_copy):
+    path, _, results = tiny_copy
     curve = obj(path, "curve", "p2xc2")
     flip_keeping_signatures(path, curve, "curve.json", _lower_digit)
     run = hepc("run", TINY, "--json", store=path)
@@ -85,10 +71,10 @@ def test_a_cached_run_repairs_a_flipped_result_before_showing_it(store):
     assert json.loads(run.stdout) == results
 
 
-def test_load_ensemble_sample_and_export_refuse_a_flipped_snapshot(store, tmp_path):
+def test_load_ensemble_sample_and_export_refuse_a_flipped_snapshot(tiny_copy, tmp_path):
     from hepc import load_ensemble
 
-    path, pristine, _ = store
+    path, pristine, _ = tiny_copy
     cycle = obj(path, "cycle", "t1-c002")
     flip_keeping_signatures(path, cycle, "model.safetensors")
 
@@ -106,8 +92,8 @@ def test_load_ensemble_sample_and_export_refuse_a_flipped_snapshot(store, tmp_pa
     assert load_ensemble(TINY, k="all", store=path).log_prob("abc")["tokens"] == 3
 
 
-def test_the_next_cycle_never_trains_from_a_flipped_snapshot(store):
-    path, pristine, _ = store
+def test_the_next_cycle_never_trains_from_a_flipped_snapshot(tiny_copy):
+    path, pristine, _ = tiny_copy
     prev = obj(path, "cycle", "t1-c002")
     flip_keeping_signatures(path, prev, "model.safetensors")
 
@@ -119,8 +105,8 @@ def test_the_next_cycle_never_trains_from_a_flipped_snapshot(store):
     assert hepc("verify", store=path).returncode == 0
 
 
-def test_verify_finds_it_and_the_next_run_recomputes_it(store):
-    path, pristine, results = store
+def test_verify_finds_it_and_the_next_run_recomputes_it(tiny_copy):
+    path, pristine, results = tiny_copy
     score = obj(path, "score", "t2-c002-val")
     flip_keeping_signatures(path, score, "probs.npy")
     assert hepc("run", TINY, store=path).stderr.count("damaged") == 0  # a run alone trusts the signature: cached
@@ -134,8 +120,8 @@ def test_verify_finds_it_and_the_next_run_recomputes_it(store):
     assert (score / "probs.npy").read_bytes() == (obj(pristine, "score", "t2-c002-val") / "probs.npy").read_bytes()
 
 
-def test_verify_repair_with_a_spec_quarantines_and_recomputes(store):
-    path, pristine, results = store
+def test_verify_repair_with_a_spec_quarantines_and_recomputes(tiny_copy):
+    path, pristine, results = tiny_copy
     cycle = obj(path, "cycle", "t2-c001")
     flip_keeping_signatures(path, cycle, "model.safetensors")
 
@@ -148,8 +134,8 @@ def test_verify_repair_with_a_spec_quarantines_and_recomputes(store):
     assert json.loads(hepc("results", TINY, "--json", store=path).stdout) == results
 
 
-def test_verify_scrub_rehashes_everything_rebuilds_the_index_and_says_how_long(store):
-    path, _, _ = store
+def test_verify_scrub_rehashes_everything_rebuilds_the_index_and_says_how_long(tiny_copy):
+    path, _, _ = tiny_copy
     index = json.loads((path / "verified-index.json").read_text())
     index["objects"]["cycle/gone-0123456789ab"] = next(iter(index["objects"].values()))  # an object gc never saw go
     (path / "verified-index.json").write_text(json.dumps(index))
@@ -161,13 +147,13 @@ def test_verify_scrub_rehashes_everything_rebuilds_the_index_and_says_how_long(s
     assert text.startswith("scrubbed 15 objects") and "/s: all intact" in text
 
 
-def test_a_manifest_forged_to_claim_a_huge_file_is_refused_before_anything_is_read(store):
+def test_a_manifest_forged_to_claim_a_huge_file_is_refused_before_anything_is_read(tiny_copy):
     """A manifest rewritten with its own digest recomputed (not a secret) claiming 10 TB: refused on the
     file's real size, never allocated."""
     from hepc.store import Store
     from hepc.verify import Damaged, manifest_digest
 
-    path, _, _ = store
+    path, _, _ = tiny_copy
     prior = obj(path, "prior", "p2xc2")
     manifest = json.loads((prior / "manifest.json").read_text())
     manifest["files"]["prior.json"]["size"] = 10**13

@@ -2,8 +2,8 @@
 
 import itertools
 import json
-import time
 import re
+import time
 from pathlib import Path
 
 import numpy as np

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, TINY, executed, hepc, tiny_store
+from cli_helpers import ROOT, TINY, executed, hepc
 
 from hepc import gc as gc_mod
 from hepc.store import MARKER, Store
@@ -22,17 +22,14 @@ from hepc.store import MARKER, Store
 STORE_DIRS = ("work", "tmp", "quarantine", "verified", "trash", "leases")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return tiny_store(tmp_path_factory.mktemp("pristine"))
+@pytest.fixture
+def pristine(tiny_pristine):
+    return tiny_pristine
 
 
 @pytest.fixture
-def store(pristine, tmp_path):
-    src, _ = pristine
-    dst = tmp_path / "store"
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
+def store(tiny_copy):
+    return tiny_copy[0]
 
 
 def plant(folder: Path) -> dict[str, bytes]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-import pytest
-from cli_helpers import executed, hepc, obj, tiny_store
+from cli_helpers import executed, hepc, obj
 
 from hepc.verify import check_object, manifest_digest
 
@@ -17,21 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return tiny_store(tmp_path_factory.mktemp("pristine"))
-
-
-@pytest.fixture
-def store(pristine, tmp_path):
-    src, results = pristine
-    dst = tmp_path / "store"
-    shutil.copytree(src, dst)
-    return dst, src, results
-
-
-def test_verify_clean_store(store):
-    path, _, _ = store
+def test_verify_clean_store(tiny_copy):
+    path, _, _ = tiny_copy
     out = hepc("verify", store=path)
     assert out.returncode == 0 and "15 objects" in out.stdout and "all intact" in out.stdout
     out = hepc("verify", TINY, "--json", store=path)
@@ -39,8 +24,8 @@ def test_verify_clean_store(store):
     assert report["checked"] == 15 and report["damaged"] == []
 
 
-def test_truncated_file_is_named_and_recomputed(store):
-    path, pristine, results = store
+def test_truncated_file_is_named_and_recomputed(tiny_copy):
+    path, pristine, results = tiny_copy
     cycle = obj(path, "cycle", "t1-c001")
     weights = cycle / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -61,8 +46,8 @@ def test_truncated_file_is_named_and_recomputed(store):
     assert hepc("verify", store=path).returncode == 0
 
 
-def test_flipped_byte_is_named_and_recomputed_even_with_mtime_restored(store):
-    path, pristine, results = store
+def test_flipped_byte_is_named_and_recomputed_even_with_mtime_restored(tiny_copy):
+    path, pristine, results = tiny_copy
     score = obj(path, "score", "t2-c002-val")
     probs = score / "probs.npy"
     st = probs.stat()
@@ -81,8 +66,8 @@ def test_flipped_byte_is_named_and_recomputed_even_with_mtime_restored(store):
     assert probs.read_bytes() == (obj(pristine, "score", "t2-c002-val") / "probs.npy").read_bytes()
 
 
-def test_altered_manifest_is_detected(store):
-    path, _, _ = store
+def test_altered_manifest_is_detected(tiny_copy):
+    path, _, _ = tiny_copy
     prior = obj(path, "prior", "p2xc2")
     manifest = json.loads((prior / "manifest.json").read_text())
     manifest["summary"]["best_ensemble_val_loss"] = 0.001  # valid JSON, plausible, wrong
@@ -93,8 +78,8 @@ def test_altered_manifest_is_detected(store):
     assert damaged["object"] == f"prior/{prior.name}" and "altered" in damaged["problems"][0]
 
 
-def test_missing_and_unexpected_files_are_damage(store):
-    path, _, _ = store
+def test_missing_and_unexpected_files_are_damage(tiny_copy):
+    path, _, _ = tiny_copy
     a = obj(path, "cycle", "t2-c001")
     (a / "metrics.jsonl").unlink()
     b = obj(path, "cycle", "t2-c002")
@@ -125,14 +110,14 @@ def test_a_manifest_cannot_make_verify_read_outside_the_object(tmp_path):
     assert problems and "invalid file" in problems[0]
 
 
-def test_input_damaged_during_a_run_is_recomputed_before_use(store, monkeypatch):
+def test_input_damaged_during_a_run_is_recomputed_before_use(tiny_copy, monkeypatch):
     """Damage that appears after the run's start-up check is still caught right before use."""
     from hepc.compile import compile_spec
     from hepc.execute import driver
     from hepc.spec.load import load_spec
     from hepc.store import Store
 
-    path, pristine, _ = store
+    path, pristine, _ = tiny_copy
     prev = obj(path, "cycle", "t1-c002")
     weights = prev / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 from cli_helpers import ROOT, hepc
 from use_helpers import cli, trained_population, val_tokens
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from hepc.train.model import ROPE_BASE
 from hepc.sizes import swiglu_hidden
+from hepc.train.model import ROPE_BASE
 
 EOT_TEXT = "<|endoftext|>"
 RMS_EPS = float(torch.finfo(torch.float32).eps)
