@@ -114,3 +114,24 @@ def test_the_harness_never_runs_git_in_the_users_folder(monkeypatch):
     monkeypatch.setattr(evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash)  # restored after the test
     _quiet_git_lookup()
     assert evaluator.get_git_commit_hash() is None
+
+
+def test_the_stock_harness_on_an_exported_member_gives_hepcs_accuracy(pop, tmp_path, monkeypatch):
+    """`lm_eval --model hf` (no hepc code) on a member exported with `--format hf`, against `hepc eval`
+    of the same member at K = 1: the same accuracy on the local task."""
+    pytest.importorskip("transformers")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    spec, store, _ = pop
+    monkeypatch.chdir(ROOT)  # the task's data_files path is relative to the repository root
+    out = tmp_path / "exp"
+    cli("export", spec, "--k", "1", "--format", "hf", "--out", str(out), store=store)
+    ours = json.loads(cli("eval", spec, "--k", "1", "--tasks", "hepc_mc", "--include-path", TASKS, "--json",
+                          store=store).stdout)["results"]["hepc_mc"]["acc,none"]
+    (member,) = (out / "hf").iterdir()
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={member},dtype=float32,add_bos_token=True", tasks=["hepc_mc"],
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False), device="cpu", log_samples=False,
+    )
+    assert res["results"]["hepc_mc"]["acc,none"] == ours

@@ -213,7 +213,8 @@ def _hf_card(manifest: dict) -> list[str]:
         "    probs = sum(w * m(ids).logits.softmax(-1) for w, m in zip(weights, members))",
         "```",
         "",
-        "`lm_eval --model hf --model_args pretrained=hf/NAME` evaluates one member with the stock harness.",
+        "`lm_eval --model hf --model_args pretrained=hf/NAME,add_bos_token=True` evaluates one member with the stock",
+        "harness (end-of-text first, as hepc scores a document).",
     ]
 
 
