@@ -93,6 +93,7 @@ def test_model_is_registered_and_built_from_model_args(pop):
     assert lm.ensemble.k == 2 and lm.ensemble.provenance["spec_name"] == "tinypy"
 
 
+@pytest.mark.slow  # lm-eval indexes its thousands of tasks to tell (~20 s): kept out of the default run
 def test_unknown_task_is_one_clear_error(pop):
     spec, store, _ = pop
     r = cli("eval", spec, "--k", "2", "--tasks", "no_such_task_xyz", "--include-path", TASKS, store=store, check=False)

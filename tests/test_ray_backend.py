@@ -97,6 +97,7 @@ def test_a_population_through_ray_matches_the_local_backend(cluster, local_refer
     assert len({e["pid"] for e in placed}) >= 1 and all(e["host"] for e in placed)
 
 
+@pytest.mark.slow  # a long cycle twice through Ray (~1 min); test_jobs.py kills local workers in the default run
 def test_a_killed_ray_worker_is_retried_and_resumes(cluster, tmp_path):
     address, env, _ = cluster
     one = [*LONG, "population.trajectories=1", "prior.budgets=[1]"]
