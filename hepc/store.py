@@ -343,21 +343,25 @@ class Store:
         """Drop these entries from `verified-index.json` at the next `save_index`."""
         self._sig_drops |= labels
 
-    def distrust(self, path: Path) -> None:
+    def distrust(self, path: Path, *, now: bool = True) -> None:
         """Forget every signature that vouched for the object at `path` (its `verified/` file and its
         entry in `verified-index.json`): the next check of it hashes every byte, so damage found by a
-        reader or by `hepc verify` is quarantined and recomputed by the next `hepc run`."""
+        reader or by `hepc verify` is quarantined and recomputed by the next `hepc run`. now=False
+        leaves the index entry's removal to the next `save_index`."""
         label = index_label(path)
         self._sig_updates.pop(label, None)
         if self._sigs is not None:
             self._sigs.pop(label, None)
+        if not now:
+            self._sig_drops.add(label)
         if not self.has_marker():
             return
         try:
             self.sig_path(path).unlink(missing_ok=True)
         except OSError:
             pass
-        write_index(self.root, {}, {label})
+        if now:
+            write_index(self.root, {}, {label})
 
     def orphan(self, step: StepSpec) -> Path | None:
         """The object folder of `step` if it exists without a manifest (half-deleted, never a commit
@@ -372,15 +376,7 @@ class Store:
         self.open_for_writing()
         moved = quarantine(path, self.root / "quarantine", recheck=recheck)
         self.refresh(path.parent.name)
-        label = index_label(path)
-        self._sig_updates.pop(label, None)
-        self._sig_drops.add(label)
-        if self._sigs is not None:
-            self._sigs.pop(label, None)
-        try:
-            self.sig_path(path).unlink(missing_ok=True)
-        except OSError:
-            pass
+        self.distrust(path, now=False)  # a run saves its index once its check pass is done
         return moved
 
     def work_status(self, key: str) -> dict | None:
