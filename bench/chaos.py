@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hepc.store_lease import pid_alive  # noqa: E402
+from hepc.store.lease import pid_alive
 
 TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
 # Longer cycles with a checkpoint every 2 optimizer steps, so that most kills land mid-cycle.

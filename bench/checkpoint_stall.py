@@ -36,7 +36,7 @@ def main() -> int:
 
     import torch
 
-    from hepc.ckpt_digest import write_digest
+    from hepc.store.ckpt_digest import write_digest
     from hepc.train.checkpoint import BackgroundWriter, save_state, save_state_hashed, snapshot
 
     n, chunk = int(args.params), 1 << 22

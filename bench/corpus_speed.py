@@ -86,7 +86,7 @@ def _peak_mb() -> float:
 
 
 def run_hepc(folder: Path, vocab: int, text_bytes: int) -> dict:
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
     from hepc.steps import RunContext, body
 

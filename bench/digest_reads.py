@@ -52,10 +52,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
-    from hepc.store import Store
-    from hepc.verify import check_object
+    from hepc.store.objects import Store
+    from hepc.store.verify import check_object
 
     store = Store(args.store)
     per_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0])  # steps, input bytes, hash s, wall s
@@ -113,7 +113,7 @@ def main() -> int:
         print(f"member snapshot ({info['size'] / 1e6:.2f} MB): read {plain * 1e3:.2f} ms, read + digest check "
               f"{checked * 1e3:.2f} ms (+{(checked - plain) * 1e3:.2f} ms), tensors from the bytes {build * 1e3:.2f} ms")
 
-    from hepc.results import collect
+    from hepc.report.results import collect
 
     compiled = compile_spec(load_spec(args.specs[-1], []))
     shown = _median_time(lambda: collect(compiled, Store(args.store)), args.repeat)

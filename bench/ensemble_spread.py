@@ -20,10 +20,12 @@ from pathlib import Path
 def spread(spec: str, k: int, draws: int, store: str | None, seed: int = 0) -> dict:
     import numpy as np
 
-    from hepc.compile import compile_spec
-    from hepc.ensemble import ensemble_loss, uniform_weights
+    from hepc.compile.compiler import compile_spec
+    from hepc.prior.rows import uniform_weights
+    from hepc.prior.select import ensemble_loss
     from hepc.spec.load import load_spec
-    from hepc.store import Store, resolve_store_path
+    from hepc.store.layout import resolve_store_path
+    from hepc.store.objects import Store
 
     loaded = load_spec(spec)
     compiled = compile_spec(loaded)

@@ -10,7 +10,7 @@ T 1.2: the teacher's forward included), `--steps` optimizer steps each, data-par
 (gpus_per_step; default every visible GPU).
 
 Per cycle: steady tokens/s (median over the steps after the first two: warm-up and compilation), tokens/s
-per GPU, peak memory of GPU 0 (torch.cuda.max_memory_allocated) next to hepc's estimate (hepc/memory.py),
+per GPU, peak memory of GPU 0 (torch.cuda.max_memory_allocated) next to hepc's estimate (hepc/train/memory.py),
 and MFU = model FLOPs per token × tokens/s per GPU / peak dense bf16 FLOP/s, where model FLOPs per token
 (hepc.sizes.model_flops_per_token) count 6 per weight of the blocks and the output head (the input
 embedding is a lookup), attention's 12·L·d·T, and in the distilled cycle the teacher's forward (a third
@@ -57,9 +57,10 @@ def run(layers: int, steps: int, gpus: int, compile_: bool, peak_tflops: float |
     import torch
     from gpu_report import peak_flops
 
-    from hepc import memory
     from hepc.sizes import model_flops_per_token, param_count
-    from hepc.train.loop import device_capacity, train_cycle
+    from hepc.train import memory
+    from hepc.train.loop import train_cycle
+    from hepc.train.setup import device_capacity
 
     shape = SMOKE if smoke else PAPER
     vocab, d_model, seq_len, batch_tokens = shape["vocab"], shape["d_model"], shape["seq_len"], shape["batch_tokens"]

@@ -42,8 +42,7 @@ def main() -> int:
         path = Path(tmp) / "big.jsonl"
         with open(path, "w") as f:
             f.write('{"text": "')
-            for _ in range(args.mb):
-                f.write("a" * 1_000_000)
+            f.writelines("a" * 1_000_000 for _ in range(args.mb))
             f.write('"}\n')
         return subprocess.run([sys.executable, __file__, "--read", str(path)]).returncode
 

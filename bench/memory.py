@@ -1,4 +1,4 @@
-"""Peak memory of hepc's training on the CPU, measured against hepc/memory.py's estimate; the chunked
+"""Peak memory of hepc's training on the CPU, measured against hepc/train/memory.py's estimate; the chunked
 loss and activation checkpointing against the full-logits loss and plain blocks.
 
     python bench/memory.py [--json] [--cases estimator,loss,checkpointing]
@@ -105,7 +105,7 @@ def _cycle(root: Path, name: str, model: dict, seq_len: int, batch: int, vocab: 
 
 
 def _estimate(model: dict, seq_len: int, batch: int, vocab: int, extra: dict, kind: str, distill: bool) -> dict:
-    from hepc import memory
+    from hepc.train import memory
 
     shape = memory.Shape(vocab, model["n_layer"], model["d_model"], model["n_head"], seq_len, model["dropout"] > 0,
                          kind, distill)  # fmt: skip

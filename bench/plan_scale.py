@@ -53,10 +53,10 @@ def main() -> None:
             )
             cli.append(time.perf_counter() - t0)
 
-        from hepc.compile import compile_spec
-        from hepc.plan import make_plan
+        from hepc.compile.compiler import compile_spec
+        from hepc.compile.plan import make_plan
         from hepc.spec.load import load_spec
-        from hepc.store import Store
+        from hepc.store.objects import Store
 
         inproc = []
         for _ in range(args.repeat):

@@ -15,10 +15,10 @@ at the end), each chunk a window at a random offset into a 65,536-column bank of
 distribution (fresh draws for 4.8e9 entries would cost more than everything timed), and only ever
 read a column block at a time. Timed, in order:
 
-  fit learned      hepc.ensemble.fit_prior on all members (what the prior step fits)
-  fit shrinkage    hepc.ensemble.fit_prior_shrinkage, default grid and folds (--no-shrinkage: skip)
+  fit learned      hepc.prior.fit.fit_prior on all members (what the prior step fits)
+  fit shrinkage    hepc.prior.shrinkage.fit_prior_shrinkage, default grid and folds (--no-shrinkage: skip)
   prior scoring    the prior step's val pass: all-member, uniform and every budget's top-K, one pass
-  curve            hepc.ensemble.loss_curve with the learned prior at every completed round (what the
+  curve            hepc.prior.curve.loss_curve with the learned prior at every completed round (what the
                    curve step runs), split into its fits (batched) and its one scoring pass over val
 
 and the from-scratch cost of the curve's fits is estimated from the first figure (each point's fit
@@ -42,7 +42,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import hepc.ensemble as ens
+from hepc.prior import curve, select, shrinkage
+from hepc.prior import fit as prior_fit
+from hepc.prior import rows as prior_rows
 
 PAPER_BUDGETS = [8, 16, 32, 64, 128, 256]
 BANK_COLUMNS = 1 << 16  # val is written as windows of a bank of this many columns, at random offsets
@@ -174,10 +176,10 @@ def main() -> None:
 
     pop = Population(args.members, args.trajectories, args.seed)
     M, P, C = pop.M, pop.P, pop.C
-    avail = ens.availability_costs(P, C, 2.0)
-    order = [ens.population_index(p, c, C) for p, c, _ in avail]
+    avail = curve.availability_costs(P, C, 2.0)
+    order = [curve.population_index(p, c, C) for p, c, _ in avail]
     costs = [cost for _, _, cost in avail]
-    points = ens.round_points(M, P) if M > 64 else None
+    points = curve.round_points(M, P) if M > 64 else None
     budgets = [k for k in PAPER_BUDGETS if k <= M] or ["all"]
     n_points = len(points) if points else M
     print(f"population: {M} members (P={P} x C={C}), held-out {args.heldout:,} tokens, val {args.val:,} tokens, "
@@ -192,27 +194,27 @@ def main() -> None:
         P_fit = timed("held-out (in memory)", lambda: pop.block(rng, args.heldout), results)
         P_val = timed("val (.npy written in chunks)",
                       lambda: write_val(pop, Path(tmp) / "val.npy", args.val, args.write_chunk, args.seed), results)
-        member_loss = -np.log(np.maximum(P_fit.astype(np.float64), ens.FLOOR)).mean(axis=1)
+        member_loss = -np.log(np.maximum(P_fit.astype(np.float64), prior_rows.FLOOR)).mean(axis=1)
         print(f"  held-out member losses: best {member_loss.min():.4f}, mean {member_loss.mean():.4f} nats", flush=True)
 
         print("timed:", flush=True)
-        fit = timed("fit learned (AdamW, all members)", lambda: ens.fit_prior(P_fit, steps=args.steps), results)
+        fit = timed("fit learned (AdamW, all members)", lambda: prior_fit.fit_prior(P_fit, steps=args.steps), results)
         print(f"    held-out NLL {fit.nll:.5f} vs uniform {fit.uniform_nll:.5f}; best step {fit.best_step}; "
               f"{int((fit.weights > 1e-3).sum())} weights > 1e-3", flush=True)
         if not args.no_shrinkage:
-            shr = timed("fit shrinkage (CV, all members)", lambda: ens.fit_prior_shrinkage(P_fit), results)
+            shr = timed("fit shrinkage (CV, all members)", lambda: shrinkage.fit_prior_shrinkage(P_fit), results)
             print(f"    held-out NLL {shr.nll:.5f}, strength {shr.strength}, {shr.steps} EM updates", flush=True)
         everyone = np.arange(M)
-        chosen = [ens.top_k(fit.weights, k) for k in budgets]
-        ensembles = [(everyone, fit.weights), (everyone, ens.uniform_weights(M)), *chosen]
+        chosen = [select.top_k(fit.weights, k) for k in budgets]
+        ensembles = [(everyone, fit.weights), (everyone, prior_rows.uniform_weights(M)), *chosen]
         losses = timed(f"prior scoring ({len(ensembles)} ensembles, 1 pass)",
-                       lambda: ens.ensemble_losses(P_val, ensembles, chunk=args.chunk), results)
+                       lambda: select.ensemble_losses(P_val, ensembles, chunk=args.chunk), results)
         print(f"    val NLL learned {losses[0]:.5f}, uniform {losses[1]:.5f}, "
               f"top-{budgets[-1]} {losses[-1]:.5f}", flush=True)
 
         # the curve, with its scoring pass timed apart (the real function, wrapped for a stopwatch)
         scoring: list[float] = []
-        real = ens.ensemble_losses
+        real = curve.ensemble_losses
 
         def stopwatch(*a, **kw):
             t0 = time.perf_counter()
@@ -222,17 +224,17 @@ def main() -> None:
                 scoring.append(time.perf_counter() - t0)
 
         fits: list[dict] = []
-        ens.ensemble_losses = stopwatch
+        curve.ensemble_losses = stopwatch  # as the curve calls it
         try:
             rows = timed("curve (learned prior, all points)",
-                         lambda: ens.loss_curve(P_fit, P_val, order, costs, budgets, prior="learned",
+                         lambda: curve.loss_curve(P_fit, P_val, order, costs, budgets, prior="learned",
                                                 steps=args.steps, points=points, fits=fits, chunk=args.chunk),
                          results)
         finally:
-            ens.ensemble_losses = real
+            curve.ensemble_losses = real
         curve_wall = results[-1][1]
         js = points or list(range(1, M + 1))
-        how = "batched" if max(js) * args.heldout >= ens._BATCH_MIN_ELEMENTS else "one by one"
+        how = "batched" if max(js) * args.heldout >= prior_fit._BATCH_MIN_ELEMENTS else "one by one"
         print(f"    {len(fits)} fits ({how}) {curve_wall - scoring[0]:.2f} s + scoring {len(rows)} ensembles "
               f"in one val pass {scoring[0]:.2f} s", flush=True)
         assert all(f["nll"] <= f["uniform_nll"] for f in fits), "a prior worse than uniform on its fit data"

@@ -57,13 +57,14 @@ def _collect(path: str, store: str, overrides=(), missing: list | None = None):
     whose runs are partly done gives the configurations (non-seed sweep values) that have every seed
     done; each configuration left out is appended to `missing` (a partial store gives a partial page,
     each missing part named; a damaged object still fails)."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
+    from hepc.compile.plan import make_plan
     from hepc.errors import HepcError
-    from hepc.plan import make_plan
     from hepc.report.families import config_label
-    from hepc.results import collect, collect_population
+    from hepc.report.results import collect, collect_population
     from hepc.spec.load import load_spec
-    from hepc.store import Store, resolve_store_path
+    from hepc.store.layout import resolve_store_path
+    from hepc.store.objects import Store
 
     if not (Path(SPECS) / f"{path}.yaml").is_file():
         return None
@@ -239,7 +240,7 @@ def _chain_means(per_seed: dict) -> list[dict]:
     out = []
     for c in sorted(rows):
         ms = rows[c]
-        mean = lambda key: None if any(m[key] is None for m in ms) else sum(m[key] for m in ms) / len(ms)  # noqa: E731
+        mean = lambda key: None if any(m[key] is None for m in ms) else sum(m[key] for m in ms) / len(ms)
         out.append({"cycle": c, "val_loss": mean("val_loss"), "train_ce": mean("train_ce"), "train_kd": mean("train_kd")})
     return out
 

@@ -72,7 +72,7 @@ def step_key(kind: str, impl_version: int, params: dict, inputs: dict) -> str:
 def key_fields(model: Any) -> Any:
     """A pydantic model as hashable plain data.
 
-    A field declared with ``json_schema_extra={"key_omits_default": True}`` (hepc.spec.models.KEY_OMITS_DEFAULT)
+    A field declared with ``json_schema_extra={"key_omits_default": True}`` (hepc.spec.data_models.KEY_OMITS_DEFAULT)
     is left out while it equals its default, so adding a field to hepc keeps every earlier key (and result) valid.
     """
     from pydantic import BaseModel

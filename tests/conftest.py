@@ -10,7 +10,7 @@ import signal
 # Python its normal Ctrl-C behaviour whatever started the test run.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-import pytest  # noqa: E402
+import pytest
 
 _approx = pytest.approx
 

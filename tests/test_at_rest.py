@@ -16,7 +16,7 @@ import pytest
 from cli_helpers import TINY, executed, hepc, obj
 
 from hepc.errors import HepcError
-from hepc.verify import _dir_sigs, _stat_sig, index_intact, index_label, read_index, write_index
+from hepc.store.verify import _dir_sigs, _stat_sig, index_intact, index_label, read_index, write_index
 
 
 def flip_keeping_signatures(store: Path, o: Path, rel: str, edit=None) -> None:
@@ -150,8 +150,8 @@ def test_verify_scrub_rehashes_everything_rebuilds_the_index_and_says_how_long(t
 def test_a_manifest_forged_to_claim_a_huge_file_is_refused_before_anything_is_read(tiny_copy):
     """A manifest rewritten with its own digest recomputed (not a secret) claiming 10 TB: refused on the
     file's real size, never allocated."""
-    from hepc.store import Store
-    from hepc.verify import Damaged, manifest_digest
+    from hepc.store.objects import Store
+    from hepc.store.verify import Damaged, manifest_digest
 
     path, _, _ = tiny_copy
     prior = obj(path, "prior", "p2xc2")

@@ -100,7 +100,7 @@ def run_subprocess(args: list[str], store: Path) -> Outcome:
 def run_in_process(args: list[str], store: Path, monkeypatch) -> Outcome:
     from typer.testing import CliRunner
 
-    from hepc.cli import app
+    from hepc.cli.main import app
 
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(app, args, env={"HEPC_STORE": str(store)})
@@ -315,7 +315,7 @@ def test_validate_never_imports_torch():
     code = textwrap.dedent(
         f"""
         import sys
-        from hepc.compile import compile_spec
+        from hepc.compile.compiler import compile_spec
         from hepc.errors import SpecError
         from hepc.spec.load import load_spec
         compiled = compile_spec(load_spec({TINY!r}))
@@ -326,7 +326,7 @@ def test_validate_never_imports_torch():
             assert len(e.problems) == 3
         else:
             raise AssertionError("multi_three_problems.yaml validated")
-        from hepc.cli import app
+        from hepc.cli.main import app
         try:
             app(["validate", {TINY!r}])
         except SystemExit as e:

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from cli_helpers import ROOT, hepc
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.data.bpe_training import train_on_train_split
 from hepc.data.corpus import build_corpus
-from hepc.data.tokenizers import TOKENIZER_FILE, BpeTokenizer, BytesTokenizer, cut_document, load_tokenizer
+from hepc.data.tokenizers import TOKENIZER_FILE, BpeTokenizer, BytesTokenizer, cut_document
 from hepc.errors import HepcError
 from hepc.spec.load import load_spec
-from hepc.store import Store
+from hepc.store.objects import Store
+from hepc.use.source import load_tokenizer
 
 LETTERS = "bcdfghjklmnpqrstvwxz"
 COMMON = ["the", "of", "and", "data", "model", "tokens", "train", "split"]
@@ -268,7 +269,7 @@ def test_keys_are_stable_and_cover_source_split_rule_and_config(tmp_path):
 def test_plan_of_a_bpe_spec_never_imports_torch(tmp_path):
     spec = write_spec(tmp_path)
     code = (
-        "import sys\nfrom hepc.cli import main\nsys.argv = ['hepc', 'plan', sys.argv[1]]\n"
+        "import sys\nfrom hepc.cli.main import main\nsys.argv = ['hepc', 'plan', sys.argv[1]]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import assert_same_outputs, counting_corpus
 
-from hepc.ckpt_digest import SIDECAR, check_digest, file_digest
+from hepc.store.ckpt_digest import SIDECAR, check_digest, file_digest
 from hepc.train.checkpoint import BackgroundWriter, load_state, save_state_hashed, snapshot
 from hepc.train.loop import train_cycle
 

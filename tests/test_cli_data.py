@@ -10,10 +10,10 @@ import pytest
 from data_helpers import TINY, spec_file
 from typer.testing import CliRunner
 
-from hepc.cli import app
-from hepc.compile import compile_spec
+from hepc.cli.main import app
+from hepc.compile.compiler import compile_spec
 from hepc.spec.load import load_spec
-from hepc.store import Store
+from hepc.store.objects import Store
 
 SPLITS = ("val", "heldout", "train")
 

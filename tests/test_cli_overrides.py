@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import ROOT, TINY, tiny_store
 from typer.testing import CliRunner
 
-from hepc.cli import app
+from hepc.cli.main import app
 
 SAME = "population.cycles=2"  # the fixture's own value: the same keys, so everything is cached
 MORE = "population.cycles=3"  # new keys: nothing trained, and the commands say so with the override

@@ -67,11 +67,11 @@ def test_overlapping_specs_run_shared_steps_once(tmp_path):
 
 
 def test_a_process_that_loses_its_lease_stops_without_committing(tmp_path, monkeypatch):
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.execute import driver
     from hepc.execute.progress import StepProgress
     from hepc.spec.load import load_spec
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     monkeypatch.setenv("HEPC_LEASE_TIMEOUT_S", "1")  # heartbeat every 0.25 s; a dead thief is stale after 1 s
     store = Store(tmp_path / "store")

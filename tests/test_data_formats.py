@@ -13,8 +13,8 @@ import pytest
 from data_helpers import spec_file
 from typer.testing import CliRunner
 
-from hepc.cli import app
-from hepc.compile import compile_spec
+from hepc.cli.main import app
+from hepc.compile.compiler import compile_spec
 from hepc.data import DataError, build_corpus
 from hepc.data import sources as data_sources
 from hepc.data.identity import DataFile, source_identity

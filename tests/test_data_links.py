@@ -25,7 +25,7 @@ TEXTS = ("art", "computers", "people", "science", "wisdom")
 def package_folder(folder: Path, entries: int = 40) -> Path:
     folder.mkdir(parents=True)
     rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while time flies like an arrow".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "time", "flies", "like", "an", "arrow"]
     for name in TEXTS:
         text = "\n%\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(entries))
         (folder / name).write_text(text + "\n")

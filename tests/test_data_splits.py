@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import TINY, hepc
 from data_helpers import reference_corpus
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.data import build_corpus
 from hepc.data import sources as data_sources
 from hepc.data.carve import DEFAULT_MAX_DOC_TOKENS, n_pieces
@@ -22,7 +22,7 @@ from hepc.data.shards import document_starts
 from hepc.data.synthetic import iter_documents as synthetic_documents
 from hepc.data.tokenizers import BytesTokenizer
 from hepc.spec.load import load_spec
-from hepc.store import Store
+from hepc.store.objects import Store
 
 BYTES = {"kind": "bytes"}
 PYSTDLIB = {"kind": "pystdlib"}

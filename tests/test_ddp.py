@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
-from hepc.ckpt_digest import SIDECAR
+from hepc.store.ckpt_digest import SIDECAR
 from hepc.train import ddp
 from hepc.train.checkpoint import load_state, load_weights
-from hepc.train.loop import CycleInterrupted, train_cycle
+from hepc.train.loop import train_cycle
+from hepc.train.setup import CycleInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")  # /proc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hepc.diff import changes
+from hepc.compile.diff import changes
 
 
 def test_a_dropped_section_is_one_change_from_a_to_b():

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from hepc.cli_specs import check_same_splits
+from hepc.cli.specs import check_same_splits
 from hepc.errors import SpecError
 from hepc.report.families import Family
 from hepc.report.paired import mean_interval, paired_differences, ratio_interval, t975

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hepc.ensemble import ensemble_loss, top_k
+from hepc.prior.select import ensemble_loss, top_k
 from hepc.steps import RunContext, body
 
 SPLITS = ("heldout", "val", "test")

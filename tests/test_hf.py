@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")  # the hf extra (the README's test command installs it)
 
-import hepc  # noqa: E402
-from hepc.cli import app  # noqa: E402
+import hepc
+from hepc.cli.main import app
 
 TEXT = "def main():\n    return [x * 2 for x in range(10)]  # héllo, wörld\n"
 

@@ -25,7 +25,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
-from hepc.cli import app
+from hepc.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
@@ -268,10 +268,11 @@ def test_spec_names_cannot_leave_the_records_folder(tmp_path, name):
 @SETTINGS
 @given(text=mutated_tiny())
 def test_every_store_path_derived_from_a_spec_stays_in_the_store(tmp_path, text):
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.errors import HepcError
     from hepc.spec.load import load_spec
-    from hepc.store import Store, safe_component
+    from hepc.store.layout import safe_component
+    from hepc.store.objects import Store
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(text)
@@ -292,7 +293,8 @@ def test_every_store_path_derived_from_a_spec_stays_in_the_store(tmp_path, text)
 
 def test_store_refuses_unsafe_names(tmp_path):
     from hepc.errors import StoreError
-    from hepc.store import Store, safe_component
+    from hepc.store.layout import safe_component
+    from hepc.store.objects import Store
 
     for bad in ("..", ".", "a/b", "../x", "", ".x", "a\x00"):
         with pytest.raises(StoreError):

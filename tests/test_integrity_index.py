@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import TINY, tiny_store
 
-from hepc import verify
-from hepc.compile import compile_path
+from hepc.compile.compiler import compile_path
 from hepc.execute.driver import check_committed
-from hepc.store import Store
-from hepc.verify import INDEX, index_label, read_index, write_index
+from hepc.store import verify
+from hepc.store.objects import Store
+from hepc.store.verify import INDEX, index_label, read_index, write_index
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.hashing import UnhashableValue, canonical_json, key_fields
 from hepc.spec.load import load_spec
 
@@ -195,7 +195,7 @@ def test_budget_accounting_pce():
 def test_plan_prints_the_integrated_weight_decay_per_cycle():
     """∫ lr·wd over a cycle, from the actual schedule: the cyclic sawtooth's mean product of multipliers,
     (1 − 0.92x)(0.7 + 0.3x) over x in [0, 1), is about 0.436 (flat WD: 0.54), times lr · wd · steps."""
-    from hepc.plan import schedule_lines
+    from hepc.compile.plan import schedule_lines
 
     c = compiled("optimizer.weight_decay=2.0")
     steps = c.populations[0].totals["steps_per_cycle"]
@@ -218,8 +218,8 @@ def test_compile_and_plan_never_import_torch(tmp_path):
     specs = [str(p) for p in shipped_specs()] + [str(TINY)]
     code = (
         "import sys\n"
-        "from hepc.compile import compile_spec\nfrom hepc.spec.load import load_spec\n"
-        "from hepc.plan import make_plan, split_lines\nfrom hepc.store import Store\n"
+        "from hepc.compile.compiler import compile_spec\nfrom hepc.spec.load import load_spec\n"
+        "from hepc.compile.plan import make_plan, split_lines\nfrom hepc.store.objects import Store\n"
         f"for p in {specs!r}:\n"
         f"    store = Store({str(tmp_path / 'store')!r})\n"
         "    split_lines(make_plan(compile_spec(load_spec(p)), store), store)\n"

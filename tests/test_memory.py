@@ -1,4 +1,4 @@
-"""The memory pre-flight (hepc/memory.py): the estimate against the measured peak of real cycles on the CPU,
+"""The memory pre-flight (hepc/train/memory.py): the estimate against the measured peak of real cycles on the CPU,
 the chunked loss's lower peak, the paper spec's plan on an 80 GB GPU, refusals with exit 2 and nothing
 written, and the runtime settings that never enter a key."""
 
@@ -10,9 +10,9 @@ import sys
 import pytest
 from cli_helpers import ROOT, TINY, hepc
 
-from hepc.compile import compile_spec
-from hepc.memory import GB, Settings, Shape, choose, cycle_estimate
+from hepc.compile.compiler import compile_spec
 from hepc.spec.load import load_spec
+from hepc.train.memory import GB, Settings, Shape, choose, cycle_estimate
 
 sys.path.insert(0, str(ROOT / "bench"))
 import memory as bench_memory

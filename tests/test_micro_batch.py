@@ -10,10 +10,11 @@ import torch
 from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
 from hepc.train.checkpoint import load_state, load_weights
-from hepc.train.loop import CycleInterrupted, train_cycle
+from hepc.train.loop import train_cycle
 from hepc.train.model import GPT, GPTConfig
 from hepc.train.objective import Objective, accumulate, micro_batches, teacher_outputs
 from hepc.train.optim import optimizer_from_params, set_lr_wd
+from hepc.train.setup import CycleInterrupted
 
 VOCAB, SEQ_LEN = 17, 16
 MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2, "dropout": 0.0}  # dropout off: masks depend on the micro-batch

@@ -13,14 +13,15 @@ from cli_helpers import TINY, executed, hepc
 from torch import nn
 from train_helpers import counting_corpus, read_metrics
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.errors import SpecError
 from hepc.spec.load import load_spec
 from hepc.train.checkpoint import load_state, load_weights
-from hepc.train.loop import CycleInterrupted, train_cycle
+from hepc.train.loop import train_cycle
 from hepc.train.model import GPT, GPTConfig
 from hepc.train.muon import Muon, muon_class, orthogonalize
 from hepc.train.optim import MuonAdamW, hidden_matrices, optimizer_from_params, set_lr_wd
+from hepc.train.setup import CycleInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,10 @@ import pytest
 from cli_helpers import ROOT, executed, hepc
 from typer.testing import CliRunner
 
-from hepc.cli import app
-from hepc.compile import compile_spec
+from hepc.cli.main import app
+from hepc.compile.compiler import compile_spec
 from hepc.spec.load import load_spec
-from hepc.store import Store
+from hepc.store.objects import Store
 from hepc.wording import count, shorten
 
 TINY = (ROOT / "tests" / "fixtures" / "tiny.yaml").read_text().replace("trajectories: 2", "trajectories: 1")

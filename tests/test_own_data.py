@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from data_helpers import spec_file
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.data import DataError, build_corpus
 from hepc.data import sources as data_sources
 from hepc.data.checks import input_problems, loaded_input_problems

@@ -11,25 +11,23 @@ import pytest
 from cli_helpers import TINY, hepc
 from prob_helpers import adversarial_probs
 
-from hepc.compile import compile_spec
-from hepc.ensemble import (
+from hepc.compile.compiler import compile_spec
+from hepc.compile.graph import IMPL_VERSIONS
+from hepc.errors import SpecError
+from hepc.hashing import step_key
+from hepc.prior.curve import loss_curve
+from hepc.prior.fit import fit_prior
+from hepc.prior.rows import mixture_nll, uniform_weights
+from hepc.prior.select import ensemble_loss, top_k
+from hepc.prior.shrinkage import (
     SHRINKAGE_EM_ITERS,
     SHRINKAGE_FOLDS,
     SHRINKAGE_STRENGTHS,
     ShrinkageFit,
     cv_folds,
     document_units,
-    ensemble_loss,
-    fit_prior,
     fit_prior_shrinkage,
-    loss_curve,
-    mixture_nll,
-    top_k,
-    uniform_weights,
 )
-from hepc.errors import SpecError
-from hepc.graph import IMPL_VERSIONS
-from hepc.hashing import step_key
 from hepc.spec.load import load_spec
 from hepc.spec.models import Prior
 

@@ -11,22 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hepc.ensemble import (
-    _BATCH_MIN_ELEMENTS,
-    FLOOR,
-    RowStack,
-    availability_costs,
-    ensemble_loss,
-    ensemble_losses,
-    fit_prior,
-    fit_prior_prefixes,
-    loss_curve,
-    mixture_nll,
-    population_index,
-    round_points,
-    top_k,
-    uniform_weights,
-)
+from hepc.prior.curve import availability_costs, loss_curve, population_index, round_points
+from hepc.prior.fit import _BATCH_MIN_ELEMENTS, fit_prior, fit_prior_prefixes
+from hepc.prior.rows import FLOOR, RowStack, mixture_nll, uniform_weights
+from hepc.prior.select import ensemble_loss, ensemble_losses, top_k
 from hepc.steps.prior import load_scores, stream_scores
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import ROOT, TINY
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.execute.progress import ProgressLog, StepProgress, _hms, describe, step_costs
 from hepc.spec.load import load_spec
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from hepc.cli import app
-from hepc.recipes import recipe
+from hepc.cli.main import app
 from hepc.spec.load import load_spec
+from hepc.spec.recipes import recipe
 
 
 @pytest.mark.parametrize("budget", [1, 4, 16, 64, 256])

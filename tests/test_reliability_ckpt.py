@@ -3,7 +3,7 @@
 Flipped bytes, re-saved weights, truncation, junk, a checkpoint of another cycle: each is discarded
 with one message and the cycle restarts from its start, ending bit-identical to a run that was never
 interrupted (never exit 0 with different numbers, never a store stuck on exit 2). An intact
-checkpoint still resumes. Plus the digest sidecar itself (hepc.ckpt_digest) and the lease guard.
+checkpoint still resumes. Plus the digest sidecar itself (hepc.store.ckpt_digest) and the lease guard.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 from cli_helpers import TINY, hepc
 from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
-from hepc.ckpt_digest import SIDECAR, check_digest, write_digest
+from hepc.store.ckpt_digest import SIDECAR, check_digest, write_digest
 from hepc.train.checkpoint import load_state
-from hepc.train.loop import CycleInterrupted, train_cycle
+from hepc.train.loop import train_cycle
+from hepc.train.setup import CycleInterrupted
 
 # ------------------------------------------------------------------------------------------------ digest
 
@@ -328,11 +329,11 @@ def _weights(store: Path, name: str) -> bytes:
 def _interrupt_in_process(store_root: Path, name: str, work: Path | None = None) -> str:
     """What an interrupted `hepc run` leaves for cycle `name`: a checkpoint after E2E_STOP steps,
     written by the real step body with the spec's own runtime settings (deterministic, unlike a signal)."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
     from hepc.steps import RunContext
     from hepc.steps.cycle import run as cycle_body
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     loaded = load_spec(SPEC[0], list(SPEC[1:]))
     graph = compile_spec(loaded, strict_data=True).graph

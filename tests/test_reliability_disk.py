@@ -163,7 +163,7 @@ def test_a_file_where_the_records_folder_of_a_spec_belongs(store):
 def _gc_peak_rss_kb(store: Path) -> tuple[int, subprocess.CompletedProcess]:
     code = (
         "import sys\n"
-        "from hepc.cli import app\n"
+        "from hepc.cli.main import app\n"
         f"try:\n    app(['gc', '--json', '--store', {str(store)!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
         # VmHWM is this process's own peak; ru_maxrss can carry the forking parent's peak over exec
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import ROOT, TINY, executed, hepc
 
-from hepc import gc as gc_mod
-from hepc.store import MARKER, Store
+from hepc.store import gc as gc_mod
+from hepc.store.layout import MARKER
+from hepc.store.objects import Store
 
 STORE_DIRS = ("work", "tmp", "quarantine", "verified", "trash", "leases")
 
@@ -197,7 +198,7 @@ def test_an_object_folder_without_manifest_is_quarantined_and_recomputed(store, 
 
 def test_a_commit_onto_a_manifestless_folder_replaces_it(store):
     """The commit itself copes when the folder appears after the pre-run check."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     compiled = compile_spec(load_spec(TINY))
@@ -217,7 +218,7 @@ def test_a_commit_onto_a_manifestless_folder_replaces_it(store):
 
 
 def _lease_of_a_step(store: Path, name: str = "curve") -> Path:
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     compiled = compile_spec(load_spec(TINY))
@@ -410,7 +411,7 @@ def test_links_inside_store_folders_are_never_followed(store, tmp_path):
         assert survived(target, files), target
 
     # a work/<key> that is a link to elsewhere is set aside, not trained into
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     step = next(s for s in compile_spec(load_spec(TINY)).graph.order() if s.kind == "cycle")
@@ -442,7 +443,7 @@ def test_reading_commands_write_nothing_into_a_folder_that_is_not_a_store(store)
 
 
 def test_verify_names_a_damaged_checkpoint(store):
-    from hepc.ckpt_digest import write_digest
+    from hepc.store.ckpt_digest import write_digest
 
     work = store / "work" / ("12" * 16)
     work.mkdir(parents=True)
@@ -481,7 +482,7 @@ def test_something_in_an_objects_place_is_set_aside_and_the_step_committed(store
     """Whatever sits where an object belongs without being one (a manifest that is a folder, a FIFO or a
     link to a device; a plain file or a link at the object's path): the next run sets it aside in
     quarantine/, recomputes and commits the step, and the run after finds everything cached."""
-    from hepc.store import is_committed
+    from hepc.store.layout import is_committed
 
     (prior,) = [p for p in (store / "objects" / "prior").iterdir()]
     elsewhere = tmp_path / "elsewhere"
@@ -513,7 +514,7 @@ def test_an_interrupted_gc_puts_back_only_what_it_moved_itself(store, tmp_path):
     """A gc killed after phase 1: the next gc puts back the reachable objects it logged as moved. A planted
     trash entry whose `object` folder is a link into another store (the issue's attack, under an old-looking
     name and under a gc-looking name with a forged log) moves nothing: the other store keeps its objects."""
-    from hepc.gc import Item, _move
+    from hepc.store.gc import Item, _move
 
     other = tmp_path / "B"
     shutil.copytree(store, other, symlinks=True)

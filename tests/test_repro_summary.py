@@ -47,10 +47,10 @@ def miniature(spec: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.execute import driver
     from hepc.spec.load import load_spec
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     base = tmp_path_factory.mktemp("repro")
     specs = base / "specs"

@@ -1,5 +1,5 @@
 """`hepc status` (leases, live progress, graph progress, ETA; read-only) and the wall-time estimate
-of `hepc plan`, with the measured-throughput estimator of hepc.throughput tested on synthetic objects."""
+of `hepc plan`, with the measured-throughput estimator of hepc.observe (measure, estimate) tested on synthetic objects."""
 
 from __future__ import annotations
 
@@ -16,20 +16,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import ROOT, TINY, hepc, tiny_store
 
-from hepc import store_lease
-from hepc.status import read_live, step_eta_s
-from hepc.throughput import (
-    DISTILL_COST,
-    Measured,
-    Pending,
-    Rate,
-    estimate,
-    human_duration,
-    measure,
-    pending_steps,
-    plan_line,
-    shape_of,
-)
+from hepc.observe.estimate import Pending, estimate, human_duration, pending_steps, plan_line
+from hepc.observe.measure import DISTILL_COST, Measured, Rate, measure, shape_of
+from hepc.observe.status import read_live, step_eta_s
+from hepc.store import lease as store_lease
 
 MORE = "population.cycles=3"  # one more cycle per trajectory than the fixture ran
 
@@ -379,7 +369,7 @@ def test_estimate_divides_across_workers_but_not_below_the_longest_trajectory():
 
 
 def test_pending_steps_of_a_compiled_graph_weigh_distillation_and_follow_trajectories():
-    from hepc.compile import compile_path
+    from hepc.compile.compiler import compile_path
 
     compiled = compile_path(TINY)
     cycles = [s for s in compiled.graph if s.kind == "cycle"]

@@ -18,7 +18,7 @@ TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
 
 
 def graph_keys(spec: Path) -> set[str]:
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     return {s.key[:12] for s in compile_spec(load_spec(spec)).graph}
@@ -92,7 +92,7 @@ def test_gc_removes_exactly_the_abandoned_experiments_objects(store):
 
 def test_gc_drops_the_verification_index_entries_of_objects_it_removed(store):
     """The index (verified-index.json) never outgrows the store: entries of removed objects go with them."""
-    from hepc.verify import read_index, write_index
+    from hepc.store.verify import read_index, write_index
 
     path, abandoned = store
     sig = [0, 0, 0, 0]  # well formed; never matches, so no object is trusted by it
@@ -137,8 +137,8 @@ def test_a_record_without_plan_is_recompiled(store):
 
 
 def test_phase_two_puts_back_what_a_run_started_meanwhile_needs(store):
-    from hepc.gc import collect, garbage, reachable
-    from hepc.store import Store
+    from hepc.store.gc import collect, garbage, reachable
+    from hepc.store.objects import Store
 
     path, abandoned = store
     saved = path.parent / "saved-records"
@@ -154,7 +154,7 @@ def test_phase_two_puts_back_what_a_run_started_meanwhile_needs(store):
 
 
 def test_work_staging_and_leftovers(store):
-    from hepc.store_lease import acquire
+    from hepc.store.lease import acquire
 
     path, _ = store
     tiny_cycle = next(p for p in (path / "objects" / "cycle").iterdir())
@@ -177,10 +177,10 @@ def test_work_staging_and_leftovers(store):
 
 def test_a_run_whose_input_vanished_recomputes_it(store, monkeypatch):
     """gc moved an input away after the run looked: the run recomputes it instead of crashing."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.execute import driver
     from hepc.spec.load import load_spec
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     path, _ = store
     (prev,) = [p for p in (path / "objects" / "cycle").iterdir() if p.name.startswith("t1-c002-")]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hepc import store_lease
-from hepc.store_lease import LeaseBusy, LeaseLost, acquire, read_lease
+from hepc.store import lease as store_lease
+from hepc.store.lease import LeaseBusy, LeaseLost, acquire, read_lease
 
 
 def test_lease_is_exclusive_and_released(tmp_path):

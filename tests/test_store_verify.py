@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cli_helpers import executed, hepc, obj
 
-from hepc.verify import check_object, manifest_digest
+from hepc.store.verify import check_object, manifest_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny.yaml")
@@ -112,10 +112,10 @@ def test_a_manifest_cannot_make_verify_read_outside_the_object(tmp_path):
 
 def test_input_damaged_during_a_run_is_recomputed_before_use(tiny_copy, monkeypatch):
     """Damage that appears after the run's start-up check is still caught right before use."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.execute import driver
     from hepc.spec.load import load_spec
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     path, pristine, _ = tiny_copy
     prev = obj(path, "cycle", "t1-c002")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.errors import SpecError
 from hepc.spec.load import load_spec
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from cli_helpers import ROOT, TINY, hepc
 
-from hepc.compile import compile_spec
+from hepc.compile.compiler import compile_spec
 from hepc.execute.tensorboard import trajectory
 from hepc.spec.load import load_spec
 

@@ -8,8 +8,9 @@ import torch
 from train_helpers import assert_same_outputs, counting_corpus, read_metrics
 
 from hepc.train.checkpoint import load_state, load_weights
-from hepc.train.loop import CycleInterrupted, perturb_weights, train_cycle
+from hepc.train.loop import train_cycle
 from hepc.train.model import GPT, GPTConfig
+from hepc.train.setup import CycleInterrupted, perturb_weights
 
 VOCAB, SEQ_LEN = 17, 16
 MODEL = {"n_layer": 1, "d_model": 32, "n_head": 2, "dropout": 0.1}

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import TINY, hepc, tiny_store
 from typer.testing import CliRunner
 
-from hepc.cli import app
+from hepc.cli.main import app
 
 REPORT = ("report.html", "summary.json", "curves.png")
 

@@ -62,7 +62,7 @@ def cli(*args, store: Path, check: bool = True) -> Outcome:
 
     from typer.testing import CliRunner
 
-    from hepc.cli import app
+    from hepc.cli.main import app
 
     result = CliRunner().invoke(app, [str(a) for a in args], env={"HEPC_STORE": str(store)})
     stderr = result.stderr

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import xxhash
 
-from hepc.safe_io import file_kind, open_regular
+from hepc.store.safe_io import file_kind, open_regular
 
 # Bump when the synthetic generator's output for a given config changes (it is part of the identity).
 SYNTHETIC_GENERATOR = "markov-v1"

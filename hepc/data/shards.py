@@ -18,8 +18,8 @@ Python loop runs over tokens, and the only further copy is the carved splits. Id
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

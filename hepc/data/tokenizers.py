@@ -20,15 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hepc.data.identity import DataError, check_tokens_config
-
-if TYPE_CHECKING:
-    from hepc.compile import Compiled
-    from hepc.store import Store
 
 EOT_TEXT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"  # a trained tokenizer's file in its store object (the library's own format)
@@ -274,31 +270,3 @@ def cut_document(tokenizer: Tokenizer, document: bytes | str, max_doc_tokens: in
         return [tokenizer.encode(data)]
     width = max_doc_tokens - 1
     return [tokenizer.encode(data[start : start + width]) for start in range(0, len(data), width)]
-
-
-def load_tokenizer(compiled: Compiled, store: Store, population: int = 0) -> Tokenizer:
-    """load_tokenizer(compiled, store, population=0) -> the tokenizer the corpus of a compiled spec
-    (`hepc.compile.Compiled`; its `populations[population]`, the only one without a sweep) was built
-    with, read from `store` (`hepc.store.Store`) where it is trained: `BytesTokenizer` for `bytes`,
-    `PretokenizedTokenizer` for `none` (ids pass through; no text), and for `bpe` the `BpeTokenizer` of
-    the committed `tokenizer` step (its tokenizer.json; a HepcError when it is not trained yet or is
-    damaged). Each has `encode(bytes | str) -> np.ndarray` (end-of-text first, as every corpus
-    document), `decode(ids) -> str`, `vocab_size` and `eot_id`; `cut_document` cuts long documents as the corpus did."""
-    from hepc.errors import HepcError
-
-    pop = compiled.populations[population]
-    corpus = compiled.graph[pop.corpus_key]
-    cfg = tokenizer_config(corpus.params["tokenizer"])
-    if cfg["kind"] != "bpe":
-        return make_tokenizer(cfg, corpus.context.get("source"))
-    step = compiled.graph[corpus.inputs["tokenizer"]]
-    path = store.find_intact(step, full=True)  # its files are read whole: hashed, not trusted
-    if path is None:
-        raise HepcError(
-            f"the tokenizer of spec '{compiled.spec.name}' (tokenizer/{step.dirname}) is not trained yet in store "
-            f"{store.root} (run `hepc run` first; `hepc plan` shows what is missing)"
-        )
-    try:
-        return make_tokenizer(cfg, corpus.context.get("source"), trained=path)
-    except DataError as e:
-        raise HepcError(f"tokenizer/{step.dirname}: {getattr(e, 'message', e)}") from None

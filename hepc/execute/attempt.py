@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hepc import __version__
+from hepc.compile.graph import StepSpec
 from hepc.errors import HepcError, StepFailed, StoreError
-from hepc.graph import StepSpec
-from hepc.safe_io import disk_error, os_error_message
 from hepc.steps import RunContext, body
-from hepc.store import LeaseBusy, LeaseLost, Store, write_json_atomic
-from hepc.store_lease import describe
+from hepc.store.layout import write_json_atomic
+from hepc.store.lease import LeaseBusy, LeaseLost, describe
+from hepc.store.objects import Store
+from hepc.store.safe_io import disk_error, os_error_message
 
 LIVE = "live.json"  # work/<key>/live.json: what the step is doing now, for `hepc status`
 LIVE_EVERY_S = 2.0

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
+from hepc.compile.graph import StepSpec
 from hepc.errors import HepcError
 from hepc.execute.attempt import Attempt
-from hepc.graph import StepSpec
-from hepc.store import Store
+from hepc.store.objects import Store
 
 
 class InlineBackend:

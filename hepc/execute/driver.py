@@ -13,7 +13,7 @@ any other ready step and retried a moment later; the driver waits only when noth
 So two `hepc run` processes on one store split the work between them.
 
 Integrity: before a run, every committed object of the graph is checked (stat signatures, hashing
-only what changed, see hepc.verify), and every input is checked again right before a step uses
+only what changed, see hepc.store.verify), and every input is checked again right before a step uses
 it. A damaged object is named on stderr, moved to `quarantine/` and recomputed; an input that has
 vanished (a concurrent `hepc gc`) is recomputed too. Nothing damaged is ever used.
 """
@@ -29,13 +29,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from hepc.compile.graph import StepSpec
+from hepc.compile.plan import Plan, make_plan
 from hepc.errors import HepcError, StoreError
 from hepc.execute.attempt import Attempt, Outcome, damaged
 from hepc.execute.backends import InlineBackend, make_backend
 from hepc.execute.progress import ProgressLog, StepProgress, step_costs
-from hepc.graph import StepSpec
-from hepc.plan import Plan, make_plan
-from hepc.store import Store
+from hepc.store.objects import Store
 
 LEASE_POLL_S = 1.0
 POLL_S = 0.2  # how often the driver looks at its workers when nothing arrives
@@ -45,7 +45,7 @@ def check_committed(graph, store: Store, note=None) -> list[str]:
     """Check every committed object of `graph`; quarantine the damaged ones, and object folders left
     without a manifest (they would block the commit). Returns their labels.
 
-    One pass over `verified-index.json` (see hepc.verify): an object whose folders and files all
+    One pass over `verified-index.json` (see hepc.store.verify): an object whose folders and files all
     still have the signatures recorded there is intact; any other is checked the full way (manifest,
     listing, sizes, hashing what changed) and its new entry is merged into the index at the end."""
     damaged = []
@@ -149,7 +149,7 @@ def execute(
 def _costs(graph, plan: Plan, store: Store, runtime: dict) -> dict[str, float]:
     """Estimated cost of every step of the graph (weights of the overall progress bar); a resumable
     cycle's to-run cost is what its checkpoint leaves."""
-    from hepc.throughput import done_fraction
+    from hepc.observe.estimate import done_fraction
 
     done = {
         p.step.key: done_fraction(store.work_status(p.step.key))
@@ -186,7 +186,7 @@ def _sigterm_interrupts():
 
     The handler stays installed after the run (a second SIGTERM during the clean-up must not kill
     the process with the default action, exit 143); the CLI ignores further signals once it exits."""
-    from hepc.early_signals import terminated_early
+    from hepc.execute.early_signals import terminated_early
 
     if threading.current_thread() is threading.main_thread() and (
         signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _raise_interrupt, terminated_early)

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
-from hepc.graph import StepSpec
+from hepc.compile.graph import StepSpec
 
 
 class Worker:
@@ -174,7 +174,7 @@ def _serve(conn, root: str, runtime: dict, label: str) -> None:
 
     from hepc.errors import HepcError, data_cause
     from hepc.execute.attempt import Attempt
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     lock = threading.Lock()
 

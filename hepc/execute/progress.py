@@ -332,7 +332,7 @@ def step_costs(graph, steps, store_root=None, runtime: dict | None = None, done:
     """key → estimated cost of running each of `steps`, for weighting the overall bar.
 
     Seconds when this store has measured every step in `required` (default: all of `steps`) by its
-    kind (hepc.throughput: cycles by their model shape's tokens/s, other steps by their mean wall
+    kind (hepc.observe.estimate: cycles by their model shape's tokens/s, other steps by their mean wall
     time; a step outside `required` without a measurement gets the smallest measured cost); otherwise
     FLOPs (a cycle: training plus teacher forwards; a score: its forward passes), with each step at
     least COST_FLOOR of a mean cycle. `done`: key → share of a resumable cycle already trained."""
@@ -363,11 +363,11 @@ def _flops(step) -> float:
 def _measured_seconds(graph, steps, store_root, runtime: dict) -> dict:
     from types import SimpleNamespace
 
-    from hepc import throughput
+    from hepc.observe.estimate import measure_for, pending_steps
 
     try:
-        pending = throughput.pending_steps(graph, steps)
-        measured = throughput.measure_for(
+        pending = pending_steps(graph, steps)
+        measured = measure_for(
             store_root, pending, SimpleNamespace(device=runtime.get("device"), threads=runtime.get("threads"))
         )
     except (OSError, ValueError, TypeError, KeyError):  # a display aid: FLOPs will do

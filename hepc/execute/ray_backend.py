@@ -37,9 +37,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from hepc.compile.graph import StepSpec
 from hepc.errors import HepcError, Problem, data_cause
-from hepc.graph import StepSpec
-from hepc.store import MARKER, Store
+from hepc.store.layout import MARKER
+from hepc.store.objects import Store
 
 MAX_RETRIES = 3  # Ray retries a task whose worker process died this many times
 GPU_KINDS = {"score", "logits"}  # forward passes: worth a GPU when the cluster has them
@@ -282,7 +283,7 @@ def run_step(root: str, runtime: dict, step: StepSpec, upstream: dict, label: st
     """One step as a Ray task: the same attempt as a local worker's; messages go through `queue`."""
     from hepc.errors import HepcError
     from hepc.execute.attempt import Attempt
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     if runtime.get("threads"):
         import torch

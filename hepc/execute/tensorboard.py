@@ -107,7 +107,7 @@ class TensorBoardSink:
             return
         at = self.step_end.get(cycle.key)
         if at is None:  # the cycle was committed before this run: its summary says where it ended
-            from hepc.safe_io import read_json
+            from hepc.store.safe_io import read_json
 
             path = self.store.find(cycle)
             try:

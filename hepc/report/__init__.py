@@ -1,6 +1,6 @@
 """Curve maths (epochs-to-match, matched K, data efficiency), plots and the HTML report.
 
-Pure functions over the results of ``hepc.results.collect``; no torch. matplotlib and jinja2 are
+Pure functions over the results of ``hepc.report.results.collect``; no torch. matplotlib and jinja2 are
 imported only inside the functions that plot or render.
 """
 

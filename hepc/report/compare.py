@@ -6,7 +6,7 @@
   ratio, the paper's 4.6x) and the loss gap at equal budget.
 - ``matched_k_ratio``: the same with the candidate's inference ensemble restricted to the
   reference's ensemble size (the paper's 3.8x).
-- ``compare_populations``: all of the above from two ``hepc.results.collect`` dicts.
+- ``compare_populations``: all of the above from two ``hepc.report.results.collect`` dicts.
 - ``data_efficiency``: the Slowrun rule: the token count at which a reference "loss vs tokens"
   envelope reaches a loss, as a multiple of the base token count (the paper's 12.9x).
 
@@ -213,7 +213,7 @@ def matched_k_ratio(reference_points: Sequence[Mapping], candidate_points: Seque
 def compare_populations(reference: Mapping, candidate: Mapping, *, envelope: bool = False) -> dict:
     """Everything ``hepc compare`` reports for one (reference, candidate) pair of results dicts.
 
-    ``reference`` and ``candidate`` are ``hepc.results.collect`` outputs (``spec``, the curve points
+    ``reference`` and ``candidate`` are ``hepc.report.results.collect`` outputs (``spec``, the curve points
     and, when present, ``teacher_costs`` are read); a sweep's populations are merged
     (``merge_points``), so a single-model sweep over epoch budgets is one curve.
 

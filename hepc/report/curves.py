@@ -1,6 +1,6 @@
 """Loss-vs-budget curves from a population's curve points (docs/method.md §8.1, §8.2).
 
-A *curve point* is one row of ``curve.json`` (see ``hepc.ensemble.loss_curve``)::
+A *curve point* is one row of ``curve.json`` (see ``hepc.prior.curve.loss_curve``)::
 
     {"budget_epochs": float, "members": int, "k": int, "k_label": int | "all",
      "val_loss": float, "val_bpb": float | None}
@@ -61,7 +61,7 @@ def as_curve(pairs: Iterable[Sequence[float]]) -> Curve:
 
 
 def flatten_results(results: Mapping) -> list[Mapping]:
-    """The per-population dicts of a ``hepc.results.collect`` output (flat, or a sweep's
+    """The per-population dicts of a ``hepc.report.results.collect`` output (flat, or a sweep's
     ``{"spec", "populations": [...]}``)."""
     return list(results["populations"]) if "populations" in results else [results]
 

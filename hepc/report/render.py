@@ -218,7 +218,7 @@ def render_report(
       ``plot_curves`` (plus ``hlines``: ``{label: loss}`` dashed lines, ``curves_title``) and embedded.
     - ``plots``: more figures, ``[{"title": str, "path": PNG path (relative to out_dir or absolute)}
       or {"title": str, "png": bytes}]``, embedded as base64 data URIs.
-    - ``populations``: ``[hepc.results.collect(...) outputs]`` (a sweep's populations are listed one by
+    - ``populations``: ``[hepc.report.results.collect(...) outputs]`` (a sweep's populations are listed one by
       one) → member losses, top-K ensembles and the learned weights per trajectory × cycle.
     - ``data_efficiency``: a ``data_efficiency(...)`` dict (or a list of them).
     - ``summary``: anything JSON-serialisable, copied into summary.json under ``extra``.

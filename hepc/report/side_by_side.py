@@ -73,7 +73,7 @@ def as_family(item) -> Family:
 
 
 def compare_results(named: Sequence, reference_data: Sequence[Mapping] | None = None, split: str = "val") -> dict:
-    """`named`: families, or (name, `hepc.results.collect` output or a list of them) pairs; the first is
+    """`named`: families, or (name, `hepc.report.results.collect` output or a list of them) pairs; the first is
     the baseline. `reference_data`: `collect` outputs of the reference specs (models trained on more data).
     Every figure is on `split`; every choice (configuration, budget) is made on val."""
     families = [as_family(item) for item in named]

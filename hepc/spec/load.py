@@ -15,13 +15,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from hepc.errors import Problem, SpecError
-from hepc.safe_io import NotRegularFile, file_kind, open_regular
 from hepc.spec.checks import consistency_problems
+from hepc.spec.data_models import SWEEP_FORBIDDEN_ROOTS
 from hepc.spec.messages import validation_problems
-from hepc.spec.models import SWEEP_FORBIDDEN_ROOTS, Spec
+from hepc.spec.models import Spec
 from hepc.spec.overrides import apply_override, parse_override
 from hepc.spec.paths import dotted, locate, parse_dotted
 from hepc.spec.yaml_read import MAX_SPEC_BYTES, read_yaml, to_yaml
+from hepc.store.safe_io import NotRegularFile, file_kind, open_regular
 
 __all__ = ["LoadedSpec", "Variant", "dotted", "load_spec", "locate", "parse_dotted", "read_yaml", "to_yaml"]
 

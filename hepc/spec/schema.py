@@ -33,10 +33,10 @@ def attribute_docs(module) -> dict[str, dict[str, str]]:
 
 
 def spec_schema() -> dict:
-    from hepc.spec import models
+    from hepc.spec import data_models, models
 
     schema = models.Spec.model_json_schema()
-    docs = attribute_docs(models)
+    docs = {**attribute_docs(data_models), **attribute_docs(models)}
     for name, definition in [("Spec", schema), *schema.get("$defs", {}).items()]:
         properties = definition.get("properties", {})
         for field, doc in docs.get(name, {}).items():

@@ -8,8 +8,9 @@ Torch and numpy are imported inside the bodies, never at import time of the comp
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("tokenizer", "corpus", "cycle", "score", "prior", "curve", "logits")
 

@@ -17,7 +17,7 @@ MAX_POINTS_EVERY_SNAPSHOT = 64  # beyond this, evaluate once per completed round
 
 
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
-    from hepc.ensemble import loss_curve, round_points
+    from hepc.prior.curve import loss_curve, round_points
 
     prior, budgets, members = step.params["prior"], step.params["budgets"], step.params["members"]
     fit_P, val_P = load_scores(inputs["heldout"]), stream_scores(inputs["val"])  # val: read in blocks

@@ -3,7 +3,7 @@
 Learned prior = softmax weights minimising the mixture NLL on held-out (docs/method.md §6.3); top-K by
 weight, renormalised, no refit (§6.5); weighted probability averaging on val (§6.2, §6.6). The
 `shrinkage` prior pulls the same fit toward uniform, its strength chosen by cross-validation over
-held-out documents (``hepc.ensemble.fit_prior_shrinkage``, §6.4). Every fit also reports its val NLL next
+held-out documents (``hepc.prior.shrinkage.fit_prior_shrinkage``, §6.4). Every fit also reports its val NLL next
 to the uniform prior's (and its test NLL when the corpus has a test split): a report only, val and test
 choose nothing.
 """
@@ -25,9 +25,9 @@ def stream_scores(folders: list[Path]):
     """The same (M, N) matrix as ``load_scores``, left on disk: a ``RowStack`` of the members' files.
 
     For val (10M tokens × 480 members in the paper: 19 GB as float32), which the scoring functions
-    of ``hepc.ensemble`` read a column block at a time, straight from each ``probs.npy``.
+    of ``hepc.prior`` read a column block at a time, straight from each ``probs.npy``.
     """
-    from hepc.ensemble import RowStack
+    from hepc.prior.rows import RowStack
 
     return RowStack.from_npy([Path(f) / "probs.npy" for f in folders])
 
@@ -63,7 +63,9 @@ def fit_weights(prior: dict, fit_P, doc_starts=None):
     Fit info: `nll` and `uniform_nll` on the held-out fit data, `steps` (optimizer steps or EM
     updates) and, for `shrinkage`, how the strength was chosen (``ShrinkageFit``).
     """
-    from hepc.ensemble import fit_prior, fit_prior_shrinkage, mixture_nll, uniform_weights
+    from hepc.prior.fit import fit_prior
+    from hepc.prior.rows import mixture_nll, uniform_weights
+    from hepc.prior.shrinkage import fit_prior_shrinkage
 
     kind = prior["kind"]
     if kind == "learned":
@@ -97,7 +99,8 @@ def fit_weights(prior: dict, fit_P, doc_starts=None):
 def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     import numpy as np
 
-    from hepc.ensemble import ensemble_losses, top_k, uniform_weights
+    from hepc.prior.rows import uniform_weights
+    from hepc.prior.select import ensemble_losses, top_k
 
     prior, budgets = step.params["prior"], step.params["budgets"]
     fit_P, val_P = load_scores(inputs["heldout"]), stream_scores(inputs["val"])

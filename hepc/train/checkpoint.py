@@ -21,7 +21,7 @@ import torch
 import xxhash
 from safetensors.torch import load_file, save_file
 
-from hepc.safe_io import os_error_behind
+from hepc.store.safe_io import os_error_behind
 
 
 def _tmp_path(path: Path) -> Path:
@@ -118,7 +118,7 @@ def save_state(obj: Any, path: Path) -> None:
 
 
 class _HashingFile:
-    """A file that digests (xxh3_128, as hepc.ckpt_digest) what is written through it."""
+    """A file that digests (xxh3_128, as hepc.store.ckpt_digest) what is written through it."""
 
     def __init__(self, f):
         self.f, self.hash, self.size = f, xxhash.xxh3_128(), 0

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
-import numpy as np
 import torch
 import xxhash
-from torch import nn
 
-from hepc import memory
-from hepc.ckpt_digest import SIDECAR, check_digest, file_digest, write_digest
+from hepc.store.ckpt_digest import SIDECAR, file_digest, write_digest
 from hepc.train import ddp
 from hepc.train.batches import BatchSource, to_device
 from hepc.train.checkpoint import (
@@ -44,7 +36,28 @@ from hepc.train.checkpoint import (
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
 from hepc.train.objective import Objective, accumulate, teacher_outputs
 from hepc.train.optim import KINDS, optimizer_from_params, set_lr_wd
-from hepc.train.schedule import constant_multipliers, cyclic_multipliers, steps_per_cycle
+from hepc.train.resume import (
+    brief_error,
+    check_optimizer_state,
+    ckpt_label,
+    cycle_fingerprint,
+    load_checkpoint,
+    remove_path,
+    say,
+)
+from hepc.train.schedule import steps_per_cycle
+from hepc.train.setup import (
+    CycleInterrupted,
+    batch_sequences,
+    cycle_seed,
+    deferred_interrupts,
+    deterministic_mode,
+    memory_plan,
+    perturb_weights,
+    progress_info,
+    schedule_multipliers,
+    training_tokens,
+)
 
 # Salts that give the perturbation noise and the dropout stream independent seeds.
 _PERTURB_SALT = 1
@@ -52,236 +65,6 @@ _DROPOUT_SALT = 2
 # Progress reports: after the first step of an attempt, at every logged step, and at least this often
 # between them (so a person sees a rate and an ETA within seconds, whatever log_every_steps is).
 REPORT_EVERY_S = 1.0
-
-
-class CycleInterrupted(Exception):
-    """Raised (tests only, via runtime["stop_after_steps"]) right after a mid-cycle checkpoint is written."""
-
-
-@contextmanager
-def deferred_interrupts() -> Iterator[Callable[[], bool]]:
-    """Inside the training loop, Ctrl-C (SIGINT, or SIGTERM where a handler turns it into an
-    interrupt) only sets a flag, so the loop can stop at a step boundary with a consistent checkpoint
-    instead of mid-update. A second signal interrupts at once. Yields `pending() -> bool`."""
-    caught: list[int] = []
-    previous: dict[int, object] = {}
-
-    def handler(signum, frame):
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(signum)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            current = signal.getsignal(sig)
-            if callable(current):  # Python's default SIGINT handler, or one installed by the driver
-                previous[sig] = current
-                signal.signal(sig, handler)
-    try:
-        yield lambda: bool(caught)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if caught:  # arrived after the last boundary check
-        raise KeyboardInterrupt
-
-
-def cycle_seed(trajectory_seed: int, cycle_index: int, salt: int) -> int:
-    """A hash-free deterministic seed (Python's hash() of str is salted per process, so not that)."""
-    return (trajectory_seed * 1_000_003 + cycle_index * 10_007 + salt * 101) % (2**63)
-
-
-def perturb_weights(model: nn.Module, scale: float, seed: int) -> None:
-    """Add N(0, (std(W)·scale)²) to every tensor with more than one element (docs/method.md §4.3).
-
-    The noise is drawn on the CPU from its own generator, so it is the same on every device and
-    does not touch the global RNG that drives dropout.
-    """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # fixed order → fixed noise
-            if p.numel() <= 1:
-                continue
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32)
-            p.add_(noise.to(p.device, p.dtype) * (p.std() * scale))
-
-
-def _multipliers(schedule: dict, steps: int) -> Callable[[int], tuple[float, float]]:
-    kind = schedule.get("kind")
-    if kind == "cyclic":
-        return lambda s: cyclic_multipliers(s, steps, schedule["lr_floor"], schedule["wd_floor"])
-    if kind == "constant":
-        return lambda s: constant_multipliers(s, steps, schedule["warmdown"])
-    raise ValueError(f"unknown schedule kind {kind!r} (expected cyclic or constant)")
-
-
-_CKPT_KEYS = (
-    "model", "optimizer", "rng_cpu", "step", "steps", "global_step_start", "step_losses", "records", "wall_s",
-    "fingerprint",
-)  # fmt: skip
-
-
-def _fingerprint(**identity) -> str:
-    """A digest of what defines one cycle (settings, seeds, position, inputs), kept in its checkpoints."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=repr)
-    return xxhash.xxh3_128_hexdigest(text.encode())
-
-
-def _load_checkpoint(path: Path, *, steps: int, global_step_start: int, fingerprint: str) -> dict | str:
-    """The checkpoint at `path` if it is intact and belongs to this cycle, else why not (for the user)."""
-    problem = check_digest(path)
-    if problem is not None:
-        return f"cannot be trusted ({problem})" if problem.startswith("no digest") else f"is damaged ({problem})"
-    try:
-        ckpt = load_state(path)
-    except Exception as e:  # noqa: BLE001  (truncated, junk, not a weights-only pickle, ...)
-        return f"is damaged (unreadable: {_brief_error(e)})"
-    if not isinstance(ckpt, dict):
-        return "does not fit this cycle (not a checkpoint)"
-    missing = [k for k in _CKPT_KEYS if k not in ckpt]
-    if missing:
-        return f"does not fit this cycle (no {', '.join(missing)})"
-    their_steps, their_start = ckpt["steps"], ckpt["global_step_start"]
-    if type(their_steps) is not int or type(their_start) is not int:
-        return "does not fit this cycle (no step counts)"
-    if their_steps != steps or their_start != global_step_start:
-        return (
-            f"belongs to a different cycle ({their_steps} steps from global step {their_start}; "
-            f"this one: {steps} from {global_step_start})"
-        )
-    if ckpt["fingerprint"] != fingerprint:
-        return "belongs to a different cycle (other settings, seed or inputs)"
-    step, losses, records, wall = ckpt["step"], ckpt["step_losses"], ckpt["records"], ckpt["wall_s"]
-    if type(step) is not int or not 0 <= step <= steps:
-        return f"does not fit this cycle (step {step!r} of {steps})"
-    if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (steps,):
-        return "does not fit this cycle (step losses)"
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        return "does not fit this cycle (metrics records)"
-    if type(wall) not in (int, float) or not math.isfinite(wall):
-        return "does not fit this cycle (wall time)"
-    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
-        return "does not fit this cycle (model or optimizer state)"
-    if not isinstance(ckpt["rng_cpu"], torch.Tensor) or ckpt["rng_cpu"].dtype != torch.uint8:
-        return "does not fit this cycle (RNG state)"
-    return ckpt
-
-
-def _check_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer) -> None:
-    """load_state_dict checks group sizes only; per-parameter moments must have the parameters' shapes."""
-    for p in net.parameters():
-        for name, value in opt.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                raise ValueError(f"optimizer {name} has shape {tuple(value.shape)}, parameter {tuple(p.shape)}")
-
-
-def _brief_error(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 100 else text[:97] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _label(ckpt_path: Path) -> str:
-    """work/<key12>/ckpt.pt for a store's work folder."""
-    work = ckpt_path.parent
-    name = work.name
-    if len(name) > 12 and all(c in "0123456789abcdef" for c in name):
-        name = name[:12]
-    return f"{work.parent.name}/{name}/{ckpt_path.name}"
-
-
-def _say(note: Callable[[str], None] | None, text: str) -> None:
-    if note is not None:
-        note(text)
-    else:
-        print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
-def _progress_info(done: int, steps: int, first_step: int, global_step_start: int, lr: float, wd: float,
-                   tokens_per_s: float, record: dict | None) -> dict:  # fmt: skip
-    """What a cycle reports to `progress`: where it is (`start_step`: where this attempt began, a resumed
-    cycle's checkpoint), its rate since the last report, LR/WD, and at a logged step its losses: `loss`
-    (the objective), `ce` (cross-entropy toward the data, what val measures) and during distillation
-    `kd`; `loss_step` is the global step they were measured at."""
-    info = {
-        "step": done, "steps": steps, "start_step": first_step, "global_step": global_step_start + done,
-        "lr": lr, "wd": wd, "tokens_per_s": tokens_per_s,
-    }  # fmt: skip
-    if record is not None:
-        info.update(loss=record["loss"], ce=record["ce"], loss_step=record["global_step"])
-        if record["kd"] is not None:
-            info["kd"] = record["kd"]
-    return info
-
-
-def device_capacity(device: torch.device, runtime: dict, world: int = 1) -> memory.Capacity:
-    """One device's memory for the micro-batch choice: runtime.device_memory_gb, else what torch reports for
-    the GPU, else this machine's memory shared by the step's ranks."""
-    given = runtime.get("device_memory_gb")
-    if given:
-        return memory.Capacity(device.type, float(given) * memory.GB, "runtime.device_memory_gb")
-    if device.type == "cuda":
-        return memory.Capacity("cuda", float(torch.cuda.get_device_properties(device).total_memory), "torch")
-    ram = memory.physical_memory() or 8 * memory.GB
-    return memory.Capacity("cpu", ram / max(1, world), "physical memory")
-
-
-def memory_plan(model: dict, optimizer: dict, distill: dict | None, seq_len: int, vocab: int, rows: int,
-                device: torch.device, runtime: dict, world: int = 1) -> tuple[memory.Choice, int]:  # fmt: skip
-    """(micro-batch choice, loss chunk tokens) of a cycle on this device (hepc/memory.py). A configuration
-    that cannot fit is an error here (`hepc validate` and `run` refuse it earlier, against the planned
-    device; this is the device the step really got)."""
-    shape = memory.Shape(vocab, model["n_layer"], model["d_model"], model["n_head"], seq_len,
-                         bool(model.get("dropout", 0.0)), optimizer.get("kind", "adamw"), distill is not None)  # fmt: skip
-    chunk = runtime.get("loss_chunk_tokens")
-    chunk = memory.DEFAULT_CHUNK_TOKENS[device.type] if chunk is None else int(chunk)
-    capacity = device_capacity(device, runtime, world)
-    bf16 = device.type == "cuda" and runtime.get("dtype") == "bfloat16"
-    choice = memory.choose(shape, rows, capacity.usable, device=device.type, bf16=bf16,
-                           micro=runtime.get("micro_batch") or "auto",
-                           checkpointing=runtime.get("activation_checkpointing", "auto"), chunk_tokens=chunk,
-                           snapshots=bool(runtime.get("checkpoint_every_steps") or runtime.get("checkpoint_every_minutes")))  # fmt: skip
-    if not choice.fits:
-        raise MemoryError(
-            f"a cycle with micro-batches of {choice.micro} sequences needs about {memory.human(choice.estimate.total)} "
-            f"per device ({choice.estimate.describe()}), more than the {memory.human(capacity.usable)} usable of "
-            f"{capacity.describe().split(',')[0]}; set runtime.micro_batch lower (or auto), or see `hepc plan`"
-        )
-    return choice, chunk
-
-
-@contextmanager
-def deterministic_mode(on: bool) -> Iterator[None]:
-    """runtime.deterministic: torch's deterministic kernels (a warning where an operation has none), cuDNN
-    without autotuning, cuBLAS's fixed workspace; restored afterwards (steps may share a process)."""
-    if not on:
-        yield
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
-
-
-def _batch_seqs(optimizer: dict, seq_len: int) -> int:
-    batch_seqs = optimizer["batch_tokens"] // seq_len
-    if batch_seqs < 1:
-        raise ValueError(f"batch_tokens {optimizer['batch_tokens']} is smaller than one sequence of {seq_len}")
-    return batch_seqs
 
 
 def train_cycle(
@@ -324,7 +107,7 @@ def train_cycle(
     any N; with the same N the resume is exact.
 
     Micro-batches (`runtime["micro_batch"]`, "auto" by default: the largest that fits the device,
-    hepc.memory): each device's rows run forward and backward a micro-batch at a time and their gradients
+    hepc.train.memory): each device's rows run forward and backward a micro-batch at a time and their gradients
     add up to the whole batch's before the one optimizer step; activation checkpointing and the chunked
     loss (`runtime["activation_checkpointing"]`, `runtime["loss_chunk_tokens"]`) change memory, not results.
     """
@@ -344,7 +127,7 @@ def train_cycle(
     if world == 1:
         with deterministic_mode(bool(runtime.get("deterministic"))):
             return _run_cycle(**cycle, progress=progress, note=note, guard=guard, dp=None)
-    ddp.rows_per_rank(_batch_seqs(optimizer, seq_len), world)  # before any process starts
+    ddp.rows_per_rank(batch_sequences(optimizer, seq_len), world)  # before any process starts
     device = resolve_device(runtime.get("device", "auto"))
     ddp.check_devices(device, world)
     threads = torch.get_num_threads()
@@ -357,17 +140,6 @@ def train_cycle(
     finally:
         if shared:
             torch.set_num_threads(threads)  # this process's own default again
-
-
-def training_tokens(corpus_dir: Path, splits: tuple[str, ...] = ("train",)) -> tuple[np.ndarray, np.ndarray]:
-    """The token ids a cycle trains on and the start offsets of their pieces: the corpus's train split,
-    followed by its held-out slice when `splits` names it too (data.train_on_heldout)."""
-    arrays = [np.load(corpus_dir / f"{name}.npy", mmap_mode="r") for name in splits]
-    starts = [np.load(corpus_dir / f"{name}_docs.npy") for name in splits]
-    if len(arrays) == 1:
-        return arrays[0], starts[0]
-    offsets = np.cumsum([0] + [a.size for a in arrays[:-1]])
-    return np.concatenate(arrays), np.concatenate([s + o for s, o in zip(starts, offsets)]).astype(np.int64)
 
 
 def _rank_main(rank: ddp.Rank, cycle: dict) -> None:
@@ -414,11 +186,11 @@ def _run_cycle(
     # ---- data -------------------------------------------------------------------------------------------
     meta = json.loads((corpus_dir / "meta.json").read_text())
     train, doc_starts = training_tokens(corpus_dir, train_splits)
-    batch_seqs = _batch_seqs(optimizer, seq_len)
+    batch_seqs = batch_sequences(optimizer, seq_len)
     tokens_per_step = batch_seqs * seq_len  # == batch_tokens when it is a multiple of seq_len
     batches = BatchSource(train, doc_starts, seq_len=seq_len, batch_seqs=batch_seqs, seed=trajectory_seed)
     steps = steps_per_cycle(epochs_per_cycle, len(train), tokens_per_step)
-    multipliers = _multipliers(schedule, steps)
+    multipliers = schedule_multipliers(schedule, steps)
 
     # ---- model, teacher, optimizer ----------------------------------------------------------------------
     config = GPTConfig(
@@ -466,7 +238,7 @@ def _run_cycle(
     # ---- fresh start or exact resume ---------------------------------------------------------------------
     # What makes this cycle this cycle: a checkpoint copied from another work folder (another
     # trajectory, cycle, corpus or setting) is recognised and never resumed.
-    fingerprint = _fingerprint(
+    fingerprint = cycle_fingerprint(
         cycle_index=cycle_index, trajectory_seed=trajectory_seed, steps=steps, global_step_start=global_step_start,
         perturb_scale=perturb_scale, distill=distill, model=model, optimizer=optimizer, schedule=schedule,
         seq_len=seq_len, epochs_per_cycle=epochs_per_cycle, train_tokens=len(train),
@@ -483,15 +255,15 @@ def _run_cycle(
         if guard is not None:
             guard()  # the folder may be another process's by now: leave it alone
         for name in (ckpt_path.name, SIDECAR, "progress.json"):
-            _remove(work_dir / name)
-        _say(
-            note, f"checkpoint {_label(ckpt_path)} {problem}; discarded; restarting cycle {cycle_index} from its start"
+            remove_path(work_dir / name)
+        say(
+            note, f"checkpoint {ckpt_label(ckpt_path)} {problem}; discarded; restarting cycle {cycle_index} from its start"
         )
 
     def restore(ckpt: dict) -> None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        _check_optimizer_state(net, opt)
+        check_optimizer_state(net, opt)
         step_losses.copy_(ckpt["step_losses"])
         torch.set_rng_state(ckpt["rng_cpu"])
         if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
@@ -500,7 +272,7 @@ def _run_cycle(
     dropout_seed = cycle_seed(trajectory_seed, cycle_index, _DROPOUT_SALT)
     ckpt = None
     if lead and (ckpt_path.exists() or ckpt_path.is_symlink()):
-        ckpt = _load_checkpoint(ckpt_path, steps=steps, global_step_start=global_step_start, fingerprint=fingerprint)
+        ckpt = load_checkpoint(ckpt_path, steps=steps, global_step_start=global_step_start, fingerprint=fingerprint)
         if isinstance(ckpt, str):
             discard(ckpt)
             ckpt = None
@@ -508,12 +280,12 @@ def _run_cycle(
         if guard is not None:
             guard()
         for name in (SIDECAR, "progress.json"):  # leftovers of a checkpoint that is gone
-            _remove(work_dir / name)
+            remove_path(work_dir / name)
     if ckpt is not None:
         try:
             restore(ckpt)
         except Exception as e:  # noqa: BLE001  (any misfit: start over, from pristine objects)
-            discard(f"does not fit this cycle ({_brief_error(e)})")
+            discard(f"does not fit this cycle ({brief_error(e)})")
             ckpt = None
             net, opt = build(load_state(prev_dir / "state.pt") if prev_dir is not None else None)
             step_losses.zero_()
@@ -655,7 +427,7 @@ def _run_cycle(
                 if progress is not None:  # cheap: a clock read per step; losses only where they were synced anyway
                     now = time.perf_counter()
                     if record is not None or done == first_step + 1 or now - t_report >= REPORT_EVERY_S:
-                        progress(_progress_info(done, steps, first_step, global_step_start, lr, wd,
+                        progress(progress_info(done, steps, first_step, global_step_start, lr, wd,
                                                 tokens_since_report / max(now - t_report, 1e-9), record))  # fmt: skip
                         t_report, tokens_since_report = now, 0
                 # Ctrl-C: stop at this boundary with a checkpoint (also after the last step). The wall-time
@@ -675,7 +447,7 @@ def _run_cycle(
                             save_checkpoint(done, rank_rng, wait=True)
                     except Exception as e:  # e.g. the lease is gone: still stop, as asked
                         raise KeyboardInterrupt(
-                            f"interrupted after step {done} of {steps} (no checkpoint: {_brief_error(e)})"
+                            f"interrupted after step {done} of {steps} (no checkpoint: {brief_error(e)})"
                         ) from e
                     raise KeyboardInterrupt(f"interrupted after step {done} of {steps} (checkpoint written)")
                 if checkpoint_due:

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hepc.memory import DEFAULT_CHUNK_TOKENS, GB, physical_memory
 from hepc.sizes import param_count
 from hepc.train.batches import to_device
 from hepc.train.checkpoint import load_weights
+from hepc.train.memory import DEFAULT_CHUNK_TOKENS, GB, physical_memory
 from hepc.train.model import GPT, GPTConfig, precision_context, resolve_device
 
 

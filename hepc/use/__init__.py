@@ -6,5 +6,7 @@
     sample.py         generation from the mixture (temperature, top-k, top-p, seeded)
     score.py          nats/token and bits per byte of text files, ensemble and members
     export.py         a self-contained folder: safetensors, weights, tokenizer, manifest with sha256, card
+    export_check.py   an exported folder checked before it is loaded (strict manifest, digests, shapes)
+    hf.py             members as transformers Qwen3 folders (the RoPE and norm mapping)
     lm_eval_model.py  the ensemble as an lm-evaluation-harness model ("hepc"), optional extra `eval`
 """

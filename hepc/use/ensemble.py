@@ -4,11 +4,11 @@ Members combine exactly as val was scored (hepc.steps.prior, docs/method.md §6.
 
     p(y | x) = Σ_r w̃_r · max(softmax(z_r(x))_y, tiny_f32)      accumulated in float64
 
-with w̃ the prior's top-K weights renormalised (``hepc.ensemble.top_k``); a population with
+with w̃ the prior's top-K weights renormalised (``hepc.prior.select.top_k``); a population with
 `prior.aggregate: logit` uses softmax(Σ_r w̃_r z_r(x)) instead, as its logits step did. `score`
 computes each member's per-token probability of the correct token with the windows of
 hepc.train.score (stride seq_len, context restarting at each window) and mixes them with
-``hepc.ensemble.ensemble_loss``, so on a corpus's val.npy it returns the stored val loss of that K.
+``hepc.prior.select.ensemble_loss``, so on a corpus's val.npy it returns the stored val loss of that K.
 
 Memory: members stay loaded when `max_resident` (default: every member, or as many as
 `memory_bytes` holds) allows; otherwise each pass streams them — load, forward, accumulate, free.
@@ -174,7 +174,7 @@ class Ensemble:
                 acc += float(self.weights[i]) * p.double()
         return acc
 
-    def cached(self) -> "CachedMixture | None":
+    def cached(self) -> CachedMixture | None:
         """A mixture that keeps each member's attention keys and values (a KV cache), so that feeding one
         more token costs one position per member, not the whole context; None when the members do not
         all fit at once (`max_resident` < K: they are streamed, and sampling recomputes the context)."""
@@ -243,7 +243,8 @@ class Ensemble:
         "members": [{"key", "name", "weight", "nats_per_token", "bits_per_byte"}]}. Bits per byte use
         the corpus's rule (mean / ln 2 / (bytes / ids)); bytes are counted by the tokenizer unless given.
         """
-        from hepc.ensemble import FLOOR, ensemble_loss
+        from hepc.prior.rows import FLOOR
+        from hepc.prior.select import ensemble_loss
 
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if tokens.size < 2:
@@ -282,7 +283,7 @@ class Ensemble:
         """(log p, greedy) of tokens[t] for t ≥ first, each given up to seq_len tokens before it
         (as much context as the model takes), under the mixture. float64 log-probabilities (floored
         at 1e-12 like val) and whether each token is the mixture's argmax."""
-        from hepc.ensemble import FLOOR
+        from hepc.prior.rows import FLOOR
 
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if not 1 <= first < tokens.size:

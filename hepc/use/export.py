@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from hepc.errors import HepcError
-from hepc.safe_io import DISK_FULL_OR_READ_ONLY, read_json
+from hepc.store.safe_io import DISK_FULL_OR_READ_ONLY, read_json
 from hepc.use.export_check import CARD, EXPORT_FORMAT, MANIFEST, SUMS, sums_text
 from hepc.use.source import MemberRef, Resolved, dumps, is_export, load_member, sha256_file
 from hepc.use.text import BYTES_TOKENIZER_FILE

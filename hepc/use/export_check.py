@@ -32,7 +32,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hepc.errors import HepcError
-from hepc.safe_io import file_kind, open_regular
+from hepc.store.safe_io import file_kind, open_regular
 
 EXPORT_FORMAT = 2  # 2: SHA256SUMS covers every file; 1 (no checksum list) is refused: export again
 SUMS = "SHA256SUMS"

@@ -20,6 +20,7 @@ from hepc.errors import HepcError
 
 try:
     import lm_eval.models  # noqa: F401  (the harness's own models first: registering `hepc` into an empty
+
     # registry would stop it from loading them, and `--model hf` would be unknown in this process)
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model

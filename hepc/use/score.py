@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from hepc.errors import HepcError
-from hepc.safe_io import not_a_file
+from hepc.store.safe_io import not_a_file
 from hepc.use.text import file_tokens
 
 

@@ -3,7 +3,7 @@
 Resolves the K members, their top-K weights, the model shape, the tokenizer and the provenance
 without importing torch (hepc.use.ensemble loads the weights). The rule is the one that scored val
 (hepc.steps.prior): the prior's weights over the whole population as recorded in `prior.json`,
-``hepc.ensemble.top_k`` (the K largest, renormalised, ties to the lower population index), combined
+``hepc.prior.select.top_k`` (the K largest, renormalised, ties to the lower population index), combined
 by the population's aggregate (weighted probability averaging; logit averaging for
 `prior.aggregate: logit`).
 """
@@ -129,10 +129,11 @@ def from_spec(spec, k, *, overrides=None, store=None, population: str | None = N
     is not trained yet (naming the missing steps and the command that trains them)."""
     import numpy as np
 
-    from hepc.compile import compile_spec
-    from hepc.ensemble import top_k
+    from hepc.compile.compiler import compile_spec
+    from hepc.prior.select import top_k
     from hepc.spec.load import load_spec
-    from hepc.store import Store, resolve_store_path
+    from hepc.store.layout import resolve_store_path
+    from hepc.store.objects import Store
 
     overrides = list(overrides or [])
     loaded = load_spec(spec, overrides)
@@ -193,7 +194,7 @@ def from_spec(spec, k, *, overrides=None, store=None, population: str | None = N
     }
     tokenizer = None
     if meta.get("tokenizer", {}).get("kind") not in ("bytes", "none", None):  # a trained one: from its step
-        tokenizer = _store_tokenizer(compiled, the_store, compiled.populations.index(pop))
+        tokenizer = load_tokenizer(compiled, the_store, compiled.populations.index(pop))
     return Resolved(
         members=members,
         aggregate=provenance["aggregate"],
@@ -221,7 +222,7 @@ def load_member(member: MemberRef) -> bytes:
     """A member's snapshot bytes, read once and checked against the digest recorded for it (the store
     object's xxh3_128, or the export's sha256) before anything is built from them. A file of another
     size is refused before it is read; damage is one HepcError naming the file."""
-    from hepc.safe_io import not_a_file, open_regular
+    from hepc.store.safe_io import not_a_file, open_regular
 
     path = member.path
     try:
@@ -246,25 +247,45 @@ def load_member(member: MemberRef) -> bytes:
 def _distrust(path: Path) -> None:
     """A store member found damaged: drop the signatures that vouched for its object, so that the next
     `hepc run` re-hashes it, quarantines it and recomputes it."""
-    from hepc.store import Store
+    from hepc.store.objects import Store
 
     obj = path.parent
     Store(obj.parent.parent.parent).distrust(obj)
 
 
-def _store_tokenizer(compiled, store, population: int):
-    """A trained tokenizer (BPE) as the corpus used it, through hepc.data.tokenizers.load_tokenizer."""
+def load_tokenizer(compiled, store, population: int = 0):
+    """load_tokenizer(compiled, store, population=0) -> the tokenizer the corpus of a compiled spec
+    (`hepc.compile.compiler.Compiled`; its `populations[population]`, the only one without a sweep) was built
+    with, read from `store` (`hepc.store.objects.Store`) where it is trained: `BytesTokenizer` for `bytes`,
+    `PretokenizedTokenizer` for `none` (ids pass through; no text), and for `bpe` the `BpeTokenizer` of
+    the committed `tokenizer` step (its tokenizer.json; a HepcError when it is not trained yet or is
+    damaged). Each has `encode(bytes | str) -> np.ndarray` (end-of-text first, as every corpus
+    document), `decode(ids) -> str`, `vocab_size` and `eot_id`; `cut_document` cuts long documents as the corpus did."""
+    from hepc.data.identity import DataError
+    from hepc.data.tokenizers import make_tokenizer, tokenizer_config
+
+    pop = compiled.populations[population]
+    corpus = compiled.graph[pop.corpus_key]
+    cfg = tokenizer_config(corpus.params["tokenizer"])
+    if cfg["kind"] != "bpe":
+        return make_tokenizer(cfg, corpus.context.get("source"))
+    step = compiled.graph[corpus.inputs["tokenizer"]]
+    path = store.find_intact(step, full=True)  # its files are read whole: hashed, not trusted
+    if path is None:
+        raise HepcError(
+            f"the tokenizer of spec '{compiled.spec.name}' (tokenizer/{step.dirname}) is not trained yet in store "
+            f"{store.root} (run `hepc run` first; `hepc plan` shows what is missing)"
+        )
     try:
-        from hepc.data.tokenizers import load_tokenizer
-    except ImportError:
-        raise HepcError("this population's tokenizer is not a bytes tokenizer and this hepc cannot load it") from None
-    return load_tokenizer(compiled, store, population)
+        return make_tokenizer(cfg, corpus.context.get("source"), trained=path)
+    except DataError as e:
+        raise HepcError(f"tokenizer/{step.dirname}: {getattr(e, 'message', e)}") from None
 
 
 def _figures(store, graph, pop, prior: dict, idx, w, meta: dict) -> dict:
     """Val figures of this ensemble for the card: its val loss recomputed from the stored val scores
     (the rule of the prior step, for any K), the recorded budgets and the best single member."""
-    from hepc.ensemble import ensemble_loss
+    from hepc.prior.select import ensemble_loss
     from hepc.steps.prior import bpb_of, load_scores, score_summary
 
     out = {
@@ -353,8 +374,8 @@ def from_store_dir(root, k, *, prior: str | None = None) -> Resolved:
     `prior` (a key or a prefix of one, or the object's folder name) chooses one."""
     import numpy as np
 
-    from hepc.ensemble import top_k
-    from hepc.store import Store
+    from hepc.prior.select import top_k
+    from hepc.store.objects import Store
 
     store = Store(root)
     folder = store.objects / "prior"
@@ -414,7 +435,7 @@ def from_store_dir(root, k, *, prior: str | None = None) -> Resolved:
 
 
 def is_store(path) -> bool:
-    from hepc.store import MARKER
+    from hepc.store.layout import MARKER
 
     p = Path(path)
     return p.is_dir() and (p / MARKER).is_file()

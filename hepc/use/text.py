@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hepc.errors import HepcError
-from hepc.safe_io import not_a_file
+from hepc.store.safe_io import not_a_file
 
 BYTES_TOKENIZER_FILE = {"kind": "bytes", "vocab_size": 257, "eot_id": 256}
 

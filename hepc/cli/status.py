@@ -1,7 +1,7 @@
-"""`hepc status [SPEC] [--watch] [--json] [--store S]`: what a store is doing right now (hepc.status).
+"""`hepc status [SPEC] [--watch] [--json] [--store S]`: what a store is doing right now (hepc.observe.status).
 
 A plain function (`status_command`) that returns an exit code, plus `register(app)`, which
-`hepc.cli` calls at its end to add it to the Typer app (as hepc.cli_store does; no `from __future__
+`hepc.cli` calls at its end to add it to the Typer app (as hepc.cli.store does; no `from __future__
 import annotations` here: the Typer signature is built inside `register` from hepc.cli's option types).
 """
 
@@ -13,7 +13,7 @@ WATCH_EVERY_S = 2.0
 
 
 def _compile(spec: str, overrides=()):
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     loaded = load_spec(spec, list(overrides or []))
@@ -30,8 +30,8 @@ def status_command(
     """Print the store's leases and live progress (and SPEC's graph progress and ETA); read-only.
 
     `watch`: redraw every WATCH_EVERY_S until Ctrl-C (exit 0) or until SPEC's graph is committed."""
-    from hepc.status import collect, open_store
-    from hepc.store import resolve_store_path
+    from hepc.observe.status import collect, open_store
+    from hepc.store.layout import resolve_store_path
 
     compiled = runtime = None
     spec_store = None
@@ -68,7 +68,7 @@ def _complete(st: dict) -> bool:
 
 
 def _show(st: dict, json_out: bool, *, stamp: bool = False, compact: bool = False) -> None:
-    from hepc.status import render_lines
+    from hepc.observe.status import render_lines
 
     if json_out:
         print(json.dumps(st, indent=None if compact else 1), flush=True)
@@ -85,7 +85,7 @@ def _watch(snapshot, json_out: bool) -> None:
         from rich.live import Live
         from rich.text import Text
 
-        from hepc.status import render_lines
+        from hepc.observe.status import render_lines
 
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while True:
@@ -112,7 +112,7 @@ def register(app) -> None:
 
     import typer
 
-    from hepc.cli import JsonOpt, Overrides, StoreOpt, user_errors
+    from hepc.cli.app import JsonOpt, Overrides, StoreOpt, user_errors
 
     existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
     if "status" in existing:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
-from typing import Any, Iterator
+from typing import Any
 
 from hepc.hashing import step_key
 

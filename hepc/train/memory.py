@@ -345,7 +345,7 @@ def _snapshots(rt) -> bool:
 def memory_report(compiled) -> dict:
     """Per step kind of every population of `compiled`: the estimated peak per device (JSON-ready), and the
     problems of cycles that cannot fit: [(dotted field to change, message)]."""
-    from hepc.compile import vocab_size
+    from hepc.compile.compiler import vocab_size
 
     spec = compiled.spec
     capacity = planning_capacity(spec.runtime.model_dump())
@@ -429,7 +429,7 @@ def _problem(spec, choice: Choice, capacity: Capacity, distill: bool) -> tuple[s
 
 
 def _vocab(spec) -> int:
-    from hepc.compile import vocab_size
+    from hepc.compile.compiler import vocab_size
 
     return vocab_size(spec)
 

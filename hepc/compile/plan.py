@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from hepc.compile import Compiled, graph_totals
-from hepc.graph import StepSpec
-from hepc.store import Store
-from hepc.verify import Damaged, read_checked
+from hepc.compile.compiler import Compiled, graph_totals
+from hepc.compile.graph import StepSpec
+from hepc.store.objects import Store
+from hepc.store.verify import Damaged, read_checked
 from hepc.wording import count, shorten
 
 SPLITS = ("val", "test", "heldout", "train")

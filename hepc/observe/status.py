@@ -1,17 +1,17 @@
 """`hepc status`: what a store is doing right now. Read-only: nothing is written, moved or created.
 
-    leases/<key>            who runs which step (hepc.store_lease): live, stale (holder gone) or suspect
+    leases/<key>            who runs which step (hepc.store.lease): live, stale (holder gone) or suspect
     work/<key>/live.json    the step's own progress, rewritten whole by the executor every ~2 s:
                             {key, kind, name, worker, host, pid, started, t, step, steps, loss, ce, kd, tokens_per_s}
 
 `collect` gathers a status dict (also the `--json` output); `render_lines` turns it into text.
 With a compiled spec, it adds the graph's progress (committed / total steps by kind, which of its
-steps are leased now) and an estimate of the time left (hepc.throughput: measured throughput of
+steps are leased now) and an estimate of the time left (hepc.observe.measure and .estimate: measured throughput of
 committed cycles of the same model shape and device, in-flight steps by their own progress,
 divided across the live workers).
 
 Everything read from the store may be junk (a partial, huge or hostile file): it is read with a
-bound through hepc.safe_io, checked field by field, and shown escaped; never a traceback.
+bound through hepc.store.safe_io, checked field by field, and shown escaped; never a traceback.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import os
 import time
 from pathlib import Path
 
-from hepc import store_lease
 from hepc.errors import StoreError, printable
-from hepc.safe_io import TooLarge, read_json
-from hepc.store import MARKER, Store
-from hepc.throughput import done_fraction as resumed
-from hepc.throughput import estimate, human_duration, measure_for, pending_steps
+from hepc.observe.estimate import done_fraction as resumed
+from hepc.observe.estimate import estimate, human_duration, measure_for, pending_steps
+from hepc.store import lease as store_lease
+from hepc.store.layout import MARKER
+from hepc.store.objects import Store
+from hepc.store.safe_io import TooLarge, read_json
 from hepc.wording import count
 
 LIVE = "live.json"
@@ -211,7 +212,7 @@ def _round(x: float | None) -> float | None:
 
 
 def graph_progress(store: Store, compiled, held: list[dict], now: float) -> tuple[dict, list]:
-    """Committed / total by kind, the graph's leased steps, and what is left as hepc.throughput.Pending."""
+    """Committed / total by kind, the graph's leased steps, and what is left as hepc.observe.estimate.Pending."""
     by_key = {entry["key"]: entry for entry in held}
     kinds: dict[str, dict] = {}
     leased, todo, done_fraction, remaining = [], [], {}, {}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.text import Text
 
-from hepc.compile import Compiled, Population
+from hepc.compile.compiler import Compiled, Population
 from hepc.errors import HepcError
-from hepc.store import Store
+from hepc.store.objects import Store
 from hepc.wording import SIGN_NOTE, count
 
 
@@ -36,7 +36,7 @@ def elsewhere(compiled: Compiled, pop: Population, store: Store) -> str:
     """What to do next: the other stores beside the spec, in its parent folders or in those of the
     current folder that hold this population's results, else `hepc run`. (The store read is --store,
     else $HEPC_STORE, else the spec's runtime.store, else ./runs of the folder the command runs in.)"""
-    from hepc.store import DEFAULT_STORE, MARKER
+    from hepc.store.layout import DEFAULT_STORE, MARKER
 
     step = compiled.graph[pop.prior_key]
     base = compiled.graph[pop.corpus_key].context.get("base_dir")

@@ -2,7 +2,7 @@
 
 SPEC is a trained spec (its store from --store, $HEPC_STORE, runtime.store or runs/), a store folder or a folder
 written by `hepc export`. `register(app)` adds the commands to the hepc Typer app (hepc.cli calls it
-at its end, as it does hepc.cli_status's). No `from __future__ import annotations` here: the Typer
+at its end, as it does hepc.cli.status's). No `from __future__ import annotations` here: the Typer
 signatures are built inside `register` from hepc.cli's option types. torch is imported only when a
 command runs.
 """
@@ -16,7 +16,7 @@ def split_args(args: list, set_=None, *, files: bool = False) -> tuple:
     `--set` option adds more). For `score` the other arguments are the FILEs to score: an argument is
     an override when it reads `dotted.key=value` and no file of that name exists, else a file.
     Returns (spec, overrides, files)."""
-    from hepc.cli_specs import is_override
+    from hepc.cli.specs import is_override
     from hepc.errors import HepcError
 
     if not args:
@@ -120,7 +120,7 @@ def register(app) -> None:
 
     import typer
 
-    from hepc.cli import JsonOpt, StoreOpt, user_errors
+    from hepc.cli.app import JsonOpt, StoreOpt, user_errors
 
     existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
     if "sample" in existing:

@@ -12,7 +12,7 @@ step's own body runs into a temporary folder outside the store, so the figures a
 will record, and nothing is written to the store. `plan_data_lines` gives `hepc plan` the same, one
 line per corpus, when the store has it or the source is small (`SMALL_SOURCE_BYTES`).
 
-As hepc.cli_status: a plain function (`data_command`) plus `register(app)`, no `from __future__
+As hepc.cli.status: a plain function (`data_command`) plus `register(app)`, no `from __future__
 import annotations` (the Typer signature is built inside `register` from hepc.cli's option types).
 """
 
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hepc.plan import present_splits
+from hepc.compile.plan import present_splits
 
 SMALL_SOURCE_BYTES = 2 << 20  # `hepc plan` dry-passes an unbuilt text corpus whose files total at most this
 
@@ -37,7 +37,7 @@ def corpus_steps(compiled) -> list:
 
 def stored_meta(step, store):
     """(meta.json of the committed corpus, None) or (None, why not): None, None when it is not committed."""
-    from hepc.plan import _corpus_meta
+    from hepc.compile.plan import _corpus_meta
 
     path = store.find(step)
     if path is None:
@@ -52,8 +52,8 @@ def dry_meta(step, graph, store, loaded, *, train_tokenizer: bool = True) -> dic
     located SpecError, as `hepc run` reports it."""
     from hepc.data.identity import DataError
     from hepc.errors import HepcError, Problem, SpecError
-    from hepc.safe_io import disk_error, os_error_message
     from hepc.steps import RunContext, body
+    from hepc.store.safe_io import disk_error, os_error_message
 
     with tempfile.TemporaryDirectory(prefix="hepc-data-") as tmp:
         ctx = RunContext(runtime=loaded.spec.runtime.model_dump())
@@ -74,7 +74,7 @@ def dry_meta(step, graph, store, loaded, *, train_tokenizer: bool = True) -> dic
             body("corpus")(step, inputs, out, work, ctx)
         except DataError as e:
             raise SpecError([Problem(loaded.where(e.field), e.field, e.message)]) from None
-        except Exception as e:  # noqa: BLE001  (a full scratch disk: say where, not "?")
+        except Exception as e:
             disk = disk_error(e, Path(tmp))
             if disk is None:
                 raise
@@ -295,12 +295,12 @@ def one_line(report: dict) -> str:
 
 
 def data_command(spec: str, overrides=None, store: str | None = None, json_out: bool = False) -> int:
-    from hepc.cli import _check_inputs, _load, _store, _warn
+    from hepc.cli.app import check_inputs, load, open_store, warn
 
-    loaded, compiled = _load(spec, overrides, strict_data=True)
-    _warn(compiled)
-    _check_inputs(loaded, compiled)
-    the_store = _store(store, loaded)
+    loaded, compiled = load(spec, overrides, strict_data=True)
+    warn(compiled)
+    check_inputs(loaded, compiled)
+    the_store = open_store(store, loaded)
     steps = corpus_steps(compiled)
     reports = []
     for step in steps:
@@ -315,10 +315,10 @@ def data_command(spec: str, overrides=None, store: str | None = None, json_out: 
 
 
 def plan_data_lines(the_plan, the_store, loaded) -> list[str]:
-    """`hepc plan`'s corpus lines (hepc.plan.split_lines), a not-yet-built corpus of a small text source
+    """`hepc plan`'s corpus lines (hepc.compile.plan.split_lines), a not-yet-built corpus of a small text source
     summarised by a dry pass in one line; a dry pass that fails leaves the plain line."""
+    from hepc.compile.plan import split_lines
     from hepc.errors import HepcError
-    from hepc.plan import split_lines
 
     graph = {planned.step.key: planned.step for planned in the_plan.steps}
 
@@ -339,7 +339,7 @@ def register(app) -> None:
     """Add `data` to the hepc Typer app (hepc.cli calls this at its end)."""
     import typer
 
-    from hepc.cli import JsonOpt, Overrides, SpecArg, StoreOpt, user_errors
+    from hepc.cli.app import JsonOpt, Overrides, SpecArg, StoreOpt, user_errors
 
     existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
     if "data" in existing:

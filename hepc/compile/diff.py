@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hepc.compile import Compiled, graph_totals
-from hepc.graph import by_kind
+from hepc.compile.compiler import Compiled, graph_totals
+from hepc.compile.graph import by_kind
 from hepc.spec.load import LoadedSpec
 
 _MISSING = "<absent>"

@@ -12,7 +12,7 @@ folders are listed *before* the leases are read (a staging or work folder listed
 lease was taken belongs to that lease), a work folder is moved only while gc itself holds its
 step's lease, and a lease is removed only through the race-free take-over of store_lease.
 
-Safety: gc works only on a folder that carries the store marker (hepc.store), never follows a
+Safety: gc works only on a folder that carries the store marker (hepc.store.objects), never follows a
 symbolic link (a store folder that is one is skipped, with a warning), and never moves or deletes a
 path whose parent does not resolve inside the store root. What it reads from records is bounded
 (a plan of more than PLAN_LIMIT bytes counts as unreadable).
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hepc.errors import StoreError, printable
-from hepc.safe_io import os_error_message, read_json, read_small
-from hepc.store import Store
-from hepc.store_lease import LeaseBusy, acquire, describe, is_stale, is_suspect, pid_alive, read_lease, remove_if_stale
-from hepc.verify import iter_objects
+from hepc.store.lease import LeaseBusy, acquire, describe, is_stale, is_suspect, pid_alive, read_lease, remove_if_stale
+from hepc.store.objects import Store
+from hepc.store.safe_io import os_error_message, read_json, read_small
+from hepc.store.verify import iter_objects
 
 LEFTOVER_AGE_S = 3600.0  # tombstones and private lease files older than this are leftovers
 PLAN_LIMIT = 64 << 20  # a recorded plan.json larger than this is not read (paper scale: a few MB)
@@ -100,7 +100,7 @@ def _plan_keys(folder: Path) -> set[str] | None:
 def _recompiled_keys(folder: Path) -> set[str] | None:
     """Recompile a record's resolved spec (a JSON document is YAML). Data named by relative paths
     cannot be found from here: such a record stays unknown (and so keeps everything)."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.errors import HepcError
     from hepc.spec.load import load_spec
 
@@ -343,8 +343,8 @@ def collect(store: Store, items: list[Item], named: list | None = None) -> Colle
 def _prune_index(store: Store) -> None:
     """Drop the verification index's entries of objects that are no longer committed (removed here,
     quarantined, or gone by hand): the index never grows past the objects the store holds."""
-    from hepc.store import is_committed
-    from hepc.verify import read_index, write_index
+    from hepc.store.layout import is_committed
+    from hepc.store.verify import read_index, write_index
 
     stale = {label for label in read_index(store.root) if not is_committed(store.objects / label)}
     if stale:

@@ -6,7 +6,7 @@ checkpoint that was truncated, overwritten or altered since it was written.
 
 The sidecar is written atomically once the checkpoint is in place; a crash between the two leaves a
 checkpoint whose digest does not match, which the resume discards (it restarts the cycle from its
-start: slower, never wrong). Stdlib, xxhash and hepc.safe_io only: `hepc plan` and friends may import it without
+start: slower, never wrong). Stdlib, xxhash and hepc.store.safe_io only: `hepc plan` and friends may import it without
 torch.
 """
 
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import xxhash
 
-from hepc.safe_io import NotRegularFile, TooLarge, open_regular, read_small
+from hepc.store.safe_io import NotRegularFile, TooLarge, open_regular, read_small
 
 SIDECAR = "ckpt.digest.json"
 SIDECAR_LIMIT = 64 << 10  # a sidecar is ~100 bytes; anything larger is not one

@@ -8,7 +8,6 @@ annotations` here: the Typer signatures are built inside `register` from hepc.cl
 
 import json
 import sys
-from typing import Optional
 
 from hepc.errors import HepcError
 from hepc.wording import count
@@ -22,10 +21,11 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None, *, adopt: bool = False):
+def _open_store(cli_value: str | None, spec_store: str | None = None, *, adopt: bool = False):
     """The store at the resolved path; it must carry the store marker (an unrelated folder is never
     written to or deleted from). `adopt` accepts a marker-less store of an older hepc (see `adopt`)."""
-    from hepc.store import Store, resolve_store_path
+    from hepc.store.layout import resolve_store_path
+    from hepc.store.objects import Store
 
     root = resolve_store_path(cli_value, spec_store)
     if root.exists() and not root.is_dir():
@@ -42,8 +42,8 @@ def _open_store(cli_value: Optional[str], spec_store: Optional[str] = None, *, a
 def _adopt(the_store) -> None:
     """Write the marker into a store made by an older hepc, after checking that the folder holds
     nothing but a store's folders (so an unrelated folder is never adopted)."""
-    from hepc.store import MARKER, SUBDIRS
-    from hepc.verify import INDEX
+    from hepc.store.layout import MARKER, SUBDIRS
+    from hepc.store.verify import INDEX
 
     if the_store.marker_problem() is None:
         return
@@ -60,7 +60,7 @@ def _adopt(the_store) -> None:
 
 
 def _compile(spec: str, overrides=(), *, strict_data: bool = False):
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
 
     loaded = load_spec(spec, list(overrides or []))
@@ -71,7 +71,7 @@ def _compile(spec: str, overrides=(), *, strict_data: bool = False):
 
 
 def verify_command(
-    spec: Optional[str], overrides=None, store: Optional[str] = None, json_out: bool = False, adopt: bool = False,
+    spec: str | None, overrides=None, store: str | None = None, json_out: bool = False, adopt: bool = False,
     *, repair: bool = False, scrub: bool = False,
 ) -> int:
     """Re-hash every object of the store (or of one spec's graph) against its recorded digests, and
@@ -83,7 +83,7 @@ def verify_command(
     and not repaired, 0 if not (user errors raise HepcError → exit 2). `adopt`: mark an older hepc's store."""
     import time
 
-    from hepc.verify import check_checkpoints, verify_objects
+    from hepc.store.verify import check_checkpoints, verify_objects
 
     t0 = time.perf_counter()
     missing: list[str] = []
@@ -107,7 +107,7 @@ def verify_command(
     seconds = time.perf_counter() - t0
     if adopt and not damaged:
         _adopt(the_store)
-    from hepc.gc import tree_bytes
+    from hepc.store.gc import tree_bytes
 
     size = sum(tree_bytes(p) for p in checked)
     moved = _repair(the_store, damaged, checkpoints) if repair and (damaged or checkpoints) else []
@@ -143,10 +143,10 @@ def verify_command(
         if adopt and damaged:
             print("not adopted: repair or remove the damaged objects first", file=sys.stderr)
     if moved and spec is not None:  # recompute what was moved aside: the spec's run, as `hepc run` does
-        from hepc.cli import _run_one
+        from hepc.cli.run import run_one
 
         print(f"recomputing with `hepc run {spec}`", file=sys.stderr)
-        _run_one(spec, list(overrides or []), store, {}, json_out=False, quiet=False, members=None)
+        run_one(spec, list(overrides or []), store, {}, json_out=False, quiet=False, members=None)
         return 0
     if moved:
         print("the next `hepc run` of a spec that uses them recomputes them", file=sys.stderr)
@@ -171,11 +171,11 @@ def _repair(the_store, damaged, checkpoints) -> list[str]:
 # --------------------------------------------------------------------------- gc
 
 
-def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_out: bool = False) -> int:
+def gc_command(specs=None, yes: bool = False, store: str | None = None, json_out: bool = False) -> int:
     """Dry run by default: list what is not reachable from the recorded (or named) specs and its size;
     with yes=True, remove it in two phases (trash, then delete)."""
-    from hepc.cli_specs import spec_args
-    from hepc.gc import collect, garbage, reachable
+    from hepc.cli.specs import spec_args
+    from hepc.store.gc import collect, garbage, reachable
 
     named = []
     spec_store = None
@@ -243,11 +243,11 @@ def gc_command(specs=None, yes: bool = False, store: Optional[str] = None, json_
 # --------------------------------------------------------------------------- unlock
 
 
-def unlock_command(keys: list[str], store: Optional[str] = None) -> int:
+def unlock_command(keys: list[str], store: str | None = None) -> int:
     """Remove the leases of the steps whose keys start with `keys` (a suspect lease that no process
     holds: `hepc run` and `hepc gc` name it and this command). Never needed for a dead holder on
     this host or a heartbeat older than the timeout: those are taken over automatically."""
-    from hepc.store_lease import describe, force_remove, held_here, read_lease
+    from hepc.store.lease import describe, force_remove, held_here, read_lease
 
     the_store = _open_store(store)
     folder = the_store.root / "leases"
@@ -281,7 +281,7 @@ def register(app) -> None:
 
     import typer
 
-    from hepc.cli import JsonOpt, Overrides, StoreOpt, user_errors
+    from hepc.cli.app import JsonOpt, Overrides, StoreOpt, user_errors
 
     existing = {c.name or getattr(c.callback, "__name__", None) for c in app.registered_commands}
     if {"verify", "gc", "unlock"} <= existing:
@@ -294,7 +294,7 @@ def register(app) -> None:
     @app.command()
     @user_errors
     def verify(
-        spec: Annotated[Optional[str], typer.Argument(help="Only the objects of this spec's graph.")] = None,
+        spec: Annotated[str | None, typer.Argument(help="Only the objects of this spec's graph.")] = None,
         overrides: Overrides = None,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
@@ -315,7 +315,7 @@ def register(app) -> None:
     @user_errors
     def gc(
         specs: Annotated[
-            Optional[list[str]], typer.Argument(
+            list[str] | None, typer.Argument(
                 help="Specs whose objects to keep besides the recorded ones, each followed by its key=value overrides.")
         ] = None,
         yes: Annotated[bool, typer.Option("--yes", help="Delete (default: a dry run that only lists).")] = False,

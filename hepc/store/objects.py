@@ -24,18 +24,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from hepc import store_lease
+from hepc.compile.graph import StepSpec
 from hepc.errors import StoreError
-from hepc.graph import StepSpec
-from hepc.safe_io import os_error_message, read_json
-from hepc.store_lease import Lease, LeaseBusy, LeaseLost
-from hepc.verify import (
+from hepc.store import lease as store_lease
+from hepc.store.layout import FORMAT, MANIFEST, MARKER, SUBDIRS, is_committed, safe_component, write_json_atomic
+from hepc.store.lease import Lease
+from hepc.store.safe_io import os_error_message, read_json
+from hepc.store.verify import (
     SELF_DIGEST,
     Damaged,
     check_object,
@@ -51,58 +51,6 @@ from hepc.verify import (
     record_sig,
     write_index,
 )
-
-MANIFEST = "manifest.json"
-DEFAULT_STORE = "runs"
-MANIFEST_LIMIT = 256 << 20  # a manifest or result JSON larger than this is not one hepc wrote
-MARKER = "hepc-store.json"
-FORMAT = 1  # the store layout this hepc writes; a store with a larger format is refused
-SUBDIRS = ("objects", "work", "tmp", "leases", "records", "verified", "quarantine", "trash")
-
-
-def resolve_store_path(cli_value: str | None, spec_value: str | None = None) -> Path:
-    """--store beats $HEPC_STORE beats the spec's runtime.store beats ./runs."""
-    return Path(cli_value or os.environ.get("HEPC_STORE") or spec_value or DEFAULT_STORE)
-
-
-def write_json_atomic(path: Path, value, *, compact: bool = False) -> None:
-    """Write `path` whole or not at all (a temporary name, then a rename; the temporary is removed on error).
-    compact=True: one line (the C encoder; for big machine-read files such as a run's plan.json)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    text = json.dumps(value, separators=(",", ":"), sort_keys=True) if compact else json.dumps(value, indent=1, sort_keys=True)
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
-
-
-def safe_component(name: str) -> str:
-    """A single path component under the store (step folder, spec name): never '..' or a separator."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-        or name.startswith(".")
-    ):
-        raise StoreError(f"refusing unsafe name {name!r} inside the store")
-    return name
-
-
-def is_committed(path: Path) -> bool:
-    """`path` is a committed object: a real folder (not a link) whose manifest is a regular file (not a
-    link, folder, FIFO or device). Anything else at an object's path is in the way of its commit."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(path / MANIFEST).st_mode)
-    except OSError:
-        return False
 
 
 class Store:
@@ -271,7 +219,7 @@ class Store:
         return manifest
 
     def check(self, path: Path, *, full: bool = False) -> list[str]:
-        """Problems of a committed object (see hepc.verify); full=False hashes only what changed.
+        """Problems of a committed object (see hepc.store.verify); full=False hashes only what changed.
         The verification caches are used (and written) only in a folder that carries the marker:
         full=False first compares the object with its entry in `verified-index.json`."""
         if not self.has_marker():

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import xxhash
 
 from hepc.errors import StoreError
-from hepc.safe_io import open_regular, read_json
+from hepc.store.safe_io import open_regular, read_json
 
 MANIFEST = "manifest.json"
 MANIFEST_LIMIT = 256 << 20
@@ -432,7 +432,7 @@ def verify_objects(store, objects: list[Path] | None = None, *, scrub: bool = Fa
 
 def check_checkpoints(store) -> list[tuple[Path, str]]:
     """(path, problem) of every mid-cycle checkpoint in work/ that does not match its digest."""
-    from hepc.ckpt_digest import check_digest
+    from hepc.store.ckpt_digest import check_digest
 
     work = store.root / "work"
     if not work.is_dir() or work.is_symlink():

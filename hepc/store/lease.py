@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from hepc.safe_io import read_small
+from hepc.store.safe_io import read_small
 
 DEFAULT_TIMEOUT_S = 60.0
 JUNK_GRACE_S = 2.0  # a lease that is not one (junk) is stale once it is this old
@@ -186,7 +186,7 @@ class Lease:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,12 +27,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hepc.compile.graph import Graph, StepSpec, make_step
 from hepc.errors import Problem, SpecError
-from hepc.graph import Graph, StepSpec, make_step
 from hepc.hashing import key_fields
 from hepc.sizes import param_count, train_flops_per_token
+from hepc.spec.data_models import BpeTokenizer
 from hepc.spec.load import LoadedSpec, Variant
-from hepc.spec.models import BpeTokenizer, Spec
+from hepc.spec.models import Spec
 from hepc.train.schedule import decay_efolds, perturb_scale, steps_per_cycle
 
 SCORER_VERSION = 1
