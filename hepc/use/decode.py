@@ -25,12 +25,16 @@ from hepc.train.model import norm, rotary_tables
 LAYER_WEIGHTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # a block's matrices, in use order
 
 
-def _stacked(params: list[torch.Tensor]) -> torch.Tensor:
-    """The K members' tensors of one name as one (K, ...) tensor; each member's parameter is pointed
-    at its slice (the same values, one copy in memory)."""
-    stack = torch.stack([p.detach() for p in params])
-    for p, row in zip(params, stack):
-        p.data = row
+def _shared(nets: list[torch.nn.Module], name: str) -> torch.Tensor:
+    """The K members' parameter `name` as one (K, ...) tensor. Each member's parameter is replaced by a
+    view of its slice: the same values, one copy in memory, and an ordinary tensor (not an inference
+    tensor) whatever mode the members were built in, so they stay usable for their own forward."""
+    owner, _, leaf = name.rpartition(".")
+    with torch.inference_mode(False), torch.no_grad():
+        params = [net.get_parameter(name) for net in nets]
+        stack = torch.stack([p.detach() for p in params])
+        for net, p, row in zip(nets, params, stack):
+            setattr(net.get_submodule(owner), leaf, torch.nn.Parameter(row, requires_grad=p.requires_grad))
     return stack
 
 
@@ -50,19 +54,14 @@ class MemberStack:
     member's logits for the token after the last of them, (K, V) float32. `reset()` empties the cache
     (the buffers are reused). The sequence must stay within seq_len."""
 
-    @torch.no_grad()
     def __init__(self, nets: list[torch.nn.Module]):
         cfg = nets[0].config
         self.k, self.seq_len = len(nets), cfg.seq_len
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-
-        def stack(name: str) -> torch.Tensor:
-            return _stacked([net.get_parameter(name) for net in nets])
-
-        self.wte = stack("wte.weight")  # (K, V, C)
-        self.lm_head = stack("lm_head.weight")  # (K, V, C)
+        self.wte = _shared(nets, "wte.weight")  # (K, V, C)
+        self.lm_head = _shared(nets, "lm_head.weight")  # (K, V, C)
         # per block: q, k, v (K, 3C, C); output (K, C, C); gate, up (K, 2H, C); down (K, C, H)
-        self.layers = [tuple(stack(f"blocks.{i}.{name}.weight") for name in LAYER_WEIGHTS)
+        self.layers = [tuple(_shared(nets, f"blocks.{i}.{name}.weight") for name in LAYER_WEIGHTS)
                        for i in range(cfg.n_layer)]
         w = self.wte
         cos, sin = rotary_tables(cfg.seq_len, self.head_dim)  # (1, S, 1, hs/2)
