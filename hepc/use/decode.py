@@ -60,8 +60,9 @@ class MemberStack:
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.wte = _shared(nets, "wte.weight")  # (K, V, C)
         self.lm_head = _shared(nets, "lm_head.weight")  # (K, V, C)
-        # per block: q, k, v (K, 3C, C); output (K, C, C); gate, up (K, 2H, C); down (K, C, H)
-        self.layers = [tuple(_shared(nets, f"blocks.{i}.{name}.weight") for name in LAYER_WEIGHTS)
+        # per block, transposed views for x @ W^T: q, k, v (K, C, 3C); output (K, C, C); gate, up (K, C, 2H);
+        # down (K, H, C)
+        self.layers = [tuple(_shared(nets, f"blocks.{i}.{name}.weight").mT for name in LAYER_WEIGHTS)
                        for i in range(cfg.n_layer)]
         w = self.wte
         cos, sin = rotary_tables(cfg.seq_len, self.head_dim)  # (1, S, 1, hs/2)
@@ -88,15 +89,15 @@ class MemberStack:
         mask = None if T == 1 or P == 0 else torch.ones(T, P + T, dtype=torch.bool, device=ids.device).tril(P)
         x = self.wte.index_select(1, ids.reshape(-1))  # (K, T, C)
         for (attn, proj, fc, down), keys, values in zip(self.layers, self.keys, self.values):
-            qkv = torch.bmm(norm(x), attn.mT)  # (K, T, 3C)
+            qkv = torch.bmm(norm(x), attn)  # (K, T, 3C)
             qk = qkv[..., : 2 * C].reshape(K, T, 2 * nh, hs)  # the queries' and keys' heads together
             qk = norm(torch.addcmul(qk * cos, qk @ self.rot, sin))  # RoPE, then QK-norm
             keys[:, :, P : P + T] = qk[:, :, nh:].transpose(1, 2)
             values[:, :, P : P + T] = qkv[..., 2 * C :].reshape(K, T, nh, hs).transpose(1, 2)
             y = F.scaled_dot_product_attention(qk[:, :, :nh].transpose(1, 2), keys[:, :, : P + T],
                                                values[:, :, : P + T], attn_mask=mask, is_causal=causal)
-            x = torch.baddbmm(x, y.transpose(1, 2).reshape(K, T, C), proj.mT)
-            gate, up = torch.bmm(norm(x), fc.mT).chunk(2, dim=-1)
-            x = torch.baddbmm(x, F.silu(gate).mul_(up), down.mT)  # SwiGLU
+            x = torch.baddbmm(x, y.transpose(1, 2).reshape(K, T, C), proj)
+            gate, up = torch.bmm(norm(x), fc).chunk(2, dim=-1)
+            x = torch.baddbmm(x, F.silu(gate).mul_(up), down)  # SwiGLU
         self.length = P + T
         return torch.bmm(norm(x[:, -1:]), self.lm_head.mT)[:, 0].float()  # (K, V)
