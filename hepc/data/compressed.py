@@ -11,9 +11,11 @@ zstd file is opened.
 
 A file that cannot be decompressed raises `ArchiveError` (an OSError, so every reader's located
 "cannot read" path reports it as one line) naming the compressed byte offset: the end of the file
-for one cut short, or the offset read up to when corrupt data was found (within `READ_SIZE` of
-where it is). zstd's reader stops quietly where a cut file ends, so the frames' structure is
-followed as the bytes go by (`_ZstdFrames`: headers and block sizes only) to tell a cut from an end.
+for one cut short, or, for corrupt data, the offset read up to when the decompressor found it (the
+damage is at or before it: within `READ_SIZE` bytes when the data itself cannot be decoded, anywhere
+in the member or frame when only its checksum, checked at its end, disagrees). zstd's reader stops
+quietly where a cut file ends, so the frames' structure is followed as the bytes go by
+(`_ZstdFrames`: headers and block sizes only) to tell a cut from an end.
 
 Identity: a compressed file is its decompressed bytes. `content_digest` gives the xxh3_128 of those
 bytes (of the file's own bytes when it is not compressed: the digest identity.py always took), so
@@ -50,7 +52,7 @@ GZIP, XZ, BZ2, ZSTD = "gzip", "xz", "bz2", "zstd"
 FORMATS = (GZIP, XZ, BZ2, ZSTD)
 SUFFIXES = (".gz", ".gzip", ".xz", ".bz2", ".zst", ".zstd")  # dropped from a compressed file's document name
 MAGIC_BYTES = 10  # enough of a file's start to tell every format
-READ_SIZE = 32 << 10  # compressed bytes fed to a decompressor at a time: where corrupt data is found, within this
+READ_SIZE = 32 << 10  # compressed bytes fed to a decompressor at a time (how closely an offset locates damage)
 BUFFER = 256 << 10  # decompressed bytes asked for at a time
 SETTLE_NS = 1_000_000_000  # a file changed more recently than this before a read is not cached (see verify._settled)
 CACHE_FILE = "decompressed-digests.json"
@@ -221,8 +223,8 @@ class _Decompressed(io.RawIOBase):
         return n
 
     def _cut(self) -> ArchiveError:
-        return ArchiveError(f"truncated {self.compression} file: it ends at compressed byte {self.counted.offset:,} inside "
-                            f"compressed data (after {self.pos:,} decompressed bytes); a download or copy cut short?")
+        return ArchiveError(f"truncated {self.compression} file: it ends at compressed byte {self.counted.offset:,} "
+                            f"inside compressed data (after {self.pos:,} decompressed bytes); a download or copy cut short?")
 
     def close(self) -> None:
         if not self.closed:
@@ -250,7 +252,9 @@ def _reader(compression: str, counted: _Counted):
         return bz2.BZ2File(counted)
     import zstandard
 
-    return zstandard.ZstdDecompressor().stream_reader(counted, read_size=READ_SIZE, read_across_frames=True, closefd=False)
+    return zstandard.ZstdDecompressor().stream_reader(
+        counted, read_size=READ_SIZE, read_across_frames=True, closefd=False
+    )
 
 
 def _errors() -> tuple[type[BaseException], ...]:
