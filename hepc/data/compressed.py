@@ -96,7 +96,14 @@ def document_name(name: str, compression: str | None) -> str:
 def file_compression(path: str | os.PathLike) -> str | None:
     """The compression format of a regular file (None: read as it is); OSError when it cannot be opened."""
     with open_regular(path) as f:
-        return sniff(f.peek(MAGIC_BYTES)[:MAGIC_BYTES])
+        return sniff_file(f)
+
+
+def sniff_file(f: BinaryIO) -> str | None:
+    """`sniff` of an open file's first bytes, read with pread: the file's buffer and position stay untouched
+    (a plain file is then read exactly as before; filling its buffer early even changes how the allocator
+    lays out a huge JSON Lines line, and so the peak memory of reading it)."""
+    return sniff(os.pread(f.fileno(), MAGIC_BYTES, 0))
 
 
 def open_data(path: str | os.PathLike) -> BinaryIO:
@@ -104,7 +111,7 @@ def open_data(path: str | os.PathLike) -> BinaryIO:
     (None: the file itself, opened as `open_regular` opens it). Reading a damaged one raises ArchiveError."""
     f = open_regular(path)
     try:
-        compression = sniff(f.peek(MAGIC_BYTES)[:MAGIC_BYTES])
+        compression = sniff_file(f)
         if compression is None:
             f.compression = None
             return f
@@ -122,7 +129,7 @@ def content_digest(path: str | os.PathLike) -> tuple[str | None, str, int]:
     """(compression, xxh3_128 hex digest of the decompressed bytes, their size) of a data file; for a file
     that is not compressed, of its own bytes. A compressed file's digest is cached (module docstring)."""
     with open_regular(path) as f:
-        compression = sniff(f.peek(MAGIC_BYTES)[:MAGIC_BYTES])
+        compression = sniff_file(f)
         st = os.fstat(f.fileno())
         if compression is None:
             digest, size = xxhash.xxh3_128(), 0

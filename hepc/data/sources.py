@@ -293,9 +293,9 @@ def parquet_rows(file: DataFile, column: str) -> Iterator[tuple[int, bytes]]:
 
 def check_not_compressed(file: DataFile, f: BinaryIO) -> None:
     """A DataError for a Parquet file compressed whole (Parquet is read as it is: it compresses its own pages)."""
-    from hepc.data.compressed import MAGIC_BYTES, sniff
+    from hepc.data.compressed import sniff_file
 
-    compression = sniff(f.peek(MAGIC_BYTES)[:MAGIC_BYTES])
+    compression = sniff_file(f)
     if compression is not None:
         raise DataError(f"'{file.name}' is a {compression}-compressed file: Parquet files are read as they are (Parquet "
                         "compresses its own pages); decompress it first", file.where)
