@@ -6,7 +6,8 @@ token, the share of its largest document, the tokens dropped where the document 
 cut, and its largest source documents with the file (and line, row or document number) they come
 from; for the source as a whole, its documents, pieces and tokens, the exact duplicates dropped
 before carving, and what the splits leave unused. A split one document holds more than 5 % of is
-flagged. A corpus committed in the store is read from its
+flagged. When some file of a text source is compressed, the files' bytes on disk and decompressed, and
+each split's share of them (`file_bytes`). A corpus committed in the store is read from its
 meta.json (checked against its manifest digest); otherwise it is computed by a dry pass: the corpus
 step's own body runs into a temporary folder outside the store, so the figures are those `hepc run`
 will record, and nothing is written to the store. `plan_data_lines` gives `hepc plan` the same, one

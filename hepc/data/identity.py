@@ -272,7 +272,9 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     pystdlib: the Python version and a digest of the sorted (path, size) listing after `exclude` (no file
     is read), plus
     the `documents` rule when it is not the default `file`;
-    text: each file's name and content digest (after `exclude`), plus the encoding and the `documents`
+    text: each file's name and content digest (after `exclude`; a compressed file's name without its
+    compression suffix and the digest of its decompressed bytes, cached by its stat signature: see
+    hepc/data/compressed.py), plus the encoding and the `documents`
     rule when it is not the default `file`; tokens: the same for the train
     and validation shards, plus vocab_size and eot_id (bytes_per_token only labels bits per byte,
     so it is left out); synthetic: its own config.
