@@ -120,9 +120,9 @@ def measure(args: list[str], folder: Path, pipe_from: str | None = None) -> dict
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if pipe_from:
         shell = f"{pipe_from} | {' '.join(map(_quote, command))}"
-        out = subprocess.run(shell, shell=True, capture_output=True, text=True, cwd=folder)
+        out = subprocess.run(shell, shell=True, check=False, capture_output=True, text=True, cwd=folder)
     else:
-        out = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+        out = subprocess.run(command, check=False, capture_output=True, text=True, cwd=folder)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
