@@ -17,6 +17,12 @@ whose string FIELD is a document, named `<file name>:line <n>` (n counting lines
 from 0), read a row group at a time in batches of `_BATCH_ROWS` rows (pyarrow is imported only then).
 Blank JSONL lines and empty texts are skipped. In `iter_documents` such a source shuffles its files
 and yields each file's documents in file order.
+
+A text or JSON Lines file compressed with gzip, xz, bz2 or zstd (told by its magic bytes) is read
+decompressed, streamed (hepc/data/compressed.py), and its documents are named after its name
+without the compression suffix (`a.jsonl.zst` gives `a.jsonl:line 1`, as `a.jsonl` would); a
+damaged archive is a located read error naming the compressed byte offset. A Parquet file compressed
+whole is refused (Parquet compresses its own pages).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import regex
 
 from hepc.data import shards, synthetic
+from hepc.data.compressed import open_data
 from hepc.data.identity import (
     DataError,
     DataFile,
@@ -85,36 +92,45 @@ def iter_named_documents(
 ) -> Iterator[tuple[str, Iterator[bytes]]]:
     """(name, UTF-8 chunks) of every document of a file source (pystdlib, text), in sorted name order.
 
-    Names are those the source identity hashes (the standard-library path, or the text file's name;
+    Names are those the source identity hashes (the standard-library path, or the text file's name,
+    without its compression suffix when it is compressed;
     `name#j` for the j-th non-empty document of a text file under a separator or regex rule,
     `name:line n` and `name:row n` for JSON Lines records and Parquet rows).
     A document's chunks must be read to the end before the next document is asked for; a decoding
     or reading error is located as for `iter_documents`. The listing is made now, so that its errors
     surface before the first document is asked for.
     """
+    return ((name, chunks) for _, name, chunks in iter_file_documents(source_cfg, base_dir, field))
+
+
+def iter_file_documents(
+    source_cfg: dict, base_dir: Path, field: str = "data.source"
+) -> Iterator[tuple[int, str, Iterator[bytes]]]:
+    """`iter_named_documents` with the index of the file each document comes from (in the listing's order:
+    `list_data_files` for a text source, the identity's order of files)."""
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
         root = stdlib_root()
         listing = pystdlib_listing(source_cfg, root)
         splitter = document_splitter(source_cfg, field)
-        whole = ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
+        whole = ((i, rel, iter((_as_utf8((root / rel).read_bytes()),))) for i, (rel, _) in enumerate(listing))
         if splitter is None:
             return whole
-        return ((f"{rel}#{j}", doc) for rel, chunks in whole for j, doc in enumerate(_split_documents(chunks, splitter)))
+        return ((i, f"{rel}#{j}", doc) for i, rel, chunks in whole for j, doc in enumerate(_split_documents(chunks, splitter)))
     if kind == "text":
         files = list_data_files(source_cfg, base_dir, field)
         encoding = _check_encoding(source_cfg, field)
         splitter = document_splitter(source_cfg, field)
         rule = documents_rule(source_cfg)
         if rule == "file":
-            return ((file.name, _text_chunks(file, encoding, field)) for file in files)
-        return (named for file in files for named in _file_documents(file, rule, splitter, encoding, field))
+            return ((i, file.document_name, _text_chunks(file, encoding, field)) for i, file in enumerate(files))
+        return ((i, *named) for i, file in enumerate(files) for named in _file_documents(file, rule, splitter, encoding, field))
     raise DataError(f"source kind {kind!r} has no named files (expected pystdlib or text)", f"{field}.kind")
 
 
 def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
     try:
-        with open_regular(file.path) as f:
+        with open_data(file.path) as f:
             yield from _utf8_chunks(f, encoding, file.name, field)
     except OSError as e:
         raise read_error(file, e) from None
@@ -126,11 +142,11 @@ def _file_documents(
     """(name, UTF-8 chunks) of each non-empty document of one file under a rule other than `file`."""
     if splitter is not None:
         for j, doc in enumerate(_split_documents(_text_chunks(file, encoding, field), splitter)):
-            yield f"{file.name}#{j}", doc
+            yield f"{file.document_name}#{j}", doc
     elif "jsonl" in rule:
         for line, text in jsonl_records(file, rule["jsonl"], encoding, field):
             if text:
-                yield f"{file.name}:line {line}", iter((text,))
+                yield f"{file.document_name}:line {line}", iter((text,))
     else:
         for row, text in parquet_rows(file, rule["parquet"]):
             if text:
@@ -195,7 +211,7 @@ def jsonl_records(file: DataFile, key: str, encoding: str, field: str) -> Iterat
     located at the `paths` entry that listed the file; one that does not decode, at `encoding`."""
     n = 0
     try:
-        with open_regular(file.path) as f:
+        with open_data(file.path) as f:
             lines = io.TextIOWrapper(f, encoding=encoding, errors="strict", newline="\n")  # lines end at \n only
             try:
                 while True:
@@ -203,7 +219,9 @@ def jsonl_records(file: DataFile, key: str, encoding: str, field: str) -> Iterat
                         line = lines.readline()
                     except UnicodeError as e:
                         reason = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
-                        raise DataError(f"cannot decode '{file.name}' as {encoding}: {reason} in line {n + 1:,}", f"{field}.encoding") from None
+                        what = f"{f.compression}-decompressed " if f.compression else ""
+                        raise DataError(f"cannot decode {what}'{file.name}' as {encoding}: {reason} in line {n + 1:,}",
+                                        f"{field}.encoding") from None
                     if not line:
                         return
                     n += 1
@@ -252,6 +270,7 @@ def parquet_rows(file: DataFile, column: str) -> Iterator[tuple[int, bytes]]:
     row = 0
     try:
         with open_regular(file.path) as f:
+            check_not_compressed(file, f)
             pf = parquet_file(file, f, column)
             for group in range(pf.num_row_groups):
                 try:
@@ -270,6 +289,16 @@ def parquet_rows(file: DataFile, column: str) -> Iterator[tuple[int, bytes]]:
                     raise DataError(f"'{file.name}' row group {group}: cannot read column '{column}' ({_first_line(e)})", file.where) from None
     except OSError as e:
         raise read_error(file, e) from None
+
+
+def check_not_compressed(file: DataFile, f: BinaryIO) -> None:
+    """A DataError for a Parquet file compressed whole (Parquet is read as it is: it compresses its own pages)."""
+    from hepc.data.compressed import sniff_file
+
+    compression = sniff_file(f)
+    if compression is not None:
+        raise DataError(f"'{file.name}' is a {compression}-compressed file: Parquet files are read as they are (Parquet "
+                        "compresses its own pages); decompress it first", file.where)
 
 
 def _first_line(e: BaseException) -> str:
@@ -440,7 +469,7 @@ def _read_text(
     for i in np.random.default_rng(seed).permutation(len(files)):
         file = files[i]
         try:
-            with open_regular(file.path) as f:
+            with open_data(file.path) as f:
                 doc = _utf8_prefix(f, encoding, limit, file.name, field)
         except OSError as e:
             raise read_error(file, e) from None
@@ -471,7 +500,8 @@ def _utf8_chunks(f: BinaryIO, encoding: str, name: str, field: str) -> Iterator[
         try:
             utf8 = decoder.decode(chunk, final=not chunk).encode("utf-8")
         except UnicodeError as e:
-            message = f"cannot decode '{name}' as {encoding}: {_at(e, decoder, offset)}"
+            what = f"{f.compression}-decompressed " if getattr(f, "compression", None) else ""
+            message = f"cannot decode {what}'{name}' as {encoding}: {_at(e, decoder, offset)}"
             raise DataError(message, f"{field}.encoding") from None
         offset += len(chunk)
         if utf8:
