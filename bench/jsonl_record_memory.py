@@ -1,7 +1,7 @@
 """Peak memory of reading one huge JSON Lines record (docs/benchmarks.md, "Reading with digests").
 
 Writes a file holding one `{"text": "a" * N}` line into a temporary folder, reads it with the
-corpus's reader (`hepc.data.sources.jsonl_records`) and prints the peak resident memory above the
+corpus's reader (`hepc.data.records.jsonl_records`) and prints the peak resident memory above the
 process's own start (ru_maxrss), next to the record's size. With `--compress gzip|zstd|xz|bz2` the file
 is written compressed (streamed) and read decompressed, as a `.jsonl.gz` or `.jsonl.zst` corpus is.
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def read_peak(path: Path) -> tuple[int, float]:
     """(bytes of text read, peak MB above the start) of reading `path` in this fresh process."""
     from hepc.data.identity import DataFile
-    from hepc.data.sources import jsonl_records
+    from hepc.data.records import jsonl_records
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     total = sum(len(t) for _, t in jsonl_records(DataFile(path.name, path, "x"), "text", "utf-8", "f"))

@@ -24,7 +24,8 @@ from hepc.compile.compiler import compile_spec
 from hepc.data import DataError, build_corpus
 from hepc.data import compressed as comp
 from hepc.data.identity import DataFile, list_data_files, source_identity
-from hepc.data.sources import iter_named_documents, jsonl_records
+from hepc.data.records import jsonl_records
+from hepc.data.sources import iter_named_documents
 from hepc.spec.load import load_spec
 
 BYTES = {"kind": "bytes"}

@@ -274,7 +274,7 @@ def _check_share(spec, named: list[tuple[str, int]], add, warnings: list[Problem
 
 def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | None:
     """'line N: what is wrong' for the first bad line among those that start in `head` (None when all are good)."""
-    from hepc.data.sources import record_text
+    from hepc.data.records import record_text
 
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
@@ -293,7 +293,7 @@ def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | N
 
 def _check_parquet(spec, files: list[DataFile], column: str, add, errors: list[Problem], warnings: list[Problem]) -> None:
     """Footer, column and null counts of each Parquet file (see the module docstring); then the room, when exact."""
-    from hepc.data.sources import check_not_compressed, parquet_file
+    from hepc.data.records import check_not_compressed, parquet_file
 
     exact: list[int] | None = []
     rows_total = 0
