@@ -19,7 +19,7 @@ import zstandard
 from data_helpers import spec_file
 from typer.testing import CliRunner
 
-from hepc.cli import app
+from hepc.cli.main import app
 from hepc.compile.compiler import compile_spec
 from hepc.data import DataError, build_corpus
 from hepc.data import compressed as comp
