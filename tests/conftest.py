@@ -10,6 +10,16 @@ import signal
 # Python its normal Ctrl-C behaviour whatever started the test run.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
+import atexit
+import os
+import shutil
+import tempfile
+
+# The decompressed-digest cache (hepc/data/compressed.py) lives in the user's cache folder; tests and
+# the hepc processes they start use a folder of this session instead, never the user's.
+os.environ["HEPC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hepc-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HEPC_CACHE_DIR"], True)
+
 import pytest
 
 _approx = pytest.approx
