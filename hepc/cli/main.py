@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from hepc.cli import data, new, results, run, status, store, use  # noqa: F401  (validate, plan, run; results, diff, compare, report; new, schema)  # noqa: E402
-from hepc.cli.app import app, exit_now, ignore_signals
+from hepc.execute import early_signals
+
+early_signals.install()  # before any heavy import: a SIGTERM while hepc starts exits 130, not 143
+
+# The order of these imports is the order `hepc --help` lists the commands in.
+# isort: off
+from hepc.cli.app import app, exit_now, ignore_signals  # noqa: E402
+from hepc.cli import run  # noqa: E402,F401  validate, plan, run
+from hepc.cli import results  # noqa: E402,F401  results, diff, compare, report
+from hepc.cli import new  # noqa: E402,F401  new, schema
+from hepc.cli import data, status, store, use  # noqa: E402
+# isort: on
 
 store.register(app)  # verify, gc, unlock
 status.register(app)  # status
