@@ -19,7 +19,7 @@ from pathlib import Path
 import regex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hepc.data.sources import list_pystdlib, stdlib_root
+from hepc.data.identity import list_pystdlib, stdlib_root
 
 DEFINITIONS = "\n(?=(?: {4}| {8})?(?:async def|def|class|@)[ \\w])|\n\n(?=\\S)"  # specs/repro's rule
 

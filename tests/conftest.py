@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import signal
+import tempfile
 
 # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
 # exec: the `hepc` processes the tests start and then interrupt with SIGINT (Ctrl-C) would never
 # see it. A handled signal is reset to its default on exec, so handling it here gives every child
 # Python its normal Ctrl-C behaviour whatever started the test run.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The decompressed-digest cache (hepc/data/compressed.py) lives in the user's cache folder; tests and
+# the hepc processes they start use a folder of this session instead, never the user's.
+os.environ["HEPC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hepc-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HEPC_CACHE_DIR"], True)
 
 import pytest
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from hepc.cli.main import app
 from hepc.compile.compiler import compile_spec
 from hepc.data import DataError, build_corpus
+from hepc.data import records as data_records
 from hepc.data import sources as data_sources
 from hepc.data.identity import DataFile, source_identity
 from hepc.spec.load import load_spec
@@ -108,10 +109,10 @@ def test_parquet_is_read_a_row_group_at_a_time(tmp_path, monkeypatch):
     """Arrow's allocations while streaming a 1.8 MB file stay a small fraction of it: never the whole column."""
     texts = [f"{i:06d} " + "x" * 100 for i in range(16_000)]
     write_parquet(tmp_path / "big.parquet", texts, row_group_size=250)
-    monkeypatch.setattr(data_sources, "_BATCH_ROWS", 64)
+    monkeypatch.setattr(data_records, "_BATCH_ROWS", 64)
     file = DataFile("big.parquet", tmp_path / "big.parquet", "data.source.paths[0]")
     base, peak, seen = pa.total_allocated_bytes(), 0, 0
-    for row, text in data_sources.parquet_rows(file, "text"):
+    for row, text in data_records.parquet_rows(file, "text"):
         assert text == texts[row].encode()
         seen += 1
         if row % 50 == 0:

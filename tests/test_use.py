@@ -360,16 +360,53 @@ def test_the_kv_cache_gives_the_mixture_of_the_whole_context(pop, aggregate):
     np.testing.assert_allclose(torch.stack(got).numpy(), want.numpy(), rtol=1e-5, atol=1e-9)
 
 
-def test_sampling_with_the_cache_draws_the_same_text_within_the_window(pop):
+def test_the_batched_decoder_gives_every_members_logits():
+    """K members decoded as one batched computation (hepc.use.decode): a prefix, then one token at a
+    time, then several tokens after a cached prefix (the masked case) give each member's own forward
+    on the whole sequence, within float32 rounding; the members' weights are shared, not copied."""
+    from hepc.train.model import GPT, GPTConfig
+    from hepc.use.decode import MemberStack
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=40, n_layer=2, d_model=32, n_head=4, seq_len=24)
+    nets = [GPT(cfg).eval() for _ in range(3)]
+    with torch.no_grad():
+        for net in nets:  # every weight non-zero (the init zeroes the output projections)
+            for p in net.parameters():
+                p.normal_(0.0, 0.3)
+    ids = torch.randint(0, cfg.vocab_size, (cfg.seq_len,))
+    with torch.no_grad():
+        want = torch.stack([net(ids[None])[0] for net in nets])  # (K, T, V)
+    stack = MemberStack(nets)
+    assert nets[2].wte.weight.data_ptr() == stack.wte[2].data_ptr()
+    with torch.no_grad():
+        assert torch.equal(torch.stack([net(ids[None])[0] for net in nets]), want)  # the members unchanged
+    got = [stack.step(ids[:5])]
+    got += [stack.step(ids[t : t + 1]) for t in range(5, 16)]
+    got.append(stack.step(ids[16:]))  # 8 tokens after 16 cached ones
+    assert stack.length == cfg.seq_len
+    torch.testing.assert_close(torch.stack(got[:-1], 1), want[:, 4:16], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[-1], want[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds seq_len"):
+        stack.step(ids[:1])
+    stack.reset()
+    torch.testing.assert_close(stack.step(ids[:7]), want[:, 6], rtol=1e-5, atol=1e-5)  # the buffers reused
+
+
+@pytest.mark.parametrize("k", [1, "all"])
+def test_sampling_with_the_cache_draws_the_same_text_within_the_window(pop, k):
     from hepc.use.sample import generate_ids
 
     spec, store, _ = pop
-    ens = hepc_api.load_ensemble(spec, k="all", store=store)
+    ens = hepc_api.load_ensemble(spec, k=k, store=store)
+    assert (ens.k > 1) == (k == "all")
     prompt = np.asarray([256, *b"import "], dtype=np.int64)
     room = ens.seq_len - prompt.size  # tokens that keep the whole text within seq_len
     for seed in (0, 1):
         kw = {"max_tokens": room, "temperature": 1.0, "seed": seed, "stop_at_eot": False}
-        assert list(generate_ids(ens, prompt, cache=True, **kw)) == list(generate_ids(ens, prompt, cache=False, **kw))
+        plain = list(generate_ids(ens, prompt, cache=False, **kw))  # (the first call loads the members)
+        assert list(generate_ids(ens, prompt, cache=True, **kw)) == plain
+        assert list(generate_ids(ens, prompt, cache=False, **kw)) == plain  # the members usable after the cache
     longer = list(generate_ids(ens, prompt, max_tokens=3 * ens.seq_len, seed=0, stop_at_eot=False))
     assert len(longer) == 3 * ens.seq_len  # past seq_len the window slides (by half a window at a time)
     streamed = hepc_api.load_ensemble(spec, k="all", store=store, max_resident=1)

@@ -6,7 +6,8 @@ token, the share of its largest document, the tokens dropped where the document 
 cut, and its largest source documents with the file (and line, row or document number) they come
 from; for the source as a whole, its documents, pieces and tokens, the exact duplicates dropped
 before carving, and what the splits leave unused. A split one document holds more than 5 % of is
-flagged. A corpus committed in the store is read from its
+flagged. When some file of a text source is compressed, the files' bytes on disk and decompressed, and
+each split's share of them (`file_bytes`). A corpus committed in the store is read from its
 meta.json (checked against its manifest digest); otherwise it is computed by a dry pass: the corpus
 step's own body runs into a temporary folder outside the store, so the figures are those `hepc run`
 will record, and nothing is written to the store. `plan_data_lines` gives `hepc plan` the same, one
@@ -106,16 +107,69 @@ def _scratch_input(upstream, tmp: Path, ctx, step, train_tokenizer: bool) -> Pat
 
 
 def source_bytes(step, base_dir) -> int | None:
-    """Total size of a text source's files (None for other sources or when they cannot be listed)."""
+    """Total size of a text source's files, decompressed (None for other sources, when they cannot be listed,
+    or when their compressed sizes alone pass SMALL_SOURCE_BYTES)."""
+    from hepc.data.compressed import decompressed_size
     from hepc.data.identity import DataError, list_data_files
 
     source = step.context.get("source") or {}
     if source.get("kind") != "text":
         return None
     try:
-        return sum(f.path.stat().st_size for f in list_data_files(source, Path(base_dir)))
+        files = list_data_files(source, Path(base_dir))
+        on_disk = sum(f.path.stat().st_size for f in files)
+        if on_disk > SMALL_SOURCE_BYTES or not any(f.compression for f in files):
+            return on_disk
+        return sum(decompressed_size(f.path) if f.compression else f.path.stat().st_size for f in files)
     except (DataError, OSError):
         return None
+
+
+def file_bytes(step, base_dir, meta: dict) -> dict | None:
+    """A text source with compressed files: its files' bytes on disk and decompressed, and each split's share
+    of them (None when no file is compressed, or the files are not those the corpus was built from).
+
+    A split's share of a file is the share of the file's text (`file_text_bytes`) that the split takes,
+    its bytes counted in proportion to its tokens from that file (`tokens_by_file`); the file's
+    compressed and decompressed bytes are counted in that proportion. Decompressed sizes come from
+    the digest cache (hepc/data/compressed.py), so this reads no file whose digest is cached."""
+    from hepc.data.compressed import content_digest
+    from hepc.data.identity import DataError, list_data_files
+
+    source = step.context.get("source") or {}
+    if source.get("kind") != "text":
+        return None
+    try:
+        files = list_data_files(source, Path(base_dir))
+        if not any(f.compression for f in files):
+            return None
+        on_disk = [f.path.stat().st_size for f in files]
+        plain = [content_digest(f.path)[2] if f.compression else size for f, size in zip(files, on_disk)]
+    except (DataError, OSError):
+        return None
+    formats: dict[str, int] = {}
+    for f in files:
+        if f.compression:
+            formats[f.compression] = formats.get(f.compression, 0) + 1
+    out = {"files": len(files), "compressed_files": formats, "compressed_bytes": sum(on_disk),
+           "decompressed_bytes": sum(plain), "splits": {}}
+    names = [e.get("name") for e in (meta.get("source") or {}).get("files") or [] if isinstance(e, dict)]
+    text = meta.get("file_text_bytes")
+    if names != [f.document_name for f in files] or not isinstance(text, list) or len(text) != len(files):
+        return out  # built from other files (or before this was recorded): the totals only
+    for name, split in (meta.get("splits") or {}).items():
+        by_file = split.get("tokens_by_file") if isinstance(split, dict) else None
+        tokens, n_bytes = (meta.get("tokens") or {}).get(name), (meta.get("bytes") or {}).get(name)
+        if not isinstance(by_file, list) or not tokens or not isinstance(n_bytes, int):
+            continue
+        compressed = decompressed = 0.0
+        for i, t in by_file:
+            if 0 <= i < len(files) and text[i]:
+                share = n_bytes * t / tokens / text[i]  # of the file's text, so of its bytes
+                compressed += share * on_disk[i]
+                decompressed += share * plain[i]
+        out["splits"][name] = {"compressed_bytes": round(compressed), "decompressed_bytes": round(decompressed)}
+    return out
 
 
 # --------------------------------------------------------------------------- summarising
@@ -188,6 +242,12 @@ def corpus_report(step, graph, store, loaded, *, dry: bool = True, train_tokeniz
         report["stored_problem"] = problem
     report |= summarize(meta)
     report["source"]["duplicate_files"] = duplicate_files(step.params.get("source") or {})
+    on_disk = file_bytes(step, loaded.base_dir, meta)
+    report["source"]["file_bytes"] = None if on_disk is None else {k: v for k, v in on_disk.items() if k != "splits"}
+    for name, split in report["splits"].items():
+        shares = (on_disk or {}).get("splits", {}).get(name) or {}
+        split["compressed_bytes"] = shares.get("compressed_bytes")
+        split["decompressed_bytes"] = shares.get("decompressed_bytes")
     return report
 
 
@@ -215,8 +275,15 @@ def render(report: dict) -> list[str]:
             f"  source: {src['documents']:,} documents -> {src['pieces']:,} pieces ({cut}), "
             + (f"{src['tokens']:,} tokens" if src["tokens"] is not None else "tokens not counted (bpe encodes only what the splits take)")
         )
+    on_disk = src.get("file_bytes")
+    if on_disk:
+        formats = ", ".join(f"{kind} {n:,}" for kind, n in sorted(on_disk["compressed_files"].items()))
+        ratio = on_disk["decompressed_bytes"] / on_disk["compressed_bytes"] if on_disk["compressed_bytes"] else 0
+        lines.append(f"  files: {on_disk['files']:,} ({sum(on_disk['compressed_files'].values()):,} compressed: {formats}), "
+                     f"{on_disk['compressed_bytes']:,} bytes on disk, {on_disk['decompressed_bytes']:,} decompressed "
+                     f"({ratio:.1f}x); per split, its share of them (compressed, decompressed)")
     header = (f"  {'split':<8}{'documents':>11}{'source docs':>13}{'tokens':>13}{'bytes':>13}{'bytes/token':>13}"
-              f"{'largest':>9}{'dropped':>10}")
+              f"{'largest':>9}{'dropped':>10}" + (f"{'compressed':>14}{'decompressed':>14}" if on_disk else ""))
     lines.append(header)
     splits = list(report["splits"])
     for name in splits:
@@ -226,6 +293,7 @@ def render(report: dict) -> list[str]:
             f"  {name:<8}{_n(s['documents']):>11}{_n(s['source_documents']):>13}{_n(s['tokens']):>13}"
             f"{_n(s['bytes']):>13}{(f'{bpt:.3f}' if isinstance(bpt, (int, float)) else '-'):>13}"
             f"{(f'{share:.1%}' if share is not None else '-'):>9}{_n(s['tokens_dropped']):>10}"
+            + (f"{_n(s.get('compressed_bytes')):>14}{_n(s.get('decompressed_bytes')):>14}" if on_disk else "")
         )
     copies = src.get("duplicate_files") or []
     if copies:

@@ -130,7 +130,8 @@ def bpe_pieces(raw: PieceSource, pieces, tokenizer: BpeTokenizer) -> PieceSource
     source's total in tokens is set (for the carve's message); when they run out before the source
     does (a split needing more than BYTES_PER_TOKEN_BOUND bytes per token), that is an error."""
     out = PieceSource(pieces=(), name=raw.name, rule=raw.rule, documents=raw.documents,
-                      pieces_total=raw.pieces_total, duplicates=raw.duplicates)
+                      pieces_total=raw.pieces_total, duplicates=raw.duplicates, file_of=raw.file_of,
+                      file_text_bytes=raw.file_text_bytes)
 
     def documents() -> Iterator[list[Piece]]:
         group: list[Piece] = []
@@ -213,7 +214,8 @@ def _at_rate(raw: PieceSource, order: _Replay, rate: float) -> PieceSource:
         for p in order:
             yield Piece(p.key, p.doc, p.index, 1 + int(tokens(p.ids.size - 1)), p.ids, p.digest, int(tokens(p.rest)))
 
-    return PieceSource(scaled(), raw.name, raw.rule, raw.documents, raw.pieces_total, None, raw.duplicates)
+    return PieceSource(scaled(), raw.name, raw.rule, raw.documents, raw.pieces_total, None, raw.duplicates,
+                       raw.file_of, raw.file_text_bytes)
 
 
 def _texts(order: _Replay, start: int, stop: int) -> Iterator[str]:

@@ -78,6 +78,8 @@ class PieceSource:
     pieces_total: int | None = None
     tokens: int | None = None
     duplicates: dict | None = None  # {"documents", "tokens"}: exact duplicates in the whole source
+    file_of: Callable[[int], int] | None = None  # a text source's document -> the index of its file (identity order)
+    file_text_bytes: dict[int, int] | None = None  # a text source's file index -> UTF-8 bytes of all its documents
 
 
 def mix(x: np.ndarray) -> np.ndarray:

@@ -14,6 +14,13 @@ end-of-text per byte), so that only a corpus that is surely too small is refused
 count is known only once the tokenizer is trained: a corpus too small for its splits is then a
 located error of the run's corpus step (`data.train_tokens`, exit 2).
 
+A text or JSON Lines file compressed with gzip, xz, bz2 or zstd (hepc/data/compressed.py) is checked
+on its decompressed bytes: the binary check on its first 64 KiB decompressed, its JSON Lines head,
+and its decompressed size for the splits (the size comes with its digest, cached by the file's stat
+signature, so that only a file not seen before is decompressed whole). A damaged archive is a
+located error naming the compressed byte offset; a compressed file whose decompressed bytes are not
+text is binary.
+
 JSON Lines (`documents: {jsonl: FIELD}`): besides the above, every line that starts in the first
 `JSONL_HEAD` bytes of each file must be blank or a JSON object whose FIELD is a string (an error
 naming the file and the line; the build checks the rest of a longer file the same way). Parquet
@@ -30,6 +37,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from hepc.data.compressed import content_digest, flush_cache, open_data
 from hepc.data.identity import (
     DataError,
     DataFile,
@@ -37,6 +45,7 @@ from hepc.data.identity import (
     documents_rule,
     list_pattern,
     open_regular,
+    with_compression,
 )
 from hepc.errors import Problem
 
@@ -94,6 +103,8 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
         add(warnings, f"{FIELD}.exclude[{j}]", f"'{excludes[j]}' matches nothing (looked in {base_dir}){hint}")
     if listed and not files:
         add(errors, f"{FIELD}.exclude", "removes every file that `paths` lists (nothing is left to read)")
+    files = with_compression(files)
+    _same_names(files, add, warnings)
 
     try:
         codecs.getincrementaldecoder(source.encoding)
@@ -115,9 +126,10 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
     named: list[tuple[str, int]] = []
     for file in files:
         try:
-            with open_regular(file.path) as f:
+            with open_data(file.path) as f:
                 head = f.read(HEAD)
-                size = _size(f, len(head))
+                # a compressed file's size is that of its decompressed bytes (cached by its stat signature)
+                size = _size(f, len(head)) if f.compression is None else content_digest(file.path)[2]
                 if jsonl is not None and head and size > len(head):
                     head += f.read(JSONL_HEAD - len(head))
         except OSError as e:
@@ -140,7 +152,8 @@ def input_problems(spec, base_dir: Path, where: Callable[[str], str] | None = No
             if not _splits(head[:HEAD], source.encoding, splitter):
                 unsplit.append(file)
         sizes.append(size)
-        named.append((file.name, size))
+        named.append((file.document_name, size))
+    flush_cache()
     _binary_errors(binary, source.encoding, add, errors)
     if unsplit:
         _unsplit_warning(rule, unsplit, split_checked, add, warnings)
@@ -210,18 +223,34 @@ def _binary_errors(binary: list[tuple[DataFile, str, bool]], encoding: str, add,
         groups.setdefault((entry[0].where, folder, suffix or name), []).append(entry)
     for (where, folder, suffix), group in groups.items():
         file, reason, has_nul = group[0]
+        once = f" once decompressed ({file.compression})" if file.compression else ""
         if len(group) > 1:
             pattern = f"{folder + '/' if folder else ''}*{suffix}"
-            add(errors, where, f"{len(group):,} files look binary, not {encoding} text, such as '{file.name}' ({reason}); "
+            add(errors, where, f"{len(group):,} files look binary{once}, not {encoding} text, such as '{file.name}' ({reason}); "
                 f"leave them out with `exclude: ['{pattern}']`")
             continue
-        if file.name.endswith(".parquet"):
+        if file.document_name.endswith(".parquet"):
             hint = " (a Parquet file? set `documents: {parquet: COLUMN}`)"
         elif not has_nul:  # no NUL byte: maybe text in another encoding
             hint = " (text in another encoding? set `data.source.encoding`; not text? leave it out with `exclude`)"
         else:
             hint = " (leave it out with `exclude`)"
-        add(errors, where, f"'{file.name}' looks binary, not {encoding} text: {reason}{hint}")
+        add(errors, where, f"'{file.name}' looks binary{once}, not {encoding} text: {reason}{hint}")
+
+
+def _same_names(files: list[DataFile], add, warnings: list[Problem]) -> None:
+    """A warning when a compressed file takes the name of another file (`a.jsonl.gz` beside `a.jsonl`):
+    their documents would share names (a copy of the same text is read once all the same)."""
+    by_name: dict[str, list[DataFile]] = {}
+    for f in files:
+        by_name.setdefault(f.document_name, []).append(f)
+    for name, group in by_name.items():
+        if len(group) > 1 and any(f.compression for f in group):
+            compressed = next(f for f in group if f.compression)
+            others = ", ".join(f"'{f.name}'" for f in group if f is not compressed)
+            add(warnings, compressed.where,
+                f"'{compressed.name}' is read as '{name}' (decompressed), as {others} is: their documents share names; "
+                f"leave one out with `exclude` (e.g. `exclude: ['{compressed.name}']`)")
 
 
 def _check_share(spec, named: list[tuple[str, int]], add, warnings: list[Problem]) -> None:
@@ -245,7 +274,7 @@ def _check_share(spec, named: list[tuple[str, int]], add, warnings: list[Problem
 
 def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | None:
     """'line N: what is wrong' for the first bad line among those that start in `head` (None when all are good)."""
-    from hepc.data.sources import record_text
+    from hepc.data.records import record_text
 
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
@@ -264,7 +293,7 @@ def _jsonl_problem(head: bytes, encoding: str, key: str, whole: bool) -> str | N
 
 def _check_parquet(spec, files: list[DataFile], column: str, add, errors: list[Problem], warnings: list[Problem]) -> None:
     """Footer, column and null counts of each Parquet file (see the module docstring); then the room, when exact."""
-    from hepc.data.sources import parquet_file
+    from hepc.data.records import check_not_compressed, parquet_file
 
     exact: list[int] | None = []
     rows_total = 0
@@ -272,6 +301,7 @@ def _check_parquet(spec, files: list[DataFile], column: str, add, errors: list[P
         try:
             with open_regular(file.path) as f:
                 size = _size(f, 0)
+                check_not_compressed(file, f)
                 pf = parquet_file(file, f, column)
                 problem = _parquet_nulls(pf, column)
                 if problem:

@@ -11,7 +11,10 @@ shards, unshuffled; then nothing is carved for val and the documents fill test, 
 Outputs: `<split>.npy` (token ids) and `<split>_docs.npy` (start offsets of its pieces) for every
 split (test empty when test_tokens is 0), and meta.json: sizes, bytes per token, per-split documents
 and their largest documents with the largest one's share, duplicates dropped, tokens dropped where
-documents were cut.
+documents were cut; for a text source, the tokens each split takes from each file (`tokens_by_file`,
+by the file's index in `source.files`) and the UTF-8 bytes of each file's documents
+(`file_text_bytes`), from which `hepc data` gives each split's share of the files' compressed and
+decompressed bytes.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def build_corpus(
         starts[name] = _offsets([n for _, n in taken[name]])
         splits[name] = split_stats([(source.name(piece.doc), n) for piece, n in taken[name]])
         splits[name]["tokens_dropped"] = carved.dropped[name]  # the rest of the document that filled it
+        if source.file_of is not None:
+            splits[name]["tokens_by_file"] = _tokens_by_file(taken[name], source.file_of)
     if given_val is not None:
         arrays["val"] = given_val
         starts["val"] = shards.document_starts(given_val, tokenizer.eot_id)
@@ -131,6 +136,8 @@ def build_corpus(
         "digests": {name: _array_digest(arrays[name]) for name in SPLITS if arrays[name].size},  # what compare guards
         "source": identity,
     }
+    if source.file_text_bytes is not None:  # what `hepc data` weighs each file's compressed and decompressed bytes by
+        meta["file_text_bytes"] = [source.file_text_bytes.get(i, 0) for i in range(len(identity.get("files") or []))]
     if given_val is not None:
         meta["val_note"] = "val is the first val_tokens ids of the val_paths shards, unshuffled, its documents as they come"
     if kind == "tokens":
@@ -141,6 +148,15 @@ def build_corpus(
         meta.update(synthetic.entropy_meta(source_cfg))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _tokens_by_file(taken, file_of) -> list[list[int]]:
+    """[[file index, tokens the split takes from its documents], ...] of the files a split draws on, by index."""
+    tokens: dict[int, int] = {}
+    for piece, n in taken:
+        file = file_of(piece.doc)
+        tokens[file] = tokens.get(file, 0) + n
+    return [[file, n] for file, n in sorted(tokens.items())]
 
 
 def _array_digest(array: np.ndarray) -> str:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import xxhash
 
+from hepc.data.compressed import content_digest, document_name, file_compression, flush_cache
 from hepc.store.safe_io import file_kind, open_regular
 
 # Bump when the synthetic generator's output for a given config changes (it is part of the identity).
@@ -90,12 +91,31 @@ def list_pystdlib(include_tests: bool = False, root: Path | None = None) -> list
 
 
 class DataFile(NamedTuple):
-    """One file of a file source: its name (as hashed), where it is, and the `paths[i]` entry that reached it."""
+    """One file of a file source: its name (as listed), where it is, and the `paths[i]` entry that reached it."""
 
     name: str
     path: Path  # the file itself, links resolved: what is read, and what makes two names one file
     where: str  # dotted spec path, e.g. data.source.paths[1]
     listed: str = ""  # the absolute path as listed, links not resolved: what `exclude` patterns match
+    compression: str | None = None  # gzip, xz, bz2 or zstd by its magic bytes (text sources; hepc/data/compressed.py)
+
+    @property
+    def document_name(self) -> str:
+        """The name its documents are named by, and hashed under: a compressed file's without its suffix."""
+        return document_name(self.name, self.compression)
+
+
+def with_compression(files: list[DataFile]) -> list[DataFile]:
+    """The files of a text source with their compression sniffed from their first bytes (a file that cannot
+    be opened is left as it is: reading it reports why), sorted by document name (a stable sort: the
+    listing's order among equal names), so that `a.jsonl.zst` takes the place `a.jsonl` would."""
+    out = []
+    for f in files:
+        try:
+            out.append(f._replace(compression=file_compression(f.path)))
+        except OSError:
+            out.append(f)
+    return sorted(out, key=lambda f: f.document_name)
 
 
 def resolve_text_paths(
@@ -129,7 +149,7 @@ def list_data_files(source_cfg: dict, base_dir: Path, field: str = "data.source"
     files, _ = choose_files(listed, excludes, base_dir)
     if not files:
         raise DataError(f"removes every file that `{key}` lists (nothing is left to read)", f"{field}.exclude")
-    return files
+    return with_compression(files) if source_cfg.get("kind") == "text" else files
 
 
 def choose_files(listed: list[DataFile], excludes: list[str], base_dir: Path) -> tuple[list[DataFile], list[int]]:
@@ -252,7 +272,9 @@ def source_identity(source_cfg: dict, base_dir: Path, field: str = "data.source"
     pystdlib: the Python version and a digest of the sorted (path, size) listing after `exclude` (no file
     is read), plus
     the `documents` rule when it is not the default `file`;
-    text: each file's name and content digest (after `exclude`), plus the encoding and the `documents`
+    text: each file's name and content digest (after `exclude`; a compressed file's name without its
+    compression suffix and the digest of its decompressed bytes, cached by its stat signature: see
+    hepc/data/compressed.py), plus the encoding and the `documents`
     rule when it is not the default `file`; tokens: the same for the train
     and validation shards, plus vocab_size and eot_id (bytes_per_token only labels bits per byte,
     so it is left out); synthetic: its own config.
@@ -302,13 +324,22 @@ def documents_rule(source_cfg: dict):
 
 
 def _file_digests(source_cfg: dict, base_dir: Path, field: str, key: str) -> list[dict]:
-    """Name and content digest of each file listed under `key`; a file that cannot be read is a located error."""
+    """Name and content digest of each file listed under `key`; a file that cannot be read is a located error.
+
+    A text source's compressed file is its decompressed bytes under its document name (hepc/data/compressed.py:
+    the same entry as the decompressed file's; the digest cached by the file's stat signature)."""
     digests = []
-    for file in list_data_files(source_cfg, base_dir, field, key):
-        try:
-            digests.append({"name": file.name, "digest": file_digest(file.path)})
-        except OSError as e:
-            raise read_error(file, e) from None
+    text = source_cfg.get("kind") == "text"
+    try:
+        for file in list_data_files(source_cfg, base_dir, field, key):
+            try:
+                digest = content_digest(file.path)[1] if text else file_digest(file.path)
+            except OSError as e:
+                raise read_error(file, e) from None
+            digests.append({"name": file.document_name, "digest": digest})
+    finally:
+        if text:
+            flush_cache()
     return digests
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import xxhash
 from hepc.data import shards
 from hepc.data.carve import Kept, Piece, PieceSource, count_duplicates, doc_keys
 from hepc.data.identity import check_tokens_config, resolve_text_paths
-from hepc.data.sources import iter_documents, iter_named_documents
+from hepc.data.sources import iter_documents, iter_file_documents
 from hepc.data.tokenizers import Tokenizer
 
 _NO_CAP = 1 << 62  # a piece width that no document reaches
@@ -65,10 +66,14 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
     names: list[str] = []
     digests: list[int] = []
     sizes: list[int] = []
+    file_of = array("q")  # each document's file
+    file_text_bytes: dict[int, int] = {}
     totals = {"pieces": 0, "tokens": 0}
-    for doc, (name, chunks) in enumerate(iter_named_documents(source_cfg, base_dir)):
+    for doc, (file, name, chunks) in enumerate(iter_file_documents(source_cfg, base_dir)):
         names.append(name)
         digest, size, head = read_document(chunks, room)
+        file_of.append(file)
+        file_text_bytes[file] = file_text_bytes.get(file, 0) + size
         count = max(1, -(-size // width))
         digests.append(digest)
         sizes.append(size + count)
@@ -93,6 +98,8 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
         pieces_total=totals["pieces"],
         tokens=totals["tokens"],
         duplicates=count_duplicates(digests, sizes),
+        file_of=file_of.__getitem__ if source_cfg.get("kind") == "text" else None,
+        file_text_bytes=file_text_bytes if source_cfg.get("kind") == "text" else None,
     )
 
 

@@ -17,13 +17,17 @@ whose string FIELD is a document, named `<file name>:line <n>` (n counting lines
 from 0), read a row group at a time in batches of `_BATCH_ROWS` rows (pyarrow is imported only then).
 Blank JSONL lines and empty texts are skipped. In `iter_documents` such a source shuffles its files
 and yields each file's documents in file order.
+
+A text or JSON Lines file compressed with gzip, xz, bz2 or zstd (told by its magic bytes) is read
+decompressed, streamed (hepc/data/compressed.py), and its documents are named after its name
+without the compression suffix (`a.jsonl.zst` gives `a.jsonl:line 1`, as `a.jsonl` would); a
+damaged archive is a located read error naming the compressed byte offset. A Parquet file compressed
+whole is refused (Parquet compresses its own pages).
 """
 
 from __future__ import annotations
 
 import codecs
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +37,23 @@ import numpy as np
 import regex
 
 from hepc.data import shards, synthetic
+from hepc.data.compressed import open_data
 from hepc.data.identity import (
     DataError,
     DataFile,
     documents_rule,
     list_data_files,
     list_pystdlib,
-    open_regular,
     pystdlib_listing,
     read_error,
     stdlib_root,
 )
+from hepc.data.records import jsonl_records, parquet_rows
 
 _CHUNK = 1 << 20  # bytes read (and decoded) at a time from a text file
 _HOLD = 1 << 16  # characters held back at a chunk's end while searching for document separators
 _CONTEXT = 256  # characters before the searched text kept in view (for ^, \\b and lookbehinds)
 REGEX_TIMEOUT_S = 10.0  # the most one search of a chunk of text may take (a pattern that backtracks without end)
-_BATCH_ROWS = 1024  # Parquet rows converted to Python strings at a time
 
 
 @dataclass(frozen=True)
@@ -85,36 +89,45 @@ def iter_named_documents(
 ) -> Iterator[tuple[str, Iterator[bytes]]]:
     """(name, UTF-8 chunks) of every document of a file source (pystdlib, text), in sorted name order.
 
-    Names are those the source identity hashes (the standard-library path, or the text file's name;
+    Names are those the source identity hashes (the standard-library path, or the text file's name,
+    without its compression suffix when it is compressed;
     `name#j` for the j-th non-empty document of a text file under a separator or regex rule,
     `name:line n` and `name:row n` for JSON Lines records and Parquet rows).
     A document's chunks must be read to the end before the next document is asked for; a decoding
     or reading error is located as for `iter_documents`. The listing is made now, so that its errors
     surface before the first document is asked for.
     """
+    return ((name, chunks) for _, name, chunks in iter_file_documents(source_cfg, base_dir, field))
+
+
+def iter_file_documents(
+    source_cfg: dict, base_dir: Path, field: str = "data.source"
+) -> Iterator[tuple[int, str, Iterator[bytes]]]:
+    """`iter_named_documents` with the index of the file each document comes from (in the listing's order:
+    `list_data_files` for a text source, the identity's order of files)."""
     kind = source_cfg.get("kind")
     if kind == "pystdlib":
         root = stdlib_root()
         listing = pystdlib_listing(source_cfg, root)
         splitter = document_splitter(source_cfg, field)
-        whole = ((rel, iter((_as_utf8((root / rel).read_bytes()),))) for rel, _ in listing)
+        whole = ((i, rel, iter((_as_utf8((root / rel).read_bytes()),))) for i, (rel, _) in enumerate(listing))
         if splitter is None:
             return whole
-        return ((f"{rel}#{j}", doc) for rel, chunks in whole for j, doc in enumerate(_split_documents(chunks, splitter)))
+        return ((i, f"{rel}#{j}", doc) for i, rel, chunks in whole for j, doc in enumerate(_split_documents(chunks, splitter)))
     if kind == "text":
         files = list_data_files(source_cfg, base_dir, field)
         encoding = _check_encoding(source_cfg, field)
         splitter = document_splitter(source_cfg, field)
         rule = documents_rule(source_cfg)
         if rule == "file":
-            return ((file.name, _text_chunks(file, encoding, field)) for file in files)
-        return (named for file in files for named in _file_documents(file, rule, splitter, encoding, field))
+            return ((i, file.document_name, _text_chunks(file, encoding, field)) for i, file in enumerate(files))
+        return ((i, *named) for i, file in enumerate(files) for named in _file_documents(file, rule, splitter, encoding, field))
     raise DataError(f"source kind {kind!r} has no named files (expected pystdlib or text)", f"{field}.kind")
 
 
 def _text_chunks(file: DataFile, encoding: str, field: str) -> Iterator[bytes]:
     try:
-        with open_regular(file.path) as f:
+        with open_data(file.path) as f:
             yield from _utf8_chunks(f, encoding, file.name, field)
     except OSError as e:
         raise read_error(file, e) from None
@@ -126,155 +139,15 @@ def _file_documents(
     """(name, UTF-8 chunks) of each non-empty document of one file under a rule other than `file`."""
     if splitter is not None:
         for j, doc in enumerate(_split_documents(_text_chunks(file, encoding, field), splitter)):
-            yield f"{file.name}#{j}", doc
+            yield f"{file.document_name}#{j}", doc
     elif "jsonl" in rule:
         for line, text in jsonl_records(file, rule["jsonl"], encoding, field):
             if text:
-                yield f"{file.name}:line {line}", iter((text,))
+                yield f"{file.document_name}:line {line}", iter((text,))
     else:
         for row, text in parquet_rows(file, rule["parquet"]):
             if text:
                 yield f"{file.name}:row {row}", iter((text,))
-
-
-# --------------------------------------------------------------------------- JSON Lines and Parquet
-
-
-def record_text(line: str, key: str) -> bytes | None:
-    """The UTF-8 text of one JSON Lines line's `key` (None for a blank line); ValueError saying what is wrong."""
-    text = record_field(line, key)
-    return None if text is None else field_utf8(text, key)
-
-
-def record_field(line: str, key: str) -> str | None:
-    """The string field `key` of one JSON Lines line (None for a blank line); ValueError saying what is wrong.
-    No copy of the line is made (a record can be hundreds of MB): JSON allows the line's end as whitespace."""
-    if not line or line.isspace():
-        return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # a column inside the line, never past its end
-        raise ValueError(f"not JSON ({e.msg}: column {column:,})") from None
-    except ValueError as e:
-        raise ValueError(f"not JSON ({e})") from None
-    except RecursionError:
-        raise ValueError("is nested too deeply to read (arrays or objects inside each other thousands of levels deep)") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object (it is {_json_kind(record)})")
-    if key not in record:
-        shown = ", ".join(sorted(record)[:8]) + (", ..." if len(record) > 8 else "")
-        raise ValueError(f"has no field '{key}' (its fields: {shown or 'none'})")
-    text = record[key]
-    if not isinstance(text, str):
-        raise ValueError(f"field '{key}' is not a string (it is {_json_kind(text)})")
-    return text
-
-
-def field_utf8(text: str, key: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"field '{key}' is not text: {e.reason} at character {e.start:,}") from None
-
-
-def _json_kind(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def jsonl_records(file: DataFile, key: str, encoding: str, field: str) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, UTF-8 text of field `key`) of every non-blank line of a JSON Lines file.
-
-    A line that is not a JSON object with a string `key` is a DataError naming the file and the line,
-    located at the `paths` entry that listed the file; one that does not decode, at `encoding`."""
-    n = 0
-    try:
-        with open_regular(file.path) as f:
-            lines = io.TextIOWrapper(f, encoding=encoding, errors="strict", newline="\n")  # lines end at \n only
-            try:
-                while True:
-                    try:
-                        line = lines.readline()
-                    except UnicodeError as e:
-                        reason = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
-                        raise DataError(f"cannot decode '{file.name}' as {encoding}: {reason} in line {n + 1:,}", f"{field}.encoding") from None
-                    if not line:
-                        return
-                    n += 1
-                    try:  # one record at a time, each copy dropped before the next is made (line, field, bytes)
-                        field_text = record_field(line, key)
-                        line = None
-                        text = None if field_text is None else field_utf8(field_text, key)
-                        field_text = None
-                    except ValueError as e:
-                        raise DataError(f"'{file.name}' line {n:,}: {e}", file.where) from None
-                    if text is not None:
-                        yield n, text
-            finally:
-                lines.detach()  # `f` is closed by its own `with`
-    except OSError as e:
-        raise read_error(file, e) from None
-
-
-def parquet_file(file: DataFile, f: BinaryIO, column: str):
-    """The open `pyarrow.parquet.ParquetFile` of `f`, checked to hold a string column `column`; else a DataError
-    naming the file, located at the `paths` entry that listed it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(f)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"'{file.name}' is not a Parquet file ({_first_line(e)})", file.where) from None
-    schema = pf.schema_arrow
-    if column not in schema.names:
-        shown = ", ".join(schema.names[:8]) + (", ..." if len(schema.names) > 8 else "")
-        raise DataError(f"'{file.name}' has no column '{column}' (its columns: {shown or 'none'})", file.where)
-    kind = schema.field(column).type
-    value = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)):
-        raise DataError(f"'{file.name}' column '{column}' is not a string column (it holds {kind})", file.where)
-    return pf
-
-
-def parquet_rows(file: DataFile, column: str) -> Iterator[tuple[int, bytes]]:
-    """(row number from 0, UTF-8 text) of every row of a Parquet file's string `column`, a row group at a
-    time in batches of `_BATCH_ROWS` rows (never the whole file in memory). A null is a DataError naming
-    the file, the row group and the row; so is a file that is not Parquet or lacks the column."""
-    import pyarrow as pa
-
-    row = 0
-    try:
-        with open_regular(file.path) as f:
-            pf = parquet_file(file, f, column)
-            for group in range(pf.num_row_groups):
-                try:
-                    batches = pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=[column])
-                    for batch in batches:
-                        values = batch.column(0)
-                        if pa.types.is_dictionary(values.type):
-                            values = values.dictionary_decode()
-                        if values.null_count:
-                            first = row + values.is_null().to_pylist().index(True)
-                            raise DataError(f"'{file.name}' row group {group}, row {first:,}: column '{column}' is null", file.where)
-                        for text in values.to_pylist():
-                            yield row, text.encode("utf-8")
-                            row += 1
-                except (pa.ArrowException, ValueError) as e:
-                    raise DataError(f"'{file.name}' row group {group}: cannot read column '{column}' ({_first_line(e)})", file.where) from None
-    except OSError as e:
-        raise read_error(file, e) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- document rules
@@ -440,7 +313,7 @@ def _read_text(
     for i in np.random.default_rng(seed).permutation(len(files)):
         file = files[i]
         try:
-            with open_regular(file.path) as f:
+            with open_data(file.path) as f:
                 doc = _utf8_prefix(f, encoding, limit, file.name, field)
         except OSError as e:
             raise read_error(file, e) from None
@@ -471,7 +344,8 @@ def _utf8_chunks(f: BinaryIO, encoding: str, name: str, field: str) -> Iterator[
         try:
             utf8 = decoder.decode(chunk, final=not chunk).encode("utf-8")
         except UnicodeError as e:
-            message = f"cannot decode '{name}' as {encoding}: {_at(e, decoder, offset)}"
+            what = f"{f.compression}-decompressed " if getattr(f, "compression", None) else ""
+            message = f"cannot decode {what}'{name}' as {encoding}: {_at(e, decoder, offset)}"
             raise DataError(message, f"{field}.encoding") from None
         offset += len(chunk)
         if utf8:

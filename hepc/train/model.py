@@ -50,9 +50,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-KV = tuple  # (keys, values) of one block's attention, (B, n_head, positions, head size) each
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -76,31 +73,6 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: KV, P: int) -> torch.Tensor:
-        """`forward` for T new positions after the P whose keys and values are in `kv` ((B, nh, seq_len, hs)
-        buffers, filled up to P): the new keys and values are written at [P, P + T), and the new queries
-        attend to the P cached positions and causally to each other. `cos`/`sin` are the tables of the
-        new positions."""
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim)
-        k = k.view(B, T, self.n_head, self.head_dim)
-        v = v.view(B, T, self.n_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k = norm(q).to(v.dtype), norm(k).to(v.dtype)
-        kv[0][:, :, P : P + T] = k.transpose(1, 2)
-        kv[1][:, :, P : P + T] = v.transpose(1, 2)
-        q, k, v = q.transpose(1, 2), kv[0][:, :, : P + T], kv[1][:, :, : P + T]
-        if P == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # the one new position sees every earlier one
-        else:
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -127,10 +99,6 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin)
         x = x + self.mlp(norm(x))
         return x
-
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: KV, P: int) -> torch.Tensor:
-        x = x + self.attn.forward_cached(norm(x), cos, sin, kv, P)
-        return x + self.mlp(norm(x))
 
 
 class GPT(nn.Module):
@@ -178,34 +146,6 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden(idx)).float()  # (B, T, V), float32 for the losses and softmax
-
-    def new_cache(self, batch: int = 1) -> KVCache:
-        """Empty key/value buffers for `forward_cached`: (batch, n_head, seq_len, head size) per block."""
-        hs = self.config.d_model // self.config.n_head
-        shape = (batch, self.config.n_head, self.config.seq_len, hs)
-        w = self.wte.weight
-        return KVCache([(w.new_empty(shape), w.new_empty(shape)) for _ in self.blocks])
-
-    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, T, V) of the T tokens `idx` that follow the `cache.length` positions held in `cache`
-        (from `new_cache`, then earlier calls), which then holds them too. Equal to `forward` of the whole
-        sequence at those positions, so that sampling one token at a time costs one position per call,
-        not the whole context. The sequence must stay within seq_len (the RoPE tables, the buffers)."""
-        P, T = cache.length, idx.size(1)
-        assert P + T <= self.cos.size(1), f"sequence of {P + T} tokens exceeds seq_len {self.cos.size(1)}"
-        cos, sin = self.cos[:, P : P + T], self.sin[:, P : P + T]
-        x = self.wte(idx)
-        for block, kv in zip(self.blocks, cache.blocks):
-            x = block.forward_cached(x, cos, sin, kv, P)
-        cache.length = P + T
-        return self.lm_head(norm(x)).float()
-
-
-class KVCache:
-    """Each block's attention keys and values for the positions [0, length) of one sequence (batch)."""
-
-    def __init__(self, blocks: list[KV]):
-        self.blocks, self.length = blocks, 0
 
 
 def resolve_device(name: str) -> torch.device:

@@ -182,18 +182,13 @@ class Ensemble:
             return None
         return CachedMixture(self)
 
-    def _mix_last(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """The mixture's distribution (V,) float64 from each member's logits for one position (K, V),
+    def _mix_last(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mixture's distribution (V,) float64 from every member's logits for one position (K, V),
         combined as `next_token_probs` combines them (probability or logit averaging)."""
+        w = torch.as_tensor(self.weights, device=logits.device)
         if self.aggregate == "logit":
-            mixed = 0
-            for i, z in enumerate(logits):
-                mixed = mixed + float(self.weights[i]) * z.float()
-            return torch.softmax(mixed, dim=-1).double()
-        acc = torch.zeros(self.vocab_size, dtype=torch.float64, device=self.device)
-        for i, z in enumerate(logits):
-            acc += float(self.weights[i]) * torch.softmax(z.float(), dim=-1).clamp_min(_TINY).double()
-        return acc
+            return torch.softmax(w.float() @ logits.float(), dim=-1).double()
+        return w @ torch.softmax(logits.float(), dim=-1).clamp_min(_TINY).double()
 
     def _mixed_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Σ_r w̃_r z_r in float32, summed in member order as hepc.train.score.logit_ensemble_losses does."""
@@ -342,39 +337,41 @@ class CachedMixture:
 
     `start(ids)` takes the context (at most seq_len tokens) and returns the distribution of the token
     after it; `push(token)` appends one token and returns the distribution after that. Each member
-    computes only the new positions; equal to `Ensemble.next_token_probs` on the whole context (fp32
-    rounding aside) while the context fits in seq_len. `length` is the number of positions cached."""
+    computes only the new positions, the K members as one batched computation (hepc.use.decode);
+    equal to `Ensemble.next_token_probs` on the whole context (fp32 rounding aside) while the context
+    fits in seq_len. `length` is the number of positions cached."""
 
     def __init__(self, ensemble: Ensemble):
+        from hepc.use.decode import MemberStack
+
         self.ensemble = ensemble
-        self.caches: list | None = None
-        self.length = 0
+        (group,) = ensemble.groups()  # every member resident (Ensemble.cached)
+        self.stack = MemberStack([net for _, net in group])
+        self.started = False
+        self._token = torch.empty(1, dtype=torch.long, device=ensemble.device)
+
+    @property
+    def length(self) -> int:
+        return self.stack.length
 
     @torch.inference_mode()
     def start(self, ids) -> torch.Tensor:
         x = self.ensemble._ids(ids)
         if x.size(0) != 1:
             raise ValueError("a cached mixture follows one sequence")
-        if self.caches is None:
-            self.caches = [net.new_cache() for group in self.ensemble.groups() for _, net in group]
-        last = []
-        for group in self.ensemble.groups():
-            for i, net in group:
-                self.caches[i].length = 0  # start again: the buffers are reused
-                last.append(net.forward_cached(x, self.caches[i])[0, -1])
-        self.length = x.size(1)
-        return self.ensemble._mix_last(last)
+        if x.size(1) < 1:
+            raise ValueError("start(ids) needs at least one token")
+        self.stack.reset()  # start again: the buffers are reused
+        self.started = True
+        return self.ensemble._mix_last(self.stack.step(x[0]))
 
     @torch.inference_mode()
     def push(self, token: int) -> torch.Tensor:
-        if self.caches is None:
+        if not self.started:
             raise ValueError("start(ids) first")
         if self.length + 1 > self.ensemble.seq_len:
             raise ValueError(f"the context would exceed seq_len {self.ensemble.seq_len}: start again from a shorter one")
-        x = torch.tensor([[int(token)]], dtype=torch.long, device=self.ensemble.device)
-        last = []
-        for group in self.ensemble.groups():
-            for i, net in group:
-                last.append(net.forward_cached(x, self.caches[i])[0, -1])
-        self.length += 1
-        return self.ensemble._mix_last(last)
+        if not 0 <= int(token) < self.ensemble.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.ensemble.vocab_size})")
+        self._token.fill_(int(token))
+        return self.ensemble._mix_last(self.stack.step(self._token))

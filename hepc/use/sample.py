@@ -1,8 +1,9 @@
 """Generation from the mixture distribution (never from one member).
 
 Each new token is drawn from the ensemble's next-token distribution (``Ensemble.next_token_probs``:
-weighted probability averaging) given the last seq_len tokens, recomputed in full at every step
-(no KV cache: the models are small and their context short). The prompt is a document start
+weighted probability averaging) given the last seq_len tokens: with every member resident, from the
+members' key/value caches (`Ensemble.cached`, one batched step of the K members per token; the window
+slides as `generate_ids` says), else recomputed in full at every step. The prompt is a document start
 (end-of-text, then its text), as every document of the corpus was. Transformations, in order:
 temperature T (p ∝ p^(1/T); T = 0 is greedy), top-k (the k most likely tokens), top-p (the smallest
 set of most likely tokens holding at least p of the mass). The draw uses a torch.Generator seeded with
@@ -87,8 +88,8 @@ def generate_ids(ensemble, ids: np.ndarray, *, max_tokens: int, temperature: flo
         if mixture is None:
             window = np.asarray(ctx[-window_len:], dtype=np.int64)
             p = ensemble.next_token_probs(window[None])[0, -1].cpu()
-        elif mixture.caches is None or mixture.length >= window_len:
-            keep = window_len if mixture.caches is None else window_len // 2
+        elif not mixture.started or mixture.length >= window_len:
+            keep = window_len if not mixture.started else window_len // 2
             p = mixture.start(np.asarray(ctx[-keep:], dtype=np.int64)[None]).cpu()
         else:
             p = mixture.push(ctx[-1]).cpu()
