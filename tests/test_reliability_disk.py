@@ -59,7 +59,7 @@ def assert_nothing_half_written(store: Path) -> None:
         assert (record / "spec.json").is_file() and (record / "plan.json").is_file(), record
 
 
-@pytest.mark.parametrize("size", ["60k", "300k", "1200k"])  # the corpus arrays, a checkpoint, a later cycle
+@pytest.mark.parametrize("size", ["60k", "300k", pytest.param("1200k", marks=pytest.mark.slow)])  # the corpus arrays, a checkpoint, a later cycle (slow run)
 def test_a_full_disk_stops_with_one_line_and_the_next_run_resumes(pristine, size):
     with tmpfs(size) as fs:
         store = fs / "store"
@@ -204,7 +204,7 @@ def test_a_sigterm_in_the_first_moments_exits_130(tmp_path, delay):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted"), err
 
 
-@pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
+@pytest.mark.parametrize("gap", [0.0, 0.05, pytest.param(0.3, marks=pytest.mark.slow)])
 def test_two_sigterms_exit_130(tmp_path, gap):
     env = {**os.environ, "HEPC_STORE": str(tmp_path / "store")}
     proc = subprocess.Popen([sys.executable, "-m", "hepc.cli", "run", TINY, "population.epochs_per_cycle=6",
