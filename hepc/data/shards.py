@@ -104,6 +104,20 @@ def read_stream(
     return out
 
 
+def iter_shards(files: list[tuple[str, Path]], vocab_size: int, field: str, key: str) -> Iterator[np.ndarray]:
+    """The shards' ids one shard at a time (memory: one shard), each checked as `read_stream` checks it
+    and with its errors in the same order: every shard is opened first (a `.pt` shard is loaded then,
+    dropped, and loaded again when its turn comes), then each is range-checked as it is yielded."""
+    where = f"{field}.{key}"
+    for name, path in files:
+        open_shard(path, name, where)
+    for name, path in files:
+        ids = open_shard(path, name, where)
+        _check_range(ids, name, vocab_size, field)
+        yield ids
+        del ids
+
+
 def _check_range(ids: np.ndarray, name: str, vocab_size: int, field: str) -> None:
     if not ids.size:
         return
