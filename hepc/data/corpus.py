@@ -43,7 +43,7 @@ from hepc.data.pieces import file_source, synthetic_source, tokens_source
 from hepc.data.spill import ScratchDir
 from hepc.data.tokenizers import make_tokenizer, token_dtype
 
-CHUNK = 1 << 18  # ids of a split written, hashed and counted at a time
+CHUNK = 1 << 16  # ids of a split written, hashed and counted at a time
 
 __all__ = ["DEFAULT_MAX_DOC_TOKENS", "SPLITS", "build_corpus"]
 

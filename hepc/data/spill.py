@@ -26,11 +26,11 @@ from hepc.data.carve import NotEnough, Piece, carve
 ROW = np.dtype([("key", "<u8"), ("doc", "<i8"), ("index", "<i8"), ("tokens", "<i8"), ("held", "<i8"), ("at", "<i8"),
                 ("rest", "<i8"), ("hi", "<u8"), ("lo", "<u8")])  # a piece; hi, lo: its document's 128-bit digest
 _LOW64 = (1 << 64) - 1
-_BATCH = 1 << 14  # index rows turned into Piece objects at a time
+_BATCH = 1024  # index rows turned into Piece objects at a time
 
 
 class Rows:
-    """A growable numpy array (capacity doubling): rows appended one at a time or many."""
+    """A growable numpy array (capacity grown by half): rows appended one at a time."""
 
     def __init__(self, dtype: np.dtype, capacity: int = 1024):
         self._a = np.empty(capacity, dtype=dtype)
@@ -46,7 +46,7 @@ class Rows:
 
     def _room(self, extra: int) -> None:
         if self.n + extra > self._a.size:
-            grown = np.empty(max(2 * self._a.size, self.n + extra), dtype=self._a.dtype)
+            grown = np.empty(max(self._a.size + self._a.size // 2, self.n + extra), dtype=self._a.dtype)
             grown[: self.n] = self._a[: self.n]
             self._a = grown
 
@@ -56,9 +56,9 @@ class Rows:
         self.n += 1
 
     def set(self, rows: np.ndarray) -> None:
-        """Replace every row by `rows` (copied)."""
-        self._a = np.array(rows, dtype=self._a.dtype, copy=True)
-        self.n = self._a.size
+        """Replace every row by `rows` (taken as they are: a fresh array, not a view of the rows)."""
+        self._a = rows
+        self.n = rows.size
 
 
 class Scratch:
@@ -172,7 +172,7 @@ class Spilled:
     def __init__(self, scratch: Scratch, rows: np.ndarray | None = None):
         self.scratch = scratch
         self._rows = Rows(ROW)
-        if rows is not None:
+        if rows is not None:  # taken as they are, not copied
             self._rows.set(rows)
 
     def __len__(self) -> int:
