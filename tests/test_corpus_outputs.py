@@ -124,7 +124,8 @@ def build_case(folder: Path, name: str, scratch: Path | None = None) -> dict:
         build_corpus(source, tokenizer, base_dir=folder, out_dir=out / "corpus", max_doc_tokens=cap,
                      tokenizer_dir=tokenizer_dir, **sizes, **kwargs)
     except DataError as e:
-        return {"error": str(e)}
+        left = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] if out.exists() else []
+        return {"error": str(e), **({"left behind": left} if left else {})}  # a failed build writes nothing
     return {str(p.relative_to(out)): _sha(p) for p in sorted(out.rglob("*")) if p.is_file()}
 
 
@@ -153,6 +154,15 @@ def test_outputs_are_byte_identical_to_the_recorded_ones(inputs, name, tmp_path)
     scratch.mkdir()
     assert build_case(inputs, name, scratch) == recorded["cases"][name]
     assert not list(scratch.iterdir())  # scratch files are gone once the step is done (or failed)
+
+
+def test_doc_key_is_doc_keys_a_document_at_a_time():
+    from hepc.data.carve import doc_key, doc_keys
+
+    rng = random.Random(1)
+    digests = [0, 1, (1 << 64) - 1, 1 << 64, (1 << 128) - 1] + [rng.getrandbits(128) for _ in range(5000)]
+    for seed in (0, 3, 11, 2**63, 2**64 - 1):
+        assert [doc_key(d, seed) for d in digests] == doc_keys(digests, seed).tolist()
 
 
 def main() -> int:

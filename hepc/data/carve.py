@@ -120,6 +120,19 @@ def doc_keys(digests, seed: int) -> np.ndarray:
     return mix(mix(low ^ salt) + _GOLDEN)
 
 
+def _mix_int(x: int) -> int:
+    """`mix` of one Python integer in [0, 2^64)."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _LOW64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _LOW64
+    return x ^ (x >> 31)
+
+
+def doc_key(digest: int, seed: int) -> int:
+    """`doc_keys` of one digest, in Python integers (a document at a time, without numpy's per-call cost)."""
+    salt = _mix_int((seed + int(_GOLDEN)) & _LOW64)
+    return _mix_int((_mix_int((digest & _LOW64) ^ salt) + int(_GOLDEN)) & _LOW64)
+
+
 def n_pieces(tokens: int, cap: int | None) -> int:
     """How many pieces a document of `tokens` tokens (end-of-text included) is cut into."""
     if cap is None or tokens <= cap:

@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from hepc.data import shards
-from hepc.data.carve import Piece, PieceSource, count_duplicates, doc_keys, n_pieces
+from hepc.data.carve import Piece, PieceSource, count_duplicates, doc_key, n_pieces
 from hepc.data.identity import check_tokens_config, resolve_text_paths
 from hepc.data.sources import iter_documents, iter_named_documents
 from hepc.data.spill import Kept, Names, Rows, ScratchDir
@@ -81,7 +81,7 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
         docs.append((digest >> 64, digest & _LOW64, size + count))
         totals["pieces"] += count
         totals["tokens"] += size + count
-        key = int(doc_keys([digest], seed)[0])
+        key = doc_key(digest, seed)
         if not kept.wants(key, doc):
             continue
         held = max(1, -(-len(head) // width))  # pieces that hold some of the head (an empty document: one)
@@ -142,7 +142,7 @@ def tokens_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, 
         doc_tokens = length + count - 1  # every piece after the first starts with an added end-of-text
         docs.append((digest >> 64, digest & _LOW64, doc_tokens))
         totals["pieces"] += count
-        key = int(doc_keys([digest], seed)[0])
+        key = doc_key(digest, seed)
         if not kept.wants(key, d):
             return
         head = np.concatenate(document.head).astype(dtype, copy=False)
@@ -161,6 +161,7 @@ def tokens_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, 
 
     current: _TokenDocument | None = None
     for shard in shards.iter_shards(files, vocab_size, "data.source", "paths"):
+        shard = np.asarray(shard)  # a plain view of a memory-mapped shard: slicing a memmap costs more
         cuts = np.flatnonzero(shard == eot_id)  # every end-of-text starts a document
         first = int(cuts[0]) if cuts.size else shard.size
         if first:  # ids before the shard's first end-of-text: the open document's, or (the stream's start) a document

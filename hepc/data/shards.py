@@ -9,17 +9,18 @@ Formats, by suffix:
 - `.pt`: a tensor saved with torch.save (or a dict holding exactly one tensor), any shape,
   flattened in C order; torch is imported only when such a file is read.
 
-The train shards, in sorted name order, are concatenated into one array of the corpus dtype and
-split at every end-of-text: each document starts with its EOT, and tokens before the first EOT
-form a document of their own. Documents are yielded in shuffled order as views of that array: no
-Python loop runs over tokens, and the only further copy is the carved splits. Ids outside
-[0, vocab_size) are an error, found with a vectorised min / max per shard.
+The train shards, in sorted name order, form one stream split at every end-of-text: each document
+starts with its EOT, and tokens before the first EOT form a document of their own. The corpus step
+reads them one shard at a time (`iter_shards`; hepc/data/pieces.py follows documents across shard
+ends), so its memory is one shard; `iter_documents` concatenates them into one array of the corpus
+dtype and yields its documents in shuffled order as views of that array. Ids outside [0,
+vocab_size) are an error, found with a vectorised min / max per shard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
