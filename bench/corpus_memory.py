@@ -9,9 +9,12 @@ done), its peak (VmHWM) and the peak of its scratch folder on disk:
 
 - `bytes`: the corpus step with the bytes tokenizer (one token a byte: the corpus is ~0.9 x --mb
   million tokens of uint16);
-- `bpe`: the tokenizer step (a BPE of --vocab) and then the corpus step, as bench/corpus_speed.py.
+- `bpe`: the tokenizer step (a BPE of --vocab) and then the corpus step, as bench/corpus_speed.py;
+- `tokens`: the corpus step on the same text as token shards (each record's bytes after an
+  end-of-text 256, vocab 257) of --shard-mtokens million ids each, `.npy` uint16, tokenizer none.
 
-    python bench/corpus_memory.py [--mb 10 40 100] [--kind bytes bpe] [--vocab 8192] [--hepc CHECKOUT]
+    python bench/corpus_memory.py [--mb 10 40 100] [--kind bytes bpe tokens] [--vocab 8192]
+                                  [--shard-mtokens 8] [--hepc CHECKOUT]
 
 --hepc runs another checkout's hepc (say, the commit before the spill) on the same text.
 """
@@ -53,9 +56,39 @@ def _tree_mb(folder: Path) -> float:
     return total / 2**20
 
 
+def write_shards(folder: Path, mtokens: int) -> int:
+    """data.jsonl as uint16 .npy shards of `mtokens` million ids: each record an end-of-text (256) and its
+    UTF-8 bytes, documents cut anywhere by the shards' ends. Returns the shards written."""
+    import numpy as np
+
+    size, parts, held, n = mtokens * 1_000_000, [], 0, 0
+
+    def flush(final: bool) -> None:
+        nonlocal parts, held, n
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+        while ids.size >= size or (final and ids.size):
+            np.save(folder / f"shard_{n:04d}.npy", ids[:size])
+            ids, n = ids[size:], n + 1
+        parts, held = [ids], ids.size
+
+    with open(folder / "data.jsonl", encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"].encode("utf-8")
+            parts.append(np.concatenate([[256], np.frombuffer(text, np.uint8)]).astype(np.uint16))
+            held += len(text) + 1
+            if held >= size:
+                flush(False)
+    flush(True)
+    return n
+
+
 def _spec(folder: Path, kind: str, vocab: int, text_bytes: int) -> Path:
     tiny = (ROOT / "tests" / "fixtures" / "tiny.yaml").read_text()
-    tiny = re.sub(r"(?m)^  source: .*$", "  source: {kind: text, paths: [data.jsonl], documents: jsonl}", tiny)
+    source = "{kind: text, paths: [data.jsonl], documents: jsonl}"
+    if kind == "tokens":
+        source = "{kind: tokens, paths: [shard_*.npy], vocab_size: 257, eot_id: 256}"
+        tiny = tiny.replace("tokenizer: bytes", "tokenizer: none")
+    tiny = re.sub(r"(?m)^  source: .*$", f"  source: {source}", tiny)
     if kind == "bpe":  # as bench/corpus_speed.py: a 4 bytes/token guess, train about 90 % of the text
         tiny = tiny.replace("tokenizer: bytes", f"tokenizer: {{kind: bpe, vocab_size: {vocab}}}")
         tokens = text_bytes // 4
@@ -109,7 +142,8 @@ def child(folder: Path, kind: str, step_kind: str, vocab: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, nargs="+", default=[10, 40, 100])
-    ap.add_argument("--kind", nargs="+", choices=["bytes", "bpe"], default=["bytes", "bpe"])
+    ap.add_argument("--kind", nargs="+", choices=["bytes", "bpe", "tokens"], default=["bytes", "bpe", "tokens"])
+    ap.add_argument("--shard-mtokens", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--hepc", help="a checkout whose hepc to run (default: this one)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # (folder, kind, step kind)
@@ -128,6 +162,7 @@ def main() -> int:
             folder = Path(tmp)
             text_bytes = write_jsonl(folder / "data.jsonl", mb)
             (folder / "bytes").write_text(str(text_bytes))
+            shards = write_shards(folder, args.shard_mtokens) if "tokens" in args.kind else None
             for kind in args.kind:
                 for step_kind in (("tokenizer", "corpus") if kind == "bpe" else ("corpus",)):
                     command = [sys.executable, __file__, "--vocab", str(args.vocab), "--child", str(folder), kind, step_kind]
@@ -138,6 +173,7 @@ def main() -> int:
                         print(done.stderr, file=sys.stderr)
                         return done.returncode
                     row = {"text_mb": round(text_bytes / 1e6, 1), "kind": kind, "step": step_kind,
+                           **({"shards": shards} if kind == "tokens" else {}),
                            **json.loads(done.stdout.strip().splitlines()[-1])}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

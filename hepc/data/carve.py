@@ -33,7 +33,7 @@ smallest-order documents seen so far and, whenever it holds twice what carving n
 that carving can no longer reach. Their ids lie in a scratch file, and in memory only an index of
 72 bytes a piece; carving reads them back one piece at a time, in order, and `taken` is 32 bytes a
 piece. So memory is a fixed multiple of one piece (and of one shard of a token source) plus those
-indexes, never a multiple of the corpus or of the source.
+indexes (tens of bytes a piece), never a multiple of the corpus's tokens or of the source.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class _SplitFile:
     def _flush(self) -> None:
         chunk = self._buffer[: self._fill]
         self._file.write(chunk)
-        self._hash.update(np.ascontiguousarray(chunk, dtype=np.int64).tobytes())
+        self._hash.update(np.ascontiguousarray(chunk, dtype="<i8"))
         if self._token_bytes is not None:
             self.bytes += int(self._token_bytes[chunk].sum())
         self.count += self._fill

@@ -29,7 +29,7 @@ from hepc.data.tokenizers import Tokenizer, token_dtype
 
 _NO_CAP = 1 << 62  # a piece width that no document reaches
 _LOW64 = (1 << 64) - 1
-_HASH_IDS = 1 << 20  # ids converted to int64 at a time for a document's digest
+_HASH_IDS = 1 << 18  # ids converted to int64 at a time for a document's digest
 _CHUNK = 1 << 14  # document bounds converted to Python ints this many at a time
 _DOCS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("tokens", "<i8")])  # a source document: digest, size in tokens
 ORDER_RULE = "documents ordered by a seeded hash of their content"
@@ -115,7 +115,7 @@ class _TokenDocument:
 
     def feed(self, ids: np.ndarray) -> None:
         for at in range(0, ids.size, _HASH_IDS):
-            self.hash.update(np.ascontiguousarray(ids[at : at + _HASH_IDS], dtype="<i8").tobytes())
+            self.hash.update(np.ascontiguousarray(ids[at : at + _HASH_IDS], dtype="<i8"))
         if self.held < self.room:
             part = np.array(ids[: self.room - self.held])
             self.head.append(part)
