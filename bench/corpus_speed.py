@@ -82,6 +82,12 @@ def write_jsonl(path: Path, mb: int, seed: int = 0) -> int:
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that across fork and
+    exec, so each child reported at least its parent's peak (writing the text: hundreds of MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -173,7 +179,7 @@ def main() -> int:
             for name in ("data.jsonl", "bytes"):
                 os.link(folder / name, sub / name)
             out = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--child", which, str(sub)],
-                                 capture_output=True, text=True)
+                                 check=False, capture_output=True, text=True)
             if out.returncode != 0:
                 print(out.stderr, file=sys.stderr)
                 return out.returncode

@@ -32,7 +32,10 @@ deterministic: the same source, split rule and config give the same tokenizer.js
 
 Memory: the pieces are collected as for the bytes tokenizer, with each split's size taken as
 `BYTES_PER_TOKEN_BOUND` bytes per token; a split that needs more bytes per token than that is an
-error that says so (no natural-language BPE comes near it).
+error that says so (no natural-language BPE comes near it). Their raw bytes lie in a scratch file
+(hepc/data/spill.py; a synthetic source's are written there as they are first read) and are read
+back a piece, or an `ENCODE_BATCH` of pieces, at a time: the steps hold the index of the pieces, not
+their text (the library's trainer holds its own counts of the words it has seen).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hepc.data.carve import (
     NotEnough,
     Piece,
     PieceSource,
+    at_or_after,
     carve,
     check_sizes,
     not_enough_error,
@@ -54,6 +58,7 @@ from hepc.data.carve import (
 )
 from hepc.data.identity import DataError
 from hepc.data.pieces import file_source, synthetic_source
+from hepc.data.spill import ScratchDir, Spilled
 from hepc.data.tokenizers import BpeTokenizer, tokenizer_config, train_bpe, utf8_text
 
 BYTES_PER_TOKEN_BOUND = 8
@@ -78,21 +83,28 @@ class _RawBytes:
 
 
 class _Replay:
-    """An iterable over a one-shot stream of pieces that keeps what it has read: every iteration
-    starts from the first piece (the synthetic source is endless: read only as far as asked)."""
+    """The pieces of a source in corpus order, kept as they are read (their bytes on disk): every
+    iteration starts from the first piece (the synthetic source is endless: read only as far as asked)."""
 
-    def __init__(self, pieces):
-        self._stream, self.seen = iter(pieces), []
+    def __init__(self, pieces, scratch: ScratchDir):
+        if isinstance(pieces, Spilled):  # a file source's kept pieces: all of them there already
+            self.seen, self._stream = pieces, iter(())
+        else:
+            self.seen, self._stream = Spilled(scratch.file("replay")), iter(pieces)
 
     def __iter__(self) -> Iterator[Piece]:
         i = 0
         while True:
-            if i == len(self.seen):
-                piece = next(self._stream, None)
-                if piece is None:
-                    return
-                self.seen.append(piece)
-            yield self.seen[i]
+            if i < len(self.seen):
+                end = len(self.seen)
+                yield from self.seen.iter_from(i)
+                i = end
+                continue
+            piece = next(self._stream, None)
+            if piece is None:
+                return
+            self.seen.append(piece)
+            yield piece
             i += 1
 
     def read_to(self, n: int) -> int:
@@ -104,8 +116,17 @@ class _Replay:
             self.seen.append(piece)
         return len(self.seen)
 
+    def raw(self, start: int, stop: int) -> list[bytes]:
+        """The bytes of the pieces [start, stop) (their end-of-text placeholder left out)."""
+        return [piece.ids[1:].tobytes() for piece in self.seen.iter_from(start, stop)]
 
-def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict) -> PieceSource:
+    def bytes_of(self, start: int, stop: int) -> int:
+        """Bytes of text of the pieces [start, stop), without reading them."""
+        return int(self.seen.column("held")[start:stop].sum()) - (stop - start)
+
+
+def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict,
+               scratch: ScratchDir) -> PieceSource:
     """The source's pieces in corpus order as UTF-8 bytes, enough for splits of `targets` BPE tokens."""
     kind = source_cfg.get("kind")
     if kind == "tokens":
@@ -113,7 +134,7 @@ def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, tar
     if kind == "synthetic":
         return synthetic_source(source_cfg, _RawBytes(), seed)
     scaled = {name: n * BYTES_PER_TOKEN_BOUND for name, n in targets.items()}
-    raw = file_source(source_cfg, _RawBytes(), base_dir, seed, cap, scaled)
+    raw = file_source(source_cfg, _RawBytes(), base_dir, seed, cap, scaled, scratch)
     if cap:
         raw.rule = raw.rule.replace(
             f"pieces of at most {cap} tokens",
@@ -166,7 +187,7 @@ def bpe_pieces(raw: PieceSource, pieces, tokenizer: BpeTokenizer) -> PieceSource
                 rest = sum(x.size for x in ids)
                 for p, x in zip(group, ids):
                     rest -= x.size
-                    count, total, n_bytes = count + 1, total + x.size, n_bytes + p.ids.size - 1
+                    count, total, n_bytes = count + 1, total + x.size, n_bytes + p.held - 1
                     yield Piece(p.key, p.doc, p.index, int(x.size), x, p.digest, rest)
         if raw.pieces_total is not None and count < raw.pieces_total:
             raise DataError(
@@ -182,10 +203,11 @@ def bpe_pieces(raw: PieceSource, pieces, tokenizer: BpeTokenizer) -> PieceSource
 
 
 def corpus_source(
-    source_cfg: dict, tokenizer: BpeTokenizer, base_dir: Path, seed: int, cap: int | None, targets: dict
+    source_cfg: dict, tokenizer: BpeTokenizer, base_dir: Path, seed: int, cap: int | None, targets: dict,
+    scratch: ScratchDir,
 ) -> PieceSource:
     """The pieces a BPE corpus carves, in corpus order, encoded with its trained tokenizer."""
-    raw = raw_source(source_cfg, base_dir, seed, cap, targets)
+    raw = raw_source(source_cfg, base_dir, seed, cap, targets, scratch)
     return bpe_pieces(raw, raw.pieces, tokenizer)
 
 
@@ -212,7 +234,7 @@ def _at_rate(raw: PieceSource, order: _Replay, rate: float) -> PieceSource:
 
     def scaled() -> Iterator[Piece]:
         for p in order:
-            yield Piece(p.key, p.doc, p.index, 1 + int(tokens(p.ids.size - 1)), p.ids, p.digest, int(tokens(p.rest)))
+            yield p.recount(1 + int(tokens(p.held - 1)), int(tokens(p.rest)))
 
     return PieceSource(scaled(), raw.name, raw.rule, raw.documents, raw.pieces_total, None, raw.duplicates,
                        raw.file_of, raw.file_text_bytes)
@@ -220,7 +242,7 @@ def _at_rate(raw: PieceSource, order: _Replay, rate: float) -> PieceSource:
 
 def _texts(order: _Replay, start: int, stop: int) -> Iterator[str]:
     """The text of the pieces [start, stop), one at a time (the trainer counts words as they come)."""
-    return (utf8_text(order.seen[i].ids[1:].tobytes()) for i in range(start, stop))
+    return (utf8_text(piece.ids[1:].tobytes()) for piece in order.seen.iter_from(start, stop))
 
 
 def train_on_train_split(
@@ -234,27 +256,35 @@ def train_on_train_split(
     base_dir: Path,
     max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS,
     test_tokens: int = 0,
+    scratch_dir: Path | None = None,
 ) -> tuple[BpeTokenizer, dict]:
-    """(the BPE trained on the train split only, a record of what it was trained on) — see the module docstring."""
+    """(the BPE trained on the train split only, a record of what it was trained on) — see the module docstring.
+
+    `scratch_dir`: where the scratch files go (the step's work folder; the system's temporary folder
+    when None), removed when this returns or raises."""
     check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens, test_tokens)
     cfg = tokenizer_config(tokenizer_cfg)
-    vocab, min_frequency = cfg["vocab_size"], cfg.get("min_frequency", 2)
     targets = split_targets(train_tokens, val_tokens, heldout_tokens, test_tokens)
     cap = None if source_cfg.get("kind") == "synthetic" else max_doc_tokens
-    raw = raw_source(source_cfg, Path(base_dir), seed, cap, targets)
-    order = _Replay(raw.pieces)
+    with ScratchDir(scratch_dir) as scratch:
+        raw = raw_source(source_cfg, Path(base_dir), seed, cap, targets, scratch)
+        return _train(raw, _Replay(raw.pieces, scratch), targets, cfg["vocab_size"], cfg.get("min_frequency", 2))
+
+
+def _train(raw: PieceSource, order: _Replay, targets: dict, vocab: int, min_frequency: int) -> tuple[BpeTokenizer, dict]:
     # 1. Where val, test and held-out end at the bound (no BPE of this size compresses more): past that, train.
     safe = _eval_end(_at_rate(raw, order, BYTES_PER_TOKEN_BOUND), targets)
     # 2. A sample BPE, trained on the first pieces past that point, estimates the real compression.
     stop, held = safe, 0
     while held < SAMPLE_BYTES and stop < order.read_to(stop + 1):
-        held += order.seen[stop].ids.size - 1
+        held += order.seen[stop].held - 1
         stop += 1
     if stop > safe:
         sample = train_bpe(_texts(order, safe, stop), vocab, min_frequency)
         a_est = _eval_end(bpe_pieces(raw, order, sample), targets)
-        n_bytes = sum(order.seen[i].ids.size - 1 for i in range(a_est))
-        n_tokens = sum(x.size - 1 for x in sample.encode_many([order.seen[i].ids[1:].tobytes() for i in range(a_est)]))
+        n_bytes = order.bytes_of(0, a_est)
+        n_tokens = sum(x.size - 1 for at in range(0, a_est, ENCODE_BATCH)
+                       for x in sample.encode_many(order.raw(at, min(a_est, at + ENCODE_BATCH))))
         ratio = n_bytes / max(1, n_tokens)
         s = max(0, min(safe, a_est + int(a_est * MARGIN)))
     else:  # nothing past the bound: the source ends first
@@ -288,8 +318,8 @@ def train_on_train_split(
     record = {
         "learned_vocab": tokenizer.vocab_size - unused,
         "trained_pieces": e - s,
-        "trained_bytes": int(sum(order.seen[i].ids.size - 1 for i in range(s, e))),
-        "trained_source_documents": len({order.seen[i].doc for i in range(s, e)}),
+        "trained_bytes": order.bytes_of(s, e),
+        "trained_source_documents": int(np.unique(order.seen.column("doc")[s:e]).size),
         "first_trained_piece": {"key": first.key, "doc": first.doc, "index": first.index, "name": raw.name(first.doc)},
         "last_trained_piece": {"key": last.key, "doc": last.doc, "index": last.index, "name": raw.name(last.doc)},
         "eval_pieces": a,
@@ -309,18 +339,19 @@ def check_unseen(taken: dict, tokenizer_dir: Path) -> dict:
     record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
     first = record["first_trained_piece"]
     bound = (first["key"], first["doc"], first["index"])
-    seen = [piece.order for name in ("val", "test", "heldout") for piece, _ in taken[name] if piece.order >= bound]
+    seen = sum(int(at_or_after(taken[name], bound).sum()) for name in ("val", "test", "heldout"))
     if seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
-        raise RuntimeError(f"{len(seen)} val/test/held-out pieces are among those the tokenizer was trained on")
-    train = [piece.order for piece, _ in taken["train"]]
+        raise RuntimeError(f"{seen} val/test/held-out pieces are among those the tokenizer was trained on")
+    train = taken["train"]
+    unseen = ~at_or_after(train, bound)  # train pieces the BPE did not see: before the first piece it was trained on
     last = record.get("last_trained_piece")
-    end = (last["key"], last["doc"], last["index"]) if last else None
+    if last:  # or after its last
+        unseen |= at_or_after(train, (last["key"], last["doc"], last["index"] + 1))
     return {
         "trained_pieces": record["trained_pieces"],
         "trained_bytes": record["trained_bytes"],
         "learned_vocab": record["learned_vocab"],
-        "train_pieces": len(train),
-        # train pieces the BPE did not see: before the first piece it was trained on, or after its last
-        "train_pieces_unseen": sum(1 for o in train if o < bound or (end is not None and o > end)),
+        "train_pieces": int(train.size),
+        "train_pieces_unseen": int(unseen.sum()),
         "val_heldout_unseen": True,
     }

@@ -28,17 +28,23 @@ held-out and extends train; a larger val, test or held-out moves the later split
 order; train never reorders.
 
 Memory: a source offers its documents' pieces one document at a time (holding at most the first
-`room` tokens of each, all that one split can take from it); `Kept` holds the smallest-order documents
-seen so far and, whenever it holds twice what carving needs, drops those that carving can no longer
-reach. So memory stays a small multiple of the corpus, never of the source.
+`room` tokens of each, all that one split can take from it); `Kept` (hepc/data/spill.py) holds the
+smallest-order documents seen so far and, whenever it holds twice what carving needs, drops those
+that carving can no longer reach. Their ids lie in a scratch file, and in memory only an index of
+72 bytes a piece; carving reads them back one piece at a time, in order, and `taken` is 32 bytes a
+piece. So memory is a fixed multiple of one piece (and of one shard of a token source) plus those
+indexes (tens of bytes a piece), never a multiple of the corpus's tokens or of the source.
 """
 
 from __future__ import annotations
 
+import heapq
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from hepc.data.identity import DataError
 
@@ -50,21 +56,40 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOW64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
 class Piece:
-    """A piece of a document: its place in the order, its full length and (up to what a split can take) its ids."""
+    """A piece of a document: its place in the order, its full length and (up to what a split can take) its ids.
 
-    key: int  # its document's seeded key (the stream index for synthetic documents)
-    doc: int  # the document's index in the source's listing (ties, names)
-    index: int  # the piece's index in its document
-    tokens: int  # full length in tokens, its end-of-text included
-    ids: np.ndarray  # its first tokens: all of them, or at least as many as any split can take
-    digest: int = 0  # the document's content digest (duplicates)
-    rest: int = 0  # tokens of its document after this piece (what is dropped when a split ends inside it)
+    The ids are held (`ids` given) or lie in a scratch file (`stored`: (a spill.Scratch, where), read
+    back each time `ids` is asked for); `held` is how many there are, without reading them."""
+
+    __slots__ = ("_ids", "_stored", "digest", "doc", "held", "index", "key", "rest", "tokens")
+
+    def __init__(self, key: int, doc: int, index: int, tokens: int, ids: np.ndarray | None, digest: int = 0,
+                 rest: int = 0, *, stored=None, held: int | None = None):
+        self.key = key  # its document's seeded key (the stream index for synthetic documents)
+        self.doc = doc  # the document's index in the source's listing (ties, names)
+        self.index = index  # the piece's index in its document
+        self.tokens = tokens  # full length in tokens, its end-of-text included
+        self.digest = digest  # the document's content digest (duplicates)
+        self.rest = rest  # tokens of its document after this piece (what is dropped when a split ends inside it)
+        self._ids, self._stored = ids, stored
+        self.held = int(ids.size) if held is None else held  # ids held: all of them, or at least as many as any split can take
+
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is not None:
+            return self._ids
+        scratch, at = self._stored
+        return scratch.read(at, self.held)
 
     @property
     def order(self) -> tuple[int, int, int]:
         return self.key, self.doc, self.index
+
+    def recount(self, tokens: int, rest: int) -> Piece:
+        """The same piece (its ids unread) counted as `tokens` long with `rest` after it."""
+        return Piece(self.key, self.doc, self.index, tokens, self._ids, self.digest, rest, stored=self._stored,
+                     held=self.held)
 
 
 @dataclass
@@ -78,7 +103,7 @@ class PieceSource:
     pieces_total: int | None = None
     tokens: int | None = None
     duplicates: dict | None = None  # {"documents", "tokens"}: exact duplicates in the whole source
-    file_of: Callable[[int], int] | None = None  # a text source's document -> the index of its file (identity order)
+    file_of: np.ndarray | None = None  # a text source's documents' files (int64 indices in identity order), by document
     file_text_bytes: dict[int, int] | None = None  # a text source's file index -> UTF-8 bytes of all its documents
 
 
@@ -97,6 +122,19 @@ def doc_keys(digests, seed: int) -> np.ndarray:
     return mix(mix(low ^ salt) + _GOLDEN)
 
 
+def _mix_int(x: int) -> int:
+    """`mix` of one Python integer in [0, 2^64)."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _LOW64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _LOW64
+    return x ^ (x >> 31)
+
+
+def doc_key(digest: int, seed: int) -> int:
+    """`doc_keys` of one digest, in Python integers (a document at a time, without numpy's per-call cost)."""
+    salt = _mix_int((seed + int(_GOLDEN)) & _LOW64)
+    return _mix_int((_mix_int((digest & _LOW64) ^ salt) + int(_GOLDEN)) & _LOW64)
+
+
 def n_pieces(tokens: int, cap: int | None) -> int:
     """How many pieces a document of `tokens` tokens (end-of-text included) is cut into."""
     if cap is None or tokens <= cap:
@@ -104,16 +142,16 @@ def n_pieces(tokens: int, cap: int | None) -> int:
     return 1 + -(-(tokens - cap) // (cap - 1))
 
 
-def count_duplicates(digests: list[int], tokens: list[int]) -> dict:
-    """{"documents", "tokens"}: copies beyond the first of every content digest, and their tokens."""
-    seen: set[int] = set()
-    n = t = 0
-    for digest, size in zip(digests, tokens):
-        if digest in seen:
-            n, t = n + 1, t + size
-        else:
-            seen.add(digest)
-    return {"documents": n, "tokens": t}
+def count_duplicates(digests: np.ndarray, tokens: np.ndarray) -> dict:
+    """{"documents", "tokens"}: copies beyond the first of every content digest, and their tokens.
+    `digests`: a structured array with fields `hi` and `lo` (a 128-bit digest's two halves), a row a document."""
+    if digests.size == 0:
+        return {"documents": 0, "tokens": 0}
+    order = np.lexsort((digests["lo"], digests["hi"]))  # stable: a digest's first copy comes first
+    hi, lo = digests["hi"][order], digests["lo"][order]
+    first = order[np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])]
+    tokens = np.asarray(tokens, dtype=np.int64)
+    return {"documents": int(digests.size - first.size), "tokens": int(tokens.sum() - tokens[first].sum())}
 
 
 # --------------------------------------------------------------------------- carving
@@ -127,22 +165,27 @@ class NotEnough(Exception):
         self.split, self.filled, self.dropped = split, filled, dropped
 
 
+TAKEN = np.dtype([("key", "<u8"), ("doc", "<i8"), ("index", "<i8"), ("n", "<i8")])  # a piece taken: its order, tokens taken
+
+
 @dataclass
 class Carved:
-    """Each split's (piece, tokens taken from its start) in corpus order, and what carving passed over."""
+    """Each split's pieces (rows of TAKEN: order, tokens taken from its start) in corpus order, and what carving passed over."""
 
-    taken: dict[str, list[tuple[Piece, int]]]
+    taken: dict[str, np.ndarray]
     dropped: dict[str, int]  # per split: tokens of the document that filled it, after the cut
     duplicates: int  # duplicate documents passed over
     spans: dict[str, tuple[int, int]]  # per split: [first, end) positions of its pieces in the stream
     last: tuple[int, int, int] | None  # order of the last piece taken
 
 
-def carve(pieces: Iterable[Piece], targets: dict[str, int]) -> Carved:
+def carve(pieces: Iterable[Piece], targets: dict[str, int],
+          sink: Callable[[str, Piece, int], None] | None = None) -> Carved:
     """Carve `targets` (split → tokens, in carving order) from pieces in corpus order: whole documents,
     the one that fills a split cut at the split's end and its rest dropped, duplicates passed over.
-    Reads no further than the last piece it takes. Raises NotEnough when the pieces run out first."""
-    taken: dict[str, list[tuple[Piece, int]]] = {name: [] for name in targets}
+    Reads no further than the last piece it takes. Raises NotEnough when the pieces run out first.
+    `sink(split, piece, n)` is told of every piece taken, in order, as it is taken (the only reader of ids)."""
+    taken = {name: (array("Q"), array("q"), array("q"), array("q")) for name in targets}
     dropped = {name: 0 for name in targets}
     spans: dict[str, tuple[int, int]] = {}
     stream = iter(pieces)
@@ -154,6 +197,7 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int]) -> Carved:
     last = None
     for name, target in targets.items():
         filled, first = 0, None
+        keys, docs, indices, ns = taken[name]
         while filled < target:
             piece = next(stream, None)
             if piece is None:
@@ -167,7 +211,12 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int]) -> Carved:
             if passing:
                 continue
             n = min(piece.tokens, target - filled)
-            taken[name].append((piece, n))
+            keys.append(piece.key)
+            docs.append(piece.doc)
+            indices.append(piece.index)
+            ns.append(n)
+            if sink is not None:
+                sink(name, piece, n)
             filled += n
             last = piece.order
             if first is None:
@@ -176,78 +225,71 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int]) -> Carved:
                 dropped[name] = piece.tokens - n + piece.rest
                 passing = True
         spans[name] = (pos if first is None else first, pos)
-    return Carved(taken, dropped, duplicates, spans, last)
+    return Carved({name: _rows(*columns) for name, columns in taken.items()}, dropped, duplicates, spans, last)
 
 
-# --------------------------------------------------------------------------- the documents carving may need
+def _rows(keys: array, docs: array, indices: array, ns: array) -> np.ndarray:
+    rows = np.empty(len(keys), dtype=TAKEN)
+    for field, column in zip(TAKEN.names, (keys, docs, indices, ns)):
+        rows[field] = np.frombuffer(column, dtype=TAKEN[field]) if len(column) else 0
+    return rows
 
 
-class Kept:
-    """The smallest-order documents offered so far, as few as carving `targets` may still need.
-
-    Documents are offered whole (their held pieces). While the held tokens stay under a limit
-    everything is kept; past it the documents are sorted, carved, and those after the last one that
-    carving reached are dropped for good (`bound`: a document ordered after it is never wanted). The
-    limit is then twice what is held, so the pruning costs O(n log n) over the whole source."""
-
-    def __init__(self, targets: dict[str, int]):
-        self.targets = targets
-        self.docs: list[list[Piece]] = []
-        self.held = 0
-        self.limit = 2 * sum(targets.values()) + 4096
-        self.bound: tuple[int, int] | None = None
-
-    def wants(self, key: int, doc: int) -> bool:
-        return self.bound is None or (key, doc) <= self.bound
-
-    def add(self, pieces: list[Piece]) -> None:
-        if not pieces or not self.wants(pieces[0].key, pieces[0].doc):
-            return
-        self.docs.append(pieces)
-        self.held += sum(p.ids.size for p in pieces)
-        if self.held > self.limit:
-            self._prune()
-
-    def _prune(self) -> None:
-        self.docs.sort(key=lambda d: d[0].order)
-        try:
-            carved = carve((p for d in self.docs for p in d), self.targets)
-        except NotEnough:
-            self.limit = 2 * self.held
-            return
-        if carved.last is None:
-            return
-        end = carved.last[:2]
-        self.docs = [d for d in self.docs if d[0].order[:2] <= end]
-        self.bound = end
-        self.held = sum(p.ids.size for d in self.docs for p in d)
-        self.limit = 2 * max(self.held, sum(self.targets.values())) + 4096
-
-    def pieces(self) -> list[Piece]:
-        self.docs.sort(key=lambda d: d[0].order)
-        return [p for d in self.docs for p in d]
+def at_or_after(rows: np.ndarray, bound: tuple[int, int, int]) -> np.ndarray:
+    """Which rows (fields key, doc, index) come at or after `bound` in the corpus order (a boolean mask)."""
+    key, doc, index = bound
+    k, d = rows["key"], rows["doc"]
+    return (k > np.uint64(key)) | ((k == np.uint64(key)) & ((d > doc) | ((d == doc) & (rows["index"] >= index))))
 
 
 # --------------------------------------------------------------------------- statistics and sizes
 
 
-def split_stats(parts: list[tuple[str, int]]) -> dict:
-    """pieces, source documents, tokens, the LARGEST documents by tokens and the largest one's share."""
-    by_doc: dict[str, list[int]] = {}
-    for name, n in parts:
-        entry = by_doc.setdefault(name, [0, 0])
-        entry[0] += n
-        entry[1] += 1
-    top = sorted(by_doc.items(), key=lambda item: (-item[1][0], item[0]))[:LARGEST]
-    tokens = sum(n for _, n in parts)
+def split_stats(docs: np.ndarray, tokens: np.ndarray, name: Callable[[int], str]) -> dict:
+    """pieces, source documents, tokens, the LARGEST documents by tokens and the largest one's share, of the
+    pieces of a split (`docs`: each piece's document, `tokens`: its tokens). Documents are counted by their
+    names (`name`: a document's name from its index), so documents of the same name count as one.
+
+    `names` (popped before meta.json is written) is the sorted xxh3_64 digests of its documents' names:
+    one 8-byte integer a document, not a string, for `source_documents_in_other_splits`."""
+    docs, tokens = np.asarray(docs, dtype=np.int64), np.asarray(tokens, dtype=np.int64)
+    by_doc, n_doc, count_doc = _group(docs, tokens)  # per document index
+    names = np.fromiter((_name_digest(name(int(d))) for d in by_doc), dtype=np.uint64, count=by_doc.size)
+    hashes, n_name, count_name = _group(names, n_doc, count_doc)  # per name
+    first = {}  # a name digest's first document (its name, for the largest)
+    if hashes.size:
+        threshold = np.partition(n_name, max(0, n_name.size - LARGEST))[max(0, n_name.size - LARGEST)]
+        wanted = set(hashes[n_name >= threshold].tolist())
+        for d, h in zip(by_doc.tolist(), names.tolist()):
+            if h in wanted and h not in first:
+                first[h] = d
+    candidates = ((-int(t), name(first[h]), int(c)) for h, t, c in zip(hashes.tolist(), n_name, count_name)
+                  if h in first)
+    top = heapq.nsmallest(LARGEST, candidates)
+    total = int(tokens.sum())
     return {
-        "documents": len(parts),
-        "source_documents": len(by_doc),
-        "tokens": tokens,
-        "largest": [{"name": name, "tokens": t, "pieces": count} for name, (t, count) in top],
-        "largest_share": top[0][1][0] / tokens if tokens else 0.0,
-        "names": set(by_doc),  # popped before meta.json is written
+        "documents": int(docs.size),
+        "source_documents": int(hashes.size),
+        "tokens": total,
+        "largest": [{"name": doc_name, "tokens": -t, "pieces": count} for t, doc_name, count in top],
+        "largest_share": -top[0][0] / total if total else 0.0,
+        "names": hashes,  # popped before meta.json is written
     }
+
+
+def _name_digest(name: str) -> int:
+    return xxhash.xxh3_64_intdigest(name.encode("utf-8", "surrogatepass"))
+
+
+def _group(keys: np.ndarray, tokens: np.ndarray, counts: np.ndarray | None = None):
+    """(the distinct keys, sorted; the tokens summed per key; the counts summed per key: rows when None)."""
+    if keys.size == 0:
+        return keys, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    counts = np.ones(keys.size, np.int64) if counts is None else counts
+    return sorted_keys[starts], np.add.reduceat(tokens[order], starts), np.add.reduceat(counts[order], starts)
 
 
 def split_targets(train_tokens: int, val_tokens: int, heldout_tokens: int, test_tokens: int = 0) -> dict[str, int]:

@@ -15,6 +15,10 @@ documents were cut; for a text source, the tokens each split takes from each fil
 by the file's index in `source.files`) and the UTF-8 bytes of each file's documents
 (`file_text_bytes`), from which `hepc data` gives each split's share of the files' compressed and
 decompressed bytes.
+
+Memory: the pieces carving may need lie in a scratch file under `scratch_dir` (hepc/data/spill.py);
+each split's ids are written to its `.npy` as carving takes them, `CHUNK` ids at a time, hashed and
+counted on the way, so no split is ever whole in memory; only the index of its pieces is.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from hepc.data import shards, synthetic
 from hepc.data.carve import (
     DEFAULT_MAX_DOC_TOKENS,
     SPLITS,
     NotEnough,
+    Piece,
     carve,
     check_sizes,
     not_enough_error,
@@ -37,7 +43,10 @@ from hepc.data.carve import (
 )
 from hepc.data.identity import source_identity
 from hepc.data.pieces import file_source, synthetic_source, tokens_source
+from hepc.data.spill import ScratchDir
 from hepc.data.tokenizers import make_tokenizer, token_dtype
+
+CHUNK = 1 << 16  # ids of a split written, hashed and counted at a time
 
 __all__ = ["DEFAULT_MAX_DOC_TOKENS", "SPLITS", "build_corpus"]
 
@@ -55,65 +64,77 @@ def build_corpus(
     max_doc_tokens: int | None = DEFAULT_MAX_DOC_TOKENS,
     test_tokens: int = 0,
     tokenizer_dir: Path | None = None,
+    scratch_dir: Path | None = None,
 ) -> dict:
     """Write every split's token arrays, their `*_docs.npy` offsets and meta.json to out_dir; return the meta.
 
-    `tokenizer_dir`: the committed `tokenizer` step of a `bpe` tokenizer (hepc/data/bpe_training.py)."""
+    `tokenizer_dir`: the committed `tokenizer` step of a `bpe` tokenizer (hepc/data/bpe_training.py).
+    `scratch_dir`: where the scratch files go (the step's work folder; the system's temporary folder
+    when None), removed when this returns or raises."""
     check_sizes(train_tokens, val_tokens, heldout_tokens, max_doc_tokens, test_tokens)
+    with ScratchDir(scratch_dir) as scratch:
+        return _build(source_cfg, tokenizer_cfg, train_tokens, val_tokens, heldout_tokens, seed, Path(base_dir),
+                      Path(out_dir), max_doc_tokens, test_tokens, tokenizer_dir, scratch)
+
+
+def _build(source_cfg, tokenizer_cfg, train_tokens, val_tokens, heldout_tokens, seed, base_dir: Path, out_dir: Path,
+           max_doc_tokens, test_tokens, tokenizer_dir, scratch: ScratchDir) -> dict:
     tokenizer = make_tokenizer(tokenizer_cfg, source_cfg, trained=tokenizer_dir)
     bpe = tokenizer.config.get("kind") == "bpe"
-    identity = source_identity(source_cfg, Path(base_dir))
-    given_val = shards.read_val(source_cfg, Path(base_dir), val_tokens) if shards.has_val_paths(source_cfg) else None
+    identity = source_identity(source_cfg, base_dir)
+    given_val = shards.read_val(source_cfg, base_dir, val_tokens) if shards.has_val_paths(source_cfg) else None
     targets = split_targets(train_tokens, 0 if given_val is not None else val_tokens, heldout_tokens, test_tokens)
     kind = source_cfg.get("kind")
     cap = None if kind == "synthetic" else max_doc_tokens
     if bpe:  # pieces cut in bytes, ordered as for `bytes`, then encoded
         from hepc.data import bpe_training
 
-        source = bpe_training.corpus_source(source_cfg, tokenizer, Path(base_dir), seed, cap, targets)
+        source = bpe_training.corpus_source(source_cfg, tokenizer, base_dir, seed, cap, targets, scratch)
     elif kind == "synthetic":
         source = synthetic_source(source_cfg, tokenizer, seed)
     elif kind == "tokens":
-        source = tokens_source(source_cfg, Path(base_dir), seed, cap, tokenizer.eot_id)
+        source = tokens_source(source_cfg, base_dir, seed, cap, tokenizer.eot_id, targets, scratch)
     else:
-        source = file_source(source_cfg, tokenizer, Path(base_dir), seed, cap, targets)
+        source = file_source(source_cfg, tokenizer, base_dir, seed, cap, targets, scratch)
 
-    try:
-        carved = carve(source.pieces, targets)
-    except NotEnough as e:
-        raise not_enough_error(source, e, targets, given_val is None) from None
-    taken = carved.taken
-    trained_on = bpe_training.check_unseen(taken, tokenizer_dir) if bpe else None
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    arrays, starts, splits = {}, {}, {}
-    for name in SPLITS:
-        parts = [piece.ids[:n] for piece, n in taken[name]]
-        arrays[name] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-        starts[name] = _offsets([n for _, n in taken[name]])
-        splits[name] = split_stats([(source.name(piece.doc), n) for piece, n in taken[name]])
-        splits[name]["tokens_dropped"] = carved.dropped[name]  # the rest of the document that filled it
-        if source.file_of is not None:
-            splits[name]["tokens_by_file"] = _tokens_by_file(taken[name], source.file_of)
-    if given_val is not None:
-        arrays["val"] = given_val
-        starts["val"] = shards.document_starts(given_val, tokenizer.eot_id)
-        bounds = np.append(starts["val"], given_val.size)
-        splits["val"] = split_stats([(f"val_paths document {j}", int(n)) for j, n in enumerate(np.diff(bounds))])
-        splits["val"]["tokens_dropped"] = 0
+    sizes = {**targets, "val": given_val.size if given_val is not None else targets["val"]}
+    files = _SplitFiles(out_dir, dtype, sizes, getattr(tokenizer, "token_bytes", None))
+    try:
+        try:
+            carved = carve(source.pieces, targets, sink=files.add)
+        except NotEnough as e:
+            raise not_enough_error(source, e, targets, given_val is None) from None
+        taken = carved.taken
+        trained_on = bpe_training.check_unseen(taken, tokenizer_dir) if bpe else None
+        starts, splits = {}, {}
+        for name in SPLITS:
+            if name == "val" and given_val is not None:
+                files.write("val", given_val)
+                starts["val"] = shards.document_starts(given_val, tokenizer.eot_id)
+                lengths = np.diff(np.append(starts["val"], given_val.size))
+                splits["val"] = split_stats(np.arange(lengths.size), lengths, lambda j: f"val_paths document {j}")
+                splits["val"]["tokens_dropped"] = 0
+            else:
+                starts[name] = _offsets(taken[name]["n"])
+                splits[name] = split_stats(taken[name]["doc"], taken[name]["n"], source.name)
+                splits[name]["tokens_dropped"] = carved.dropped[name]  # the rest of the document that filled it
+                if source.file_of is not None:
+                    splits[name]["tokens_by_file"] = _tokens_by_file(taken[name], source.file_of)
+        written = files.close()
+        for name in SPLITS:
+            np.save(out_dir / f"{name}_docs.npy", starts[name])
+    except BaseException:
+        files.discard()
+        raise
     names = {name: splits[name].pop("names") for name in SPLITS}
     for name in SPLITS:
-        others = set().union(*(names[other] for other in SPLITS if other != name))
-        splits[name]["source_documents_in_other_splits"] = len(names[name] & others)  # 0: the rule's check
-    for name in SPLITS:
-        np.save(out_dir / f"{name}.npy", arrays[name])
-        np.save(out_dir / f"{name}_docs.npy", starts[name])
+        others = np.unique(np.concatenate([names[other] for other in SPLITS if other != name]))
+        splits[name]["source_documents_in_other_splits"] = int(np.intersect1d(names[name], others).size)  # 0: the rule's check
 
     n_bytes, bytes_per_token = {}, {}
     for name in SPLITS:
-        n_bytes[name], bytes_per_token[name] = tokenizer.byte_stats(arrays[name])
+        n_bytes[name], bytes_per_token[name] = written[name].byte_stats(tokenizer)
         splits[name]["bytes"] = n_bytes[name]
     meta = {
         "vocab_size": tokenizer.vocab_size,
@@ -121,7 +142,7 @@ def build_corpus(
         "dtype": dtype.name,
         "tokenizer": tokenizer.config,
         "seed": seed,
-        "tokens": {name: int(arrays[name].size) for name in SPLITS},
+        "tokens": {name: written[name].count for name in SPLITS},
         "bytes": n_bytes,
         "bytes_per_token": bytes_per_token,
         "documents": {name: int(starts[name].size) for name in SPLITS},
@@ -133,7 +154,7 @@ def build_corpus(
         "source_tokens": source.tokens,
         "duplicates": source.duplicates,
         "splits": splits,
-        "digests": {name: _array_digest(arrays[name]) for name in SPLITS if arrays[name].size},  # what compare guards
+        "digests": {name: written[name].digest for name in SPLITS if written[name].count},  # what compare guards
         "source": identity,
     }
     if source.file_text_bytes is not None:  # what `hepc data` weighs each file's compressed and decompressed bytes by
@@ -150,24 +171,109 @@ def build_corpus(
     return meta
 
 
-def _tokens_by_file(taken, file_of) -> list[list[int]]:
-    """[[file index, tokens the split takes from its documents], ...] of the files a split draws on, by index."""
-    tokens: dict[int, int] = {}
-    for piece, n in taken:
-        file = file_of(piece.doc)
-        tokens[file] = tokens.get(file, 0) + n
-    return [[file, n] for file, n in sorted(tokens.items())]
+class _SplitFile:
+    """One split's token ids written to `<split>.npy` as they come (the header first: the split's size is
+    known), `CHUNK` ids at a time, each chunk hashed and its bytes counted on the way: the bytes np.save
+    of the whole array would write, and its digest (xxh3_128 of the ids as int64, their values whatever
+    the dtype: equal digests = the same split)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, size: int, token_bytes: np.ndarray | None):
+        self.path, self.size, self._token_bytes = path, size, token_bytes
+        self._file = open(path, "wb")  # noqa: SIM115 (written across calls, closed by close or discard)
+        np.lib.format.write_array_header_1_0(
+            self._file, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (size,)})
+        self._buffer = np.empty(min(CHUNK, max(size, 1)), dtype=dtype)
+        self._fill = 0
+        self._hash = xxhash.xxh3_128()
+        self.count = 0
+        self.bytes = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        at = 0
+        while at < ids.size:
+            take = min(ids.size - at, self._buffer.size - self._fill)
+            self._buffer[self._fill : self._fill + take] = ids[at : at + take]
+            self._fill += take
+            at += take
+            if self._fill == self._buffer.size:
+                self._flush()
+
+    def _flush(self) -> None:
+        chunk = self._buffer[: self._fill]
+        self._file.write(chunk)
+        self._hash.update(np.ascontiguousarray(chunk, dtype="<i8"))
+        if self._token_bytes is not None:
+            self.bytes += int(self._token_bytes[chunk].sum())
+        self.count += self._fill
+        self._fill = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._file.close()
+        if self.count != self.size:  # the header says `size`: a bug, never a silently short array
+            raise RuntimeError(f"{self.path.name}: {self.count} ids written, {self.size} expected")
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def byte_stats(self, tokenizer) -> tuple[int | None, float | None]:
+        """The tokenizer's byte_stats of the whole split, from the counts of its chunks."""
+        if self._token_bytes is None:  # bytes from the size alone (pre-tokenized: tokens x bytes_per_token)
+            return tokenizer.byte_stats(np.broadcast_to(np.zeros(1, self._buffer.dtype), (self.count,)))
+        return self.bytes, (self.bytes / self.count if self.count else None)
 
 
-def _array_digest(array: np.ndarray) -> str:
-    """xxh3_128 of a split's token ids (their values, whatever the dtype): equal digests = the same split."""
-    import xxhash
+class _SplitFiles:
+    """Every split's `_SplitFile`, opened as its first ids come (in carving order), all written at `close`."""
 
-    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    def __init__(self, out_dir: Path, dtype: np.dtype, sizes: dict[str, int], token_bytes: np.ndarray | None):
+        self.out_dir, self.dtype, self.sizes, self.token_bytes = out_dir, dtype, sizes, token_bytes
+        self.files: dict[str, _SplitFile] = {}
+        self._made_dir = not out_dir.exists()
+
+    def _file(self, name: str) -> _SplitFile:
+        if name not in self.files:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.files[name] = _SplitFile(self.out_dir / f"{name}.npy", self.dtype, self.sizes[name], self.token_bytes)
+        return self.files[name]
+
+    def add(self, name: str, piece: Piece, n: int) -> None:
+        self._file(name).add(piece.ids[:n])
+
+    def write(self, name: str, ids: np.ndarray) -> None:
+        self._file(name).add(ids)
+
+    def close(self) -> dict[str, _SplitFile]:
+        for name in SPLITS:
+            self._file(name).close()
+        return self.files
+
+    def discard(self) -> None:
+        """Remove what was written (a failed step leaves no partial split)."""
+        for name, split in self.files.items():
+            split._file.close()
+            split.path.unlink(missing_ok=True)
+            (self.out_dir / f"{name}_docs.npy").unlink(missing_ok=True)
+        if self._made_dir:
+            try:
+                self.out_dir.rmdir()
+            except OSError:
+                pass
 
 
-def _offsets(lengths: list[int]) -> np.ndarray:
+def _tokens_by_file(taken: np.ndarray, file_of: np.ndarray) -> list[list[int]]:
+    """[[file index, tokens the split takes from its documents], ...] of the files a split draws on, by index
+    (`taken`: the split's rows of carve.TAKEN; `file_of`: each document's file)."""
+    files, where = np.unique(file_of[taken["doc"]], return_inverse=True)
+    tokens = np.zeros(files.size, dtype=np.int64)
+    np.add.at(tokens, where, taken["n"])
+    return [[int(f), int(n)] for f, n in zip(files, tokens)]
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
     """Start offsets (int64) of consecutive pieces of these lengths."""
-    if not lengths:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not lengths.size:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]).astype(np.int64)

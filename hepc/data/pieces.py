@@ -2,10 +2,14 @@
 
 - Files (pystdlib, text): every document is read once, as a stream of UTF-8 chunks: its digest is
   computed over all of it and only its first `room` bytes (what one split can take) are kept, cut into
-  pieces, and offered to `Kept` when its key is known. Never a whole file in memory beyond that.
-- Token shards (`tokens`): the shards are in memory already; every document's digest and key at once,
-  pieces made as carving asks for them.
+  pieces, and offered to `Kept` (hepc/data/spill.py: their ids go to a scratch file) when its key is
+  known. Never a whole file in memory beyond that.
+- Token shards (`tokens`): read one shard at a time; every document's digest is computed over all of
+  its ids (a document may span shards) and its first `room` ids are offered to `Kept`, as for files.
 - Synthetic: independent draws in stream order, never cut, never duplicated.
+
+Per source document, 32 bytes stay in memory (its digest and size in tokens for the duplicate count,
+the end of its name in the names' scratch file); per kept piece, one 72-byte index row.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ import numpy as np
 import xxhash
 
 from hepc.data import shards
-from hepc.data.carve import Kept, Piece, PieceSource, count_duplicates, doc_keys
+from hepc.data.carve import Piece, PieceSource, count_duplicates, doc_key, n_pieces
 from hepc.data.identity import check_tokens_config, resolve_text_paths
 from hepc.data.sources import iter_documents, iter_file_documents
-from hepc.data.tokenizers import Tokenizer
+from hepc.data.spill import Kept, Names, Rows, ScratchDir
+from hepc.data.tokenizers import Tokenizer, token_dtype
 
 _NO_CAP = 1 << 62  # a piece width that no document reaches
+_LOW64 = (1 << 64) - 1
+_HASH_IDS = 1 << 18  # ids converted to int64 at a time for a document's digest
+_CHUNK = 1 << 14  # document bounds converted to Python ints this many at a time
+_DOCS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("tokens", "<i8")])  # a source document: digest, size in tokens
 ORDER_RULE = "documents ordered by a seeded hash of their content"
 CARVE_RULE = "val, test, held-out, train carved in that order, whole documents (the one that fills a split cut there)"
 
@@ -54,7 +63,7 @@ def ids_digest(ids: np.ndarray) -> int:
 
 
 def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: int, cap: int | None,
-                targets: dict[str, int]) -> PieceSource:
+                targets: dict[str, int], scratch: ScratchDir) -> PieceSource:
     """pystdlib and text: every document read once; only the documents carving may use are kept.
 
     Piece k of a document holds its bytes [k·w, (k+1)·w) after an end-of-text, w = cap − 1 (the last
@@ -62,11 +71,10 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
     bytes tokenizer (one token a byte); a BPE corpus cuts the same pieces and encodes them after."""
     width = _NO_CAP if cap is None else cap - 1
     room = max(max(targets.values()) - 1, 0)  # bytes of a document any one split can use
-    kept = Kept(targets)
-    names: list[str] = []
-    digests: list[int] = []
-    sizes: list[int] = []
-    file_of = array("q")  # each document's file
+    kept = Kept(targets, scratch)
+    names = Names(scratch.file("names"))
+    docs = Rows(_DOCS)
+    file_of = array("q")  # each document's file (8 bytes a document, beside the index)
     file_text_bytes: dict[int, int] = {}
     totals = {"pieces": 0, "tokens": 0}
     for doc, (file, name, chunks) in enumerate(iter_file_documents(source_cfg, base_dir)):
@@ -75,11 +83,10 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
         file_of.append(file)
         file_text_bytes[file] = file_text_bytes.get(file, 0) + size
         count = max(1, -(-size // width))
-        digests.append(digest)
-        sizes.append(size + count)
+        docs.append((digest >> 64, digest & _LOW64, size + count))
         totals["pieces"] += count
         totals["tokens"] += size + count
-        key = int(doc_keys([digest], seed)[0])
+        key = doc_key(digest, seed)
         if not kept.wants(key, doc):
             continue
         held = max(1, -(-len(head) // width))  # pieces that hold some of the head (an empty document: one)
@@ -92,58 +99,101 @@ def file_source(source_cfg: dict, tokenizer: Tokenizer, base_dir: Path, seed: in
         kept.add(pieces)
     return PieceSource(
         pieces=kept.pieces(),
-        name=names.__getitem__,
+        name=names,
         rule=f"{_cap_rule(cap)}; {ORDER_RULE} (xxh3_128 of its UTF-8 bytes); {CARVE_RULE}",
         documents=len(names),
         pieces_total=totals["pieces"],
         tokens=totals["tokens"],
-        duplicates=count_duplicates(digests, sizes),
-        file_of=file_of.__getitem__ if source_cfg.get("kind") == "text" else None,
+        duplicates=count_duplicates(docs.array, docs.array["tokens"]),
+        file_of=np.frombuffer(file_of, dtype=np.int64) if source_cfg.get("kind") == "text" else None,
         file_text_bytes=file_text_bytes if source_cfg.get("kind") == "text" else None,
     )
 
 
-def tokens_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, eot_id: int) -> PieceSource:
-    """Token shards (in memory already): every document's key at once, sorted; pieces made as carving asks."""
+class _TokenDocument:
+    """A document of a token source being read (it may span shards): its digest so far, its first
+    `room` ids, its length."""
+
+    def __init__(self, doc: int, room: int):
+        self.doc, self.room = doc, room
+        self.hash = xxhash.xxh3_128()
+        self.head: list[np.ndarray] = []
+        self.held = self.length = 0
+
+    def feed(self, ids: np.ndarray) -> None:
+        for at in range(0, ids.size, _HASH_IDS):
+            self.hash.update(np.ascontiguousarray(ids[at : at + _HASH_IDS], dtype="<i8"))
+        if self.held < self.room:
+            part = np.array(ids[: self.room - self.held])
+            self.head.append(part)
+            self.held += part.size
+        self.length += ids.size
+
+
+def tokens_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, eot_id: int, targets: dict[str, int],
+                  scratch: ScratchDir) -> PieceSource:
+    """Token shards, read one at a time: each document's digest over all its ids, its first `room` ids
+    (what one split can take) cut into pieces and offered to `Kept` when its key is known."""
     vocab_size, _ = check_tokens_config(source_cfg)
-    stream = shards.read_stream(resolve_text_paths(source_cfg, base_dir, "data.source", "paths"), vocab_size, "data.source", "paths")
-    starts = shards.document_starts(stream, eot_id)
-    lengths = np.diff(np.append(starts, stream.size))
-    digests = [ids_digest(stream[s : s + n]) for s, n in zip(starts.tolist(), lengths.tolist())]
-    keys_of_doc = doc_keys(digests, seed) if digests else np.zeros(0, dtype=np.uint64)
-    if cap is None:
-        counts = np.ones(starts.size, dtype=np.int64)
-    else:
-        counts = 1 + -(-np.maximum(lengths - cap, 0) // (cap - 1))
-    doc = np.repeat(np.arange(starts.size, dtype=np.int64), counts)
-    index = np.arange(doc.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    if cap is None:
-        begin, end = starts[doc], starts[doc] + lengths[doc]
-    else:
-        begin = starts[doc] + np.where(index == 0, 0, cap + (index - 1) * (cap - 1))
-        end = np.minimum(starts[doc] + cap + index * (cap - 1), starts[doc] + lengths[doc])
-    doc_tokens = lengths + counts - 1  # every piece after the first starts with an added end-of-text
-    keys = keys_of_doc[doc]
-    order = np.lexsort((index, doc, keys))
-    eot = np.array([eot_id], dtype=stream.dtype)
+    files = resolve_text_paths(source_cfg, base_dir, "data.source", "paths")
+    dtype = token_dtype(vocab_size)
+    room = max(targets.values())  # ids of a document any one split can use (its end-of-text is its first)
+    eot = np.array([eot_id], dtype=dtype)
+    kept = Kept(targets, scratch)
+    docs = Rows(_DOCS)
+    totals = {"pieces": 0}
 
-    def pieces() -> Iterator[Piece]:
-        for i in order.tolist():
-            d, k, ids = int(doc[i]), int(index[i]), stream[begin[i] : end[i]]
-            if k:
-                ids = np.concatenate([eot, ids])
-            before = k * cap if k else 0  # pieces 0..k-1 are full: cap tokens each
-            rest = int(doc_tokens[d]) - before - int(ids.size)
-            yield Piece(int(keys[i]), d, k, int(ids.size), ids, digests[d], rest)
+    def finish(document: _TokenDocument) -> None:
+        digest, length, d = document.hash.intdigest(), document.length, document.doc
+        count = n_pieces(length, cap)
+        doc_tokens = length + count - 1  # every piece after the first starts with an added end-of-text
+        docs.append((digest >> 64, digest & _LOW64, doc_tokens))
+        totals["pieces"] += count
+        key = doc_key(digest, seed)
+        if not kept.wants(key, d):
+            return
+        head = np.concatenate(document.head).astype(dtype, copy=False)
+        if cap is None:
+            kept.add([Piece(key, d, 0, length, head, digest, 0)])
+            return
+        pieces = [Piece(key, d, 0, min(length, cap), head[:cap], digest, doc_tokens - min(length, cap))]
+        for k in range(1, count):
+            begin = cap + (k - 1) * (cap - 1)  # piece k: an end-of-text, then ids [begin, begin + cap - 1)
+            if begin >= head.size:
+                break
+            tokens = 1 + min(cap - 1, length - begin)
+            ids = np.concatenate([eot, head[begin : begin + cap - 1]])
+            pieces.append(Piece(key, d, k, tokens, ids, digest, doc_tokens - k * cap - tokens))
+        kept.add(pieces)
 
+    current: _TokenDocument | None = None
+    for shard in shards.iter_shards(files, vocab_size, "data.source", "paths"):
+        shard = np.asarray(shard)  # a plain view of a memory-mapped shard: slicing a memmap costs more
+        cuts = np.flatnonzero(shard == eot_id)  # every end-of-text starts a document
+        first = int(cuts[0]) if cuts.size else shard.size
+        if first:  # ids before the shard's first end-of-text: the open document's, or (the stream's start) a document
+            if current is None:
+                current = _TokenDocument(0, room)
+            current.feed(shard[:first])
+        for at in range(0, cuts.size, _CHUNK):
+            chunk = cuts[at : at + _CHUNK + 1].tolist()
+            ends = chunk[1:] if len(chunk) > _CHUNK else chunk[1:] + [shard.size]
+            for begin, end in zip(chunk, ends):
+                if current is not None:
+                    finish(current)
+                current = _TokenDocument(len(docs), room)
+                current.feed(shard[begin:end])
+        del shard, cuts
+    if current is not None:
+        finish(current)
     return PieceSource(
-        pieces=pieces(),
+        pieces=kept.pieces(),
         name=lambda d: f"document {d} of the train shards",
         rule=f"{_cap_rule(cap)}; {ORDER_RULE} (xxh3_128 of its token ids as int64); {CARVE_RULE}",
-        documents=int(starts.size),
-        pieces_total=int(doc.size),
-        tokens=int(doc_tokens.sum()),
-        duplicates=count_duplicates(digests, doc_tokens.tolist()),
+        documents=len(docs),
+        pieces_total=totals["pieces"],
+        tokens=int(docs.array["tokens"].sum()),
+        duplicates=count_duplicates(docs.array, docs.array["tokens"]),
     )
 
 

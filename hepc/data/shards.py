@@ -9,11 +9,12 @@ Formats, by suffix:
 - `.pt`: a tensor saved with torch.save (or a dict holding exactly one tensor), any shape,
   flattened in C order; torch is imported only when such a file is read.
 
-The train shards, in sorted name order, are concatenated into one array of the corpus dtype and
-split at every end-of-text: each document starts with its EOT, and tokens before the first EOT
-form a document of their own. Documents are yielded in shuffled order as views of that array: no
-Python loop runs over tokens, and the only further copy is the carved splits. Ids outside
-[0, vocab_size) are an error, found with a vectorised min / max per shard.
+The train shards, in sorted name order, form one stream split at every end-of-text: each document
+starts with its EOT, and tokens before the first EOT form a document of their own. The corpus step
+reads them one shard at a time (`iter_shards`; hepc/data/pieces.py follows documents across shard
+ends), so its memory is one shard; `iter_documents` concatenates them into one array of the corpus
+dtype and yields its documents in shuffled order as views of that array. Ids outside [0,
+vocab_size) are an error, found with a vectorised min / max per shard.
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def read_stream(
         out[at : at + ids.size] = ids
         at += ids.size
     return out
+
+
+def iter_shards(files: list[tuple[str, Path]], vocab_size: int, field: str, key: str) -> Iterator[np.ndarray]:
+    """The shards' ids one shard at a time (memory: one shard), each checked as `read_stream` checks it
+    and with its errors in the same order: every shard is opened first (a `.pt` shard is loaded then,
+    dropped, and loaded again when its turn comes), then each is range-checked as it is yielded."""
+    where = f"{field}.{key}"
+    for name, path in files:
+        open_shard(path, name, where)
+    for name, path in files:
+        ids = open_shard(path, name, where)
+        _check_range(ids, name, vocab_size, field)
+        yield ids
+        del ids
 
 
 def _check_range(ids: np.ndarray, name: str, vocab_size: int, field: str) -> None:

@@ -30,6 +30,7 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
         **split_args(step),
         out_dir=out,
         tokenizer_dir=Path(inputs["tokenizer"]) if inputs.get("tokenizer") else None,
+        scratch_dir=work,  # the pieces carving may need, on disk (hepc/data/spill.py); removed when done
     )
     return {k: meta[k] for k in ("vocab_size", "tokenizer", "tokens", "bytes_per_token") if k in meta} | (
         {"entropy_rate_nats": meta["entropy_rate_nats"]} if "entropy_rate_nats" in meta else {}

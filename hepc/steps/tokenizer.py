@@ -13,7 +13,8 @@ def run(step, inputs, out: Path, work: Path, ctx) -> dict:
     from hepc.data.tokenizers import TOKENIZER_FILE
     from hepc.steps.corpus import split_args
 
-    tokenizer, record = train_on_train_split(step.context["source"], step.params["tokenizer"], **split_args(step))
+    tokenizer, record = train_on_train_split(step.context["source"], step.params["tokenizer"], **split_args(step),
+                                             scratch_dir=work)  # the raw pieces, on disk; removed when done
     (out / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
     meta = {"tokenizer": tokenizer.config, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, **record}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
