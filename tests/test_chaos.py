@@ -23,10 +23,10 @@ def _chaos_module():
 def test_sigkill_at_random_instants_resumes_bit_identical(tmp_path):
     chaos = _chaos_module()
     overrides = ("population.epochs_per_cycle=3", "runtime.checkpoint_every_steps=2", "runtime.log_every_steps=1")
-    report = chaos.chaos(kills=6, seed=7, overrides=overrides, workdir=tmp_path)  # more: python bench/chaos.py
+    report = chaos.chaos(kills=4, seed=7, overrides=overrides, workdir=tmp_path)  # more: python bench/chaos.py
     print(report.text())
-    assert report.kills >= 6
-    assert report.mid_cycle_kills >= 3, report.text()  # the kills did land inside training steps
+    assert report.kills >= 4
+    assert report.mid_cycle_kills >= 2, report.text()  # the kills did land inside training steps
     assert report.identical, report.text()
 
 

@@ -169,6 +169,7 @@ def test_logit_ensemble_losses_equal_reference(snapshots):
     assert got[0] != got[1]
 
 
+@pytest.mark.slow  # torch.compile of a cycle on the CPU (~20 s); the GPU benchmark (bench/gpu.sh) compiles on the device
 def test_compile_gives_eager_losses(corpus, tmp_path):
     """runtime.compile: torch.compile builds C++ kernels on the CPU (~20 s here, cold cache, 2 cores)."""
     no_dropout = {**MODEL, "dropout": 0.0}  # compiled dropout draws other masks than eager
