@@ -36,6 +36,7 @@ not have.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import io
 import json
@@ -74,7 +75,8 @@ def sniff(head: bytes) -> str | None:
         return GZIP
     if head[:6] == b"\xfd7zXZ\x00":
         return XZ
-    if head[:3] == b"BZh" and len(head) >= 10 and 0x31 <= head[3] <= 0x39 and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+    bz2_block = len(head) >= 10 and 0x31 <= head[3] <= 0x39 and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90")
+    if head[:3] == b"BZh" and bz2_block:
         return BZ2  # a block's magic (pi) or, for an empty stream, the end-of-stream magic (sqrt pi)
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return ZSTD
@@ -231,7 +233,8 @@ class _Decompressed(io.RawIOBase):
 
     def _cut(self) -> ArchiveError:
         return ArchiveError(f"truncated {self.compression} file: it ends at compressed byte {self.counted.offset:,} "
-                            f"inside compressed data (after {self.pos:,} decompressed bytes); a download or copy cut short?")
+                            f"inside compressed data (after {self.pos:,} decompressed bytes); "
+                            "a download or copy cut short?")
 
     def close(self) -> None:
         if not self.closed:
@@ -422,13 +425,14 @@ class _DigestCache:
         while len(merged) > CACHE_ENTRIES:
             del merged[next(iter(merged))]
         self.entries, self.loaded_from = merged, path
-        try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:  # not write_json_atomic: that sorts keys, and the entries' order is their age (oldest dropped first)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": merged}, separators=(",", ":")))
             os.replace(tmp, path)
-        except OSError:
-            pass  # a cache: without it the next command decompresses again
+        except OSError:  # a cache: without it the next command decompresses again
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
 
 
 def _valid_entry(entry) -> bool:
