@@ -239,3 +239,18 @@ def test_workers_orphaned_by_a_killed_driver_stop_quietly(tmp_path, when):
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_a_worker_whose_driver_dies_before_sending_its_arguments_exits_quietly():
+    """The narrowest instant of the test above, made certain: the worker process exists but its driver
+    is gone before the first message (multiprocessing's own bootstrap printed EOFError here)."""
+    import socket
+
+    from hepc.execute.pool import worker_command
+
+    here, there = socket.socketpair()
+    worker = subprocess.Popen(worker_command(there.fileno()), pass_fds=(there.fileno(),), stderr=subprocess.PIPE)
+    there.close()
+    here.close()  # what a SIGKILLed driver's end does
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and err == b"", err.decode()

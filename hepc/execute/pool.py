@@ -1,5 +1,11 @@
-"""Local worker processes for `hepc run --jobs N`: each worker is a `spawn`ed process that runs one
-step at a time (hepc.execute.attempt) and talks to the driver over its own pipe.
+"""Local worker processes for `hepc run --jobs N`: each worker is a fresh Python process that runs
+one step at a time (hepc.execute.attempt) and talks to the driver over its own socket pair.
+
+Fresh, not forked (a forked copy of a driver that has imported torch and started threads is not
+safe), and started with this module's own entry point rather than multiprocessing's `spawn`
+bootstrap: that bootstrap reads its start-up data from the driver before any of our code runs, so
+a driver killed in that instant left a traceback from every starting worker. Here the first thing
+a worker reads is its arguments, and a driver gone by then just ends it quietly.
 
 One pipe per worker, not a shared queue: a worker killed with SIGKILL can never leave a lock held
 that other workers then wait on; its end of the pipe just closes, and its process sentinel tells
@@ -13,13 +19,16 @@ step boundary with a checkpoint. The driver sends SIGTERM once to stop a worker 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from dataclasses import asdict
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
@@ -31,7 +40,7 @@ class Worker:
 
     def __init__(self, slot: int, label: str, env: dict[str, str], runtime: dict, root: Path):
         self.slot, self.label, self.env, self.runtime, self.root = slot, label, env, runtime, root
-        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.proc: Child | None = None
         self.conn = None
         self.step: StepSpec | None = None  # in flight
         self.stopping = False
@@ -40,17 +49,16 @@ class Worker:
         return self.proc is not None and self.proc.is_alive()
 
     def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        here, there = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=worker_main,
-            args=(there, str(self.root), self.runtime, self.env, self.label),
-            name=f"hepc-{self.label}",
-            daemon=False,  # a worker may start data-parallel ranks of its own
+        here, there = socket.socketpair()
+        popen = subprocess.Popen(
+            worker_command(there.fileno()),
+            pass_fds=(there.fileno(),),
+            env={**os.environ, **self.env},  # before anything imports torch: devices, thread counts
         )
-        self.proc.start()
         there.close()
-        self.conn = here
+        self.proc = Child(popen)
+        self.conn = Connection(here.detach())
+        self.conn.send((str(self.root), self.runtime, self.env, self.label))
         self.stopping = False
 
     def submit(self, step: StepSpec, upstream: dict[str, StepSpec]) -> None:
@@ -87,7 +95,44 @@ class Worker:
             self.conn.close()
         except OSError:
             pass
+        self.proc.release()
         self.proc = None
+
+
+class Child:
+    """A worker process, with what the driver needs of it: liveness, a handle that becomes ready
+    when it exits (a pidfd, where the system has them), its exit code (minus the signal that
+    killed it), and ways to stop it."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen, self.pid = popen, popen.pid
+        self.sentinel = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else None
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def join(self, timeout: float) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self.popen.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.popen.kill()
+
+    def release(self) -> None:
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
 
 
 class LocalPool:
@@ -111,7 +156,8 @@ class LocalPool:
         handles = {}
         for w in live:
             handles[w.conn] = w
-            handles[w.proc.sentinel] = w
+            if w.proc.sentinel is not None:  # elsewhere a death shows as the pipe closing
+                handles[w.proc.sentinel] = w
         ready = wait_any(list(handles), timeout)
         out: list[tuple[Worker, tuple]] = []
         dead: list[Worker] = []
@@ -140,6 +186,7 @@ class LocalPool:
                 w.conn.close()
             except OSError:
                 pass
+            w.proc.release()
             w.proc = None
             out.append((w, ("died", code)))
         return out
@@ -150,6 +197,27 @@ class LocalPool:
 
 
 # --------------------------------------------------------------------------- the worker process
+
+
+def worker_command(fd: int) -> list[str]:
+    """The command line of a worker talking over descriptor `fd`: this interpreter, its flags and
+    its module path; SIGINT ignored from the first line (the driver decides about Ctrl-C)."""
+    boot = (
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+        f"sys.path[:] = {sys.path!r}; from hepc.execute.pool import child_main; child_main()"
+    )
+    return [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", boot, str(fd)]
+
+
+def child_main() -> None:
+    """The worker's entry point: its socket's descriptor is its one argument, and the driver's first
+    message its arguments. A driver that died before sending them leaves nothing to do."""
+    conn = Connection(int(sys.argv[1]))
+    try:
+        args = conn.recv()
+    except (EOFError, OSError):
+        return
+    worker_main(conn, *args)
 
 
 def worker_main(conn, root: str, runtime: dict, env: dict[str, str], label: str) -> None:
