@@ -104,7 +104,7 @@ def _spec(folder: Path, kind: str, vocab: int, text_bytes: int) -> Path:
 
 def child(folder: Path, kind: str, step_kind: str, vocab: int) -> dict:
     """One step through its step body in this (fresh) process: seconds, resident memory before, peak."""
-    from hepc.compile import compile_spec
+    from hepc.compile.compiler import compile_spec
     from hepc.spec.load import load_spec
     from hepc.steps import RunContext, body
 
