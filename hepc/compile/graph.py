@@ -76,13 +76,6 @@ class Graph:
         sorter: TopologicalSorter[str] = TopologicalSorter({s.key: s.upstream() for s in self.steps.values()})
         return [self.steps[k] for k in sorter.static_order()]
 
-    def downstream_closure(self, keys: set[str]) -> set[str]:
-        out = set(keys)
-        for s in self.order():
-            if any(u in out for u in s.upstream()):
-                out.add(s.key)
-        return out
-
 
 def by_kind(steps: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
