@@ -273,7 +273,8 @@ def regime(db: Store, scale: str) -> dict | None:
         return None
     pops = got[1].populations
     sat = saturation(Family.from_results("single", single)) if single else None
-    return {"scale": scale, "wd_efolds_per_cycle": sorted({json.dumps(p.totals["wd_efolds_per_cycle"]) for p in pops}),
+    efolds = sorted({tuple(sorted(p.totals["wd_efolds_per_cycle"].items())) for p in pops}, key=lambda t: [v for _, v in t])
+    return {"scale": scale, "wd_efolds_per_cycle": [", ".join(f"{v:.2f} ({k})" for k, v in t) for t in efolds],
             "steps_per_cycle": pops[0].totals["steps_per_cycle"], "single_saturation": sat,
             "chain": _chain_means(_per_seed_final(got[2]))}
 
