@@ -34,8 +34,9 @@ Memory: the pieces are collected as for the bytes tokenizer, with each split's s
 `BYTES_PER_TOKEN_BOUND` bytes per token; a split that needs more bytes per token than that is an
 error that says so (no natural-language BPE comes near it). Their raw bytes lie in a scratch file
 (hepc/data/spill.py; a synthetic source's are written there as they are first read) and are read
-back a piece, or an `ENCODE_BATCH` of pieces, at a time: the steps hold the index of the pieces, not
-their text (the library's trainer holds its own counts of the words it has seen).
+back a piece, or an `ENCODE_BATCH` of pieces, at a time, and so is their index (a batch of rows at a
+time): the steps hold neither their text nor their index (the library's trainer holds its own counts
+of the words it has seen).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from hepc.data.carve import (
 )
 from hepc.data.identity import DataError
 from hepc.data.pieces import file_source, synthetic_source
-from hepc.data.spill import ScratchDir, Spilled
+from hepc.data.spill import ROW, ScratchDir, Spilled
 from hepc.data.tokenizers import BpeTokenizer, tokenizer_config, train_bpe, utf8_text
 
 BYTES_PER_TOKEN_BOUND = 8
@@ -90,7 +91,7 @@ class _Replay:
         if isinstance(pieces, Spilled):  # a file source's kept pieces: all of them there already
             self.seen, self._stream = pieces, iter(())
         else:
-            self.seen, self._stream = Spilled(scratch.file("replay")), iter(pieces)
+            self.seen, self._stream = Spilled(scratch.file("replay"), scratch.file("replay-rows", ROW)), iter(pieces)
 
     def __iter__(self) -> Iterator[Piece]:
         i = 0
@@ -122,7 +123,7 @@ class _Replay:
 
     def bytes_of(self, start: int, stop: int) -> int:
         """Bytes of text of the pieces [start, stop), without reading them."""
-        return int(self.seen.column("held")[start:stop].sum()) - (stop - start)
+        return self.seen.total("held", start, stop) - (stop - start)
 
 
 def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict,
@@ -319,7 +320,7 @@ def _train(raw: PieceSource, order: _Replay, targets: dict, vocab: int, min_freq
         "learned_vocab": tokenizer.vocab_size - unused,
         "trained_pieces": e - s,
         "trained_bytes": order.bytes_of(s, e),
-        "trained_source_documents": int(np.unique(order.seen.column("doc")[s:e]).size),
+        "trained_source_documents": order.seen.documents(s, e),
         "first_trained_piece": {"key": first.key, "doc": first.doc, "index": first.index, "name": raw.name(first.doc)},
         "last_trained_piece": {"key": last.key, "doc": last.doc, "index": last.index, "name": raw.name(last.doc)},
         "eval_pieces": a,

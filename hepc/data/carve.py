@@ -30,10 +30,10 @@ order; train never reorders.
 Memory: a source offers its documents' pieces one document at a time (holding at most the first
 `room` tokens of each, all that one split can take from it); `Kept` (hepc/data/spill.py) holds the
 smallest-order documents seen so far and, whenever it holds twice what carving needs, drops those
-that carving can no longer reach. Their ids lie in a scratch file, and in memory only an index of
-72 bytes a piece; carving reads them back one piece at a time, in order, and `taken` is 32 bytes a
-piece. So memory is a fixed multiple of one piece (and of one shard of a token source) plus those
-indexes (tens of bytes a piece), never a multiple of the corpus's tokens or of the source.
+that carving can no longer reach. Their ids and their index (72 bytes a piece) lie in scratch files,
+sorted on disk a bounded run at a time; carving reads them back one piece at a time, in order, and
+`taken` is 32 bytes a piece taken. So memory is a fixed multiple of one piece (and of one shard of a
+token source) plus `taken`, never a multiple of the corpus's tokens or of the source.
 """
 
 from __future__ import annotations
