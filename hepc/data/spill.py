@@ -173,6 +173,41 @@ def iter_rows(rows: np.ndarray, scratch: Scratch) -> Iterator[Piece]:
             yield Piece(key, doc, index, tokens, None, (hi << 64) | lo, rest, stored=(scratch, at), held=held)
 
 
+class Spool:
+    """Rows of one dtype (the file's) appended to a scratch file through an in-memory buffer of at most
+    `buffer` rows, read back a chunk at a time."""
+
+    def __init__(self, file: Scratch, buffer: int = _BATCH):
+        self.file = file
+        self._buffer = Rows(file.dtype, buffer)
+        self._room = buffer
+
+    def __len__(self) -> int:
+        return self.file.size + len(self._buffer)
+
+    def append(self, row) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self._room:
+            self.flush()
+
+    def extend(self, rows: np.ndarray) -> None:
+        self.flush()
+        self.file.write(rows)
+
+    def flush(self) -> None:
+        """Write the buffered rows to the file."""
+        if len(self._buffer):
+            self.file.write(self._buffer.array)
+            self._buffer.clear()
+
+    def chunks(self, start: int = 0, stop: int | None = None, size: int | None = None) -> Iterator[np.ndarray]:
+        """The rows [start, stop) (to the end when None) as they are now, `size` at a time (_BATCH when None)."""
+        self.flush()
+        stop = self.file.size if stop is None else min(stop, self.file.size)
+        size = size or _BATCH
+        return (self.file.read(at, min(size, stop - at)) for at in range(start, stop, size))
+
+
 class Spilled:
     """Pieces in a fixed order whose ids lie in a scratch file and whose index rows lie in another (a
     buffer of at most _BATCH rows in memory): a sequence (len, [i], iteration) that pieces can be
@@ -180,11 +215,10 @@ class Spilled:
 
     def __init__(self, scratch: Scratch, rows: Scratch):
         self.scratch = scratch
-        self._file = rows
-        self._buffer = Rows(ROW, _BATCH)
+        self._rows = Spool(rows)
 
     def __len__(self) -> int:
-        return self._file.size + len(self._buffer)
+        return len(self._rows)
 
     def __getitem__(self, i: int) -> Piece:
         if not 0 <= i < len(self):
@@ -196,42 +230,28 @@ class Spilled:
 
     def iter_from(self, start: int, stop: int | None = None) -> Iterator[Piece]:
         """The pieces [start, stop) (to the end when None) as they are now."""
-        return (piece for rows in self.rows(start, stop) for piece in iter_rows(rows, self.scratch))
-
-    def rows(self, start: int, stop: int | None = None) -> Iterator[np.ndarray]:
-        """The index rows [start, stop) (to the end when None) as they are now, read _BATCH at a time."""
-        self._flush()
-        stop = self._file.size if stop is None else min(stop, self._file.size)
-        return (self._file.read(at, min(_BATCH, stop - at)) for at in range(start, stop, _BATCH))
+        return (piece for rows in self._rows.chunks(start, stop) for piece in iter_rows(rows, self.scratch))
 
     def total(self, field: str, start: int, stop: int) -> int:
         """The sum of one field (`held`, ...) over the pieces [start, stop)."""
-        return sum(int(rows[field].sum()) for rows in self.rows(start, stop))
+        return sum(int(rows[field].sum()) for rows in self._rows.chunks(start, stop))
 
     def documents(self, start: int, stop: int) -> int:
         """How many documents the pieces [start, stop) belong to: a document's pieces are adjacent in
         corpus order, so this counts the changes of `doc` (np.unique's count, without the column)."""
         count, previous = 0, None
-        for rows in self.rows(start, stop):
+        for rows in self._rows.chunks(start, stop):
             docs = rows["doc"]
             count += int(np.count_nonzero(docs[1:] != docs[:-1])) + (int(docs[0]) != previous)
             previous = int(docs[-1])
         return count
 
     def append(self, piece: Piece) -> None:
-        self._buffer.append(_row(piece, self.scratch.write(piece.ids)))
-        if len(self._buffer) >= _BATCH:
-            self._flush()
+        self._rows.append(_row(piece, self.scratch.write(piece.ids)))
 
     def extend(self, rows: np.ndarray) -> None:
         """Append index rows whose ids are already in the scratch file."""
-        self._flush()
-        self._file.write(rows)
-
-    def _flush(self) -> None:
-        if len(self._buffer):
-            self._file.write(self._buffer.array)
-            self._buffer.clear()
+        self._rows.extend(rows)
 
 
 def _sorted(rows: np.ndarray) -> np.ndarray:
