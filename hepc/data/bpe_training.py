@@ -51,7 +51,6 @@ from hepc.data.carve import (
     NotEnough,
     Piece,
     PieceSource,
-    at_or_after,
     carve,
     check_sizes,
     not_enough_error,
@@ -332,27 +331,36 @@ def _train(raw: PieceSource, order: _Replay, targets: dict, vocab: int, min_freq
     return tokenizer, record
 
 
-def check_unseen(taken: dict, tokenizer_dir: Path) -> dict:
-    """The corpus's check that no val, test or held-out piece is one the BPE was trained on: every
-    one comes before the first trained piece in the corpus order. Returns what meta.json records."""
-    import json
+class Unseen:
+    """The corpus's check that no val, test or held-out piece is one the BPE was trained on: every one
+    comes before the first trained piece in the corpus order. Fed each piece as carving takes it
+    (`add`); `result()` raises if one did not, else returns what meta.json records."""
 
-    record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
-    first = record["first_trained_piece"]
-    bound = (first["key"], first["doc"], first["index"])
-    seen = sum(int(at_or_after(taken[name], bound).sum()) for name in ("val", "test", "heldout"))
-    if seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
-        raise RuntimeError(f"{seen} val/test/held-out pieces are among those the tokenizer was trained on")
-    train = taken["train"]
-    unseen = ~at_or_after(train, bound)  # train pieces the BPE did not see: before the first piece it was trained on
-    last = record.get("last_trained_piece")
-    if last:  # or after its last
-        unseen |= at_or_after(train, (last["key"], last["doc"], last["index"] + 1))
-    return {
-        "trained_pieces": record["trained_pieces"],
-        "trained_bytes": record["trained_bytes"],
-        "learned_vocab": record["learned_vocab"],
-        "train_pieces": int(train.size),
-        "train_pieces_unseen": int(unseen.sum()),
-        "val_heldout_unseen": True,
-    }
+    def __init__(self, tokenizer_dir: Path):
+        import json
+
+        self.record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
+        first, last = self.record["first_trained_piece"], self.record.get("last_trained_piece")
+        self.first = (first["key"], first["doc"], first["index"])
+        self.last = (last["key"], last["doc"], last["index"]) if last else None
+        self.seen = self.train = self.unseen = 0
+
+    def add(self, split: str, piece: Piece) -> None:
+        order = piece.order
+        if split != "train":
+            self.seen += order >= self.first
+            return
+        self.train += 1  # a train piece the BPE did not see: before the first piece it was trained on, or after its last
+        self.unseen += order < self.first or (self.last is not None and order > self.last)
+
+    def result(self) -> dict:
+        if self.seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
+            raise RuntimeError(f"{self.seen} val/test/held-out pieces are among those the tokenizer was trained on")
+        return {
+            "trained_pieces": self.record["trained_pieces"],
+            "trained_bytes": self.record["trained_bytes"],
+            "learned_vocab": self.record["learned_vocab"],
+            "train_pieces": self.train,
+            "train_pieces_unseen": self.unseen,
+            "val_heldout_unseen": True,
+        }

@@ -8,8 +8,8 @@ itself reads only the index). The rows lie on disk too: `Kept` sorts them extern
 RUN rows in memory, written as a sorted run when full, the runs merged _BATCH rows of each at a
 time, at most MAX_RUNS + 1 of them) and writes the merged order to a row file that `Spilled` reads
 _BATCH rows at a time. So the index costs at most about 2 x RUN x 72 bytes (the buffer and its
-sorted copy, 9.4 MB) plus (MAX_RUNS + 1) x _BATCH x 72 bytes while merging (4.8 MB, twice while a
-merged chunk is sorted): a fixed bound, whatever the number of pieces. A document's name is written
+sorted copy, 9.4 MB) plus, while merging, 2 x (MAX_RUNS + 1) x _BATCH x 72 bytes (a chunk of each
+run and a merged chunk's sorted copy, 9.6 MB): a fixed bound, whatever the number of pieces. A document's name is written
 to a scratch file too (8 bytes of offset in memory, per document). Dropped pieces leave dead ids in
 the file: when they outgrow the live ones the file is rewritten with only the live pieces, in
 order, so the scratch stays under about twice what `Kept` holds (itself at most twice what carving
@@ -39,11 +39,13 @@ SLACK = 1 << 16  # dead ids `Kept`'s scratch file may hold beyond its live ones 
 
 
 class Rows:
-    """A growable numpy array (capacity grown by half): rows appended one at a time."""
+    """A growable numpy array (capacity grown by half, never past `most` rows while they suffice): rows
+    appended one at a time."""
 
-    def __init__(self, dtype: np.dtype, capacity: int = 1024):
+    def __init__(self, dtype: np.dtype, capacity: int = 1024, most: int | None = None):
         self._a = np.empty(capacity, dtype=dtype)
         self.n = 0
+        self._most = most
 
     def __len__(self) -> int:
         return self.n
@@ -55,7 +57,10 @@ class Rows:
 
     def _room(self, extra: int) -> None:
         if self.n + extra > self._a.size:
-            grown = np.empty(max(self._a.size + self._a.size // 2, self.n + extra), dtype=self._a.dtype)
+            size = self._a.size + self._a.size // 2
+            if self._most is not None:
+                size = min(size, self._most)
+            grown = np.empty(max(size, self.n + extra), dtype=self._a.dtype)
             grown[: self.n] = self._a[: self.n]
             self._a = grown
 
@@ -179,7 +184,7 @@ class Spool:
 
     def __init__(self, file: Scratch, buffer: int = _BATCH):
         self.file = file
-        self._buffer = Rows(file.dtype, buffer)
+        self._buffer = Rows(file.dtype, min(buffer, 1024), buffer)
         self._room = buffer
 
     def __len__(self) -> int:
@@ -319,7 +324,7 @@ class Kept:
         self._scratch = scratch.file("kept")
         self._runs_file = scratch.file("runs", ROW)
         self._runs: list[tuple[int, int]] = []  # (first row, rows) of each sorted run in the runs file
-        self._buffer = Rows(ROW)  # rows not yet in a run
+        self._buffer = Rows(ROW, min(RUN, 1024), RUN)  # rows not yet in a run
         self.held = 0
         self.limit = 2 * sum(targets.values()) + 4096
         self.bound: tuple[int, int] | None = None
