@@ -16,12 +16,13 @@ from hepc.data.spill import Kept, ScratchDir
 TARGETS = {"val": 900, "test": 300, "heldout": 400, "train": 6000}
 
 
-def _documents(seed: int = 0, n: int = 400) -> list[list[Piece]]:
-    """Documents of 1 to 4 pieces of random ids, some exact duplicates (same key, later listing index)."""
+def _documents(seed: int = 0, n: int = 400, copies: float = 0.05) -> list[list[Piece]]:
+    """Documents of 1 to 4 pieces of random ids, a share `copies` of them exact duplicates of an earlier
+    one (same key, later listing index)."""
     rng = random.Random(seed)
     docs, digests = [], []
     for doc in range(n):
-        digest = rng.choice(digests) if digests and rng.random() < 0.05 else rng.getrandbits(128)
+        digest = rng.choice(digests) if digests and rng.random() < copies else rng.getrandbits(128)
         digests.append(digest)
         key, count = doc_key(digest, 7), rng.randint(1, 4)
         lengths = [rng.randint(1, 400) for _ in range(count)]
@@ -33,11 +34,11 @@ def _documents(seed: int = 0, n: int = 400) -> list[list[Piece]]:
     return docs
 
 
-def _kept(tmp_path, name: str, docs: list[list[Piece]]) -> tuple[list[tuple], Kept, bool]:
+def _kept(tmp_path, name: str, docs: list[list[Piece]], targets: dict) -> tuple[list[tuple], Kept, bool]:
     """(every kept piece as (order, tokens, held, rest, digest, ids), the Kept, whether it compacted)."""
     scratch = ScratchDir(tmp_path / name)
     with scratch:
-        kept = Kept(TARGETS, scratch)
+        kept = Kept(targets, scratch)
         first = kept._scratch
         for pieces in docs:
             kept.add(pieces)
@@ -56,11 +57,11 @@ def _kept(tmp_path, name: str, docs: list[list[Piece]]) -> tuple[list[tuple], Ke
 def test_tiny_runs_keep_and_order_the_same_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(spill, "SLACK", 1000)
     docs = _documents()
-    whole, one, compacted_one = _kept(tmp_path, "one", docs)
+    whole, one, compacted_one = _kept(tmp_path, "one", docs, TARGETS)
     monkeypatch.setattr(spill, "RUN", 7)
     monkeypatch.setattr(spill, "MAX_RUNS", 3)
     monkeypatch.setattr(spill, "_BATCH", 5)
-    runs, many, compacted_many = _kept(tmp_path, "many", docs)
+    runs, many, compacted_many = _kept(tmp_path, "many", docs, TARGETS)
     assert runs == whole
     assert (many.bound, many.held, many.limit) == (one.bound, one.held, one.limit)
     assert one.bound is not None and compacted_one and compacted_many  # it pruned, and rewrote its scratch file
@@ -68,6 +69,18 @@ def test_tiny_runs_keep_and_order_the_same_pieces(tmp_path, monkeypatch):
     everything = sorted((p for pieces in docs for p in pieces), key=lambda p: p.order)
     kept = (Piece(*r[0], r[1], np.array(r[5], np.uint16), r[4], r[3]) for r in whole)
     assert _taken(kept) == _taken(everything)  # what was dropped is never what carving takes
+
+
+def test_tiny_runs_keep_every_piece_of_a_source_too_small_to_prune(tmp_path, monkeypatch):
+    """Copies of a few documents: carving passes over the copies and runs out, so no prune drops anything."""
+    docs = _documents(2, 150, copies=0.97)
+    monkeypatch.setattr(spill, "RUN", 7)
+    monkeypatch.setattr(spill, "MAX_RUNS", 3)
+    monkeypatch.setattr(spill, "_BATCH", 5)
+    rows, kept, compacted = _kept(tmp_path, "all", docs, {"val": 200, "train": 5000})
+    assert kept.bound is None and not compacted and kept.limit > 2 * 5200 + 4096  # it pruned, ran out, raised its limit
+    assert [r[0] for r in rows] == sorted(p.order for pieces in docs for p in pieces)
+    assert [r[5] for r in rows] == [p.ids.tolist() for p in sorted((p for d in docs for p in d), key=lambda p: p.order)]
 
 
 def _taken(pieces) -> list[tuple]:
