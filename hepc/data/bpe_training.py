@@ -350,7 +350,7 @@ class Unseen:
         if split != "train":
             self.seen += order >= self.first
             return
-        self.train += 1  # a train piece the BPE did not see: before the first piece it was trained on, or after its last
+        self.train += 1  # unseen: before the first piece the BPE was trained on, or after its last
         self.unseen += order < self.first or (self.last is not None and order > self.last)
 
     def result(self) -> dict:

@@ -272,8 +272,7 @@ class _Taken:
     statistics (hepc/data/taken.py), and for a BPE corpus to the check that the tokenizer never saw val,
     test or held-out (`unseen`): nothing of a split's pieces is kept in memory."""
 
-    def __init__(self, files: _SplitFiles, targets: dict[str, int], scratch: ScratchDir, source: PieceSource,
-                 unseen=None):
+    def __init__(self, files: _SplitFiles, targets: dict, scratch: ScratchDir, source: PieceSource, unseen=None):
         self.files, self.unseen = files, unseen
         self.offsets = {name: Offsets(scratch) for name in targets}
         self.stats = {name: SplitStats(scratch, source.name, source.file_of) for name in targets}
