@@ -34,8 +34,9 @@ Memory: the pieces are collected as for the bytes tokenizer, with each split's s
 `BYTES_PER_TOKEN_BOUND` bytes per token; a split that needs more bytes per token than that is an
 error that says so (no natural-language BPE comes near it). Their raw bytes lie in a scratch file
 (hepc/data/spill.py; a synthetic source's are written there as they are first read) and are read
-back a piece, or an `ENCODE_BATCH` of pieces, at a time: the steps hold the index of the pieces, not
-their text (the library's trainer holds its own counts of the words it has seen).
+back a piece, or an `ENCODE_BATCH` of pieces, at a time, and so is their index (a batch of rows at a
+time): the steps hold neither their text nor their index (the library's trainer holds its own counts
+of the words it has seen).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from hepc.data.carve import (
     NotEnough,
     Piece,
     PieceSource,
-    at_or_after,
     carve,
     check_sizes,
     not_enough_error,
@@ -58,7 +58,7 @@ from hepc.data.carve import (
 )
 from hepc.data.identity import DataError
 from hepc.data.pieces import file_source, synthetic_source
-from hepc.data.spill import ScratchDir, Spilled
+from hepc.data.spill import ROW, ScratchDir, Spilled
 from hepc.data.tokenizers import BpeTokenizer, tokenizer_config, train_bpe, utf8_text
 
 BYTES_PER_TOKEN_BOUND = 8
@@ -90,7 +90,7 @@ class _Replay:
         if isinstance(pieces, Spilled):  # a file source's kept pieces: all of them there already
             self.seen, self._stream = pieces, iter(())
         else:
-            self.seen, self._stream = Spilled(scratch.file("replay")), iter(pieces)
+            self.seen, self._stream = Spilled(scratch.file("replay"), scratch.file("replay-rows", ROW)), iter(pieces)
 
     def __iter__(self) -> Iterator[Piece]:
         i = 0
@@ -122,7 +122,7 @@ class _Replay:
 
     def bytes_of(self, start: int, stop: int) -> int:
         """Bytes of text of the pieces [start, stop), without reading them."""
-        return int(self.seen.column("held")[start:stop].sum()) - (stop - start)
+        return self.seen.total("held", start, stop) - (stop - start)
 
 
 def raw_source(source_cfg: dict, base_dir: Path, seed: int, cap: int | None, targets: dict,
@@ -319,7 +319,7 @@ def _train(raw: PieceSource, order: _Replay, targets: dict, vocab: int, min_freq
         "learned_vocab": tokenizer.vocab_size - unused,
         "trained_pieces": e - s,
         "trained_bytes": order.bytes_of(s, e),
-        "trained_source_documents": int(np.unique(order.seen.column("doc")[s:e]).size),
+        "trained_source_documents": order.seen.documents(s, e),
         "first_trained_piece": {"key": first.key, "doc": first.doc, "index": first.index, "name": raw.name(first.doc)},
         "last_trained_piece": {"key": last.key, "doc": last.doc, "index": last.index, "name": raw.name(last.doc)},
         "eval_pieces": a,
@@ -331,27 +331,36 @@ def _train(raw: PieceSource, order: _Replay, targets: dict, vocab: int, min_freq
     return tokenizer, record
 
 
-def check_unseen(taken: dict, tokenizer_dir: Path) -> dict:
-    """The corpus's check that no val, test or held-out piece is one the BPE was trained on: every
-    one comes before the first trained piece in the corpus order. Returns what meta.json records."""
-    import json
+class Unseen:
+    """The corpus's check that no val, test or held-out piece is one the BPE was trained on: every one
+    comes before the first trained piece in the corpus order. Fed each piece as carving takes it
+    (`add`); `result()` raises if one did not, else returns what meta.json records."""
 
-    record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
-    first = record["first_trained_piece"]
-    bound = (first["key"], first["doc"], first["index"])
-    seen = sum(int(at_or_after(taken[name], bound).sum()) for name in ("val", "test", "heldout"))
-    if seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
-        raise RuntimeError(f"{seen} val/test/held-out pieces are among those the tokenizer was trained on")
-    train = taken["train"]
-    unseen = ~at_or_after(train, bound)  # train pieces the BPE did not see: before the first piece it was trained on
-    last = record.get("last_trained_piece")
-    if last:  # or after its last
-        unseen |= at_or_after(train, (last["key"], last["doc"], last["index"] + 1))
-    return {
-        "trained_pieces": record["trained_pieces"],
-        "trained_bytes": record["trained_bytes"],
-        "learned_vocab": record["learned_vocab"],
-        "train_pieces": int(train.size),
-        "train_pieces_unseen": int(unseen.sum()),
-        "val_heldout_unseen": True,
-    }
+    def __init__(self, tokenizer_dir: Path):
+        import json
+
+        self.record = json.loads((Path(tokenizer_dir) / TOKENIZER_META).read_text())
+        first, last = self.record["first_trained_piece"], self.record.get("last_trained_piece")
+        self.first = (first["key"], first["doc"], first["index"])
+        self.last = (last["key"], last["doc"], last["index"]) if last else None
+        self.seen = self.train = self.unseen = 0
+
+    def add(self, split: str, piece: Piece) -> None:
+        order = piece.order
+        if split != "train":
+            self.seen += order >= self.first
+            return
+        self.train += 1  # unseen: before the first piece the BPE was trained on, or after its last
+        self.unseen += order < self.first or (self.last is not None and order > self.last)
+
+    def result(self) -> dict:
+        if self.seen:  # the tokenizer step and this corpus carved differently: a bug, never a silent leak
+            raise RuntimeError(f"{self.seen} val/test/held-out pieces are among those the tokenizer was trained on")
+        return {
+            "trained_pieces": self.record["trained_pieces"],
+            "trained_bytes": self.record["trained_bytes"],
+            "learned_vocab": self.record["learned_vocab"],
+            "train_pieces": self.train,
+            "train_pieces_unseen": self.unseen,
+            "val_heldout_unseen": True,
+        }

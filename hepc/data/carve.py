@@ -30,27 +30,24 @@ order; train never reorders.
 Memory: a source offers its documents' pieces one document at a time (holding at most the first
 `room` tokens of each, all that one split can take from it); `Kept` (hepc/data/spill.py) holds the
 smallest-order documents seen so far and, whenever it holds twice what carving needs, drops those
-that carving can no longer reach. Their ids lie in a scratch file, and in memory only an index of
-72 bytes a piece; carving reads them back one piece at a time, in order, and `taken` is 32 bytes a
-piece. So memory is a fixed multiple of one piece (and of one shard of a token source) plus those
-indexes (tens of bytes a piece), never a multiple of the corpus's tokens or of the source.
+that carving can no longer reach. Their ids and their index (72 bytes a piece) lie in scratch files,
+sorted on disk a bounded run at a time; carving reads them back one piece at a time, in order, and
+tells `sink` of each piece it takes, keeping nothing of it (the corpus step's records of what it
+takes, hepc/data/taken.py, cost 8 bytes a document taken). So memory is a fixed multiple of one
+piece (and of one shard of a token source), never a multiple of the corpus's tokens or of the source.
 """
 
 from __future__ import annotations
 
-import heapq
-from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 
 from hepc.data.identity import DataError
 
 SPLITS = ("val", "test", "heldout", "train")  # carving order
 DEFAULT_MAX_DOC_TOKENS = 512  # keep in step with Data.max_doc_tokens in hepc/spec/models.py
-LARGEST = 5  # documents listed per split in meta.json
 SHARE_WARNING = 0.05  # a document holding more of a split than this is worth a warning
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOW64 = (1 << 64) - 1
@@ -165,14 +162,10 @@ class NotEnough(Exception):
         self.split, self.filled, self.dropped = split, filled, dropped
 
 
-TAKEN = np.dtype([("key", "<u8"), ("doc", "<i8"), ("index", "<i8"), ("n", "<i8")])  # a piece taken: its order, tokens taken
-
-
 @dataclass
 class Carved:
-    """Each split's pieces (rows of TAKEN: order, tokens taken from its start) in corpus order, and what carving passed over."""
+    """What carving passed over and where each split lies in the stream (its pieces went to `sink`)."""
 
-    taken: dict[str, np.ndarray]
     dropped: dict[str, int]  # per split: tokens of the document that filled it, after the cut
     duplicates: int  # duplicate documents passed over
     spans: dict[str, tuple[int, int]]  # per split: [first, end) positions of its pieces in the stream
@@ -185,7 +178,6 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int],
     the one that fills a split cut at the split's end and its rest dropped, duplicates passed over.
     Reads no further than the last piece it takes. Raises NotEnough when the pieces run out first.
     `sink(split, piece, n)` is told of every piece taken, in order, as it is taken (the only reader of ids)."""
-    taken = {name: (array("Q"), array("q"), array("q"), array("q")) for name in targets}
     dropped = {name: 0 for name in targets}
     spans: dict[str, tuple[int, int]] = {}
     stream = iter(pieces)
@@ -197,7 +189,6 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int],
     last = None
     for name, target in targets.items():
         filled, first = 0, None
-        keys, docs, indices, ns = taken[name]
         while filled < target:
             piece = next(stream, None)
             if piece is None:
@@ -211,10 +202,6 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int],
             if passing:
                 continue
             n = min(piece.tokens, target - filled)
-            keys.append(piece.key)
-            docs.append(piece.doc)
-            indices.append(piece.index)
-            ns.append(n)
             if sink is not None:
                 sink(name, piece, n)
             filled += n
@@ -225,14 +212,7 @@ def carve(pieces: Iterable[Piece], targets: dict[str, int],
                 dropped[name] = piece.tokens - n + piece.rest
                 passing = True
         spans[name] = (pos if first is None else first, pos)
-    return Carved({name: _rows(*columns) for name, columns in taken.items()}, dropped, duplicates, spans, last)
-
-
-def _rows(keys: array, docs: array, indices: array, ns: array) -> np.ndarray:
-    rows = np.empty(len(keys), dtype=TAKEN)
-    for field, column in zip(TAKEN.names, (keys, docs, indices, ns)):
-        rows[field] = np.frombuffer(column, dtype=TAKEN[field]) if len(column) else 0
-    return rows
+    return Carved(dropped, duplicates, spans, last)
 
 
 def at_or_after(rows: np.ndarray, bound: tuple[int, int, int]) -> np.ndarray:
@@ -242,54 +222,7 @@ def at_or_after(rows: np.ndarray, bound: tuple[int, int, int]) -> np.ndarray:
     return (k > np.uint64(key)) | ((k == np.uint64(key)) & ((d > doc) | ((d == doc) & (rows["index"] >= index))))
 
 
-# --------------------------------------------------------------------------- statistics and sizes
-
-
-def split_stats(docs: np.ndarray, tokens: np.ndarray, name: Callable[[int], str]) -> dict:
-    """pieces, source documents, tokens, the LARGEST documents by tokens and the largest one's share, of the
-    pieces of a split (`docs`: each piece's document, `tokens`: its tokens). Documents are counted by their
-    names (`name`: a document's name from its index), so documents of the same name count as one.
-
-    `names` (popped before meta.json is written) is the sorted xxh3_64 digests of its documents' names:
-    one 8-byte integer a document, not a string, for `source_documents_in_other_splits`."""
-    docs, tokens = np.asarray(docs, dtype=np.int64), np.asarray(tokens, dtype=np.int64)
-    by_doc, n_doc, count_doc = _group(docs, tokens)  # per document index
-    names = np.fromiter((_name_digest(name(int(d))) for d in by_doc), dtype=np.uint64, count=by_doc.size)
-    hashes, n_name, count_name = _group(names, n_doc, count_doc)  # per name
-    first = {}  # a name digest's first document (its name, for the largest)
-    if hashes.size:
-        threshold = np.partition(n_name, max(0, n_name.size - LARGEST))[max(0, n_name.size - LARGEST)]
-        wanted = set(hashes[n_name >= threshold].tolist())
-        for d, h in zip(by_doc.tolist(), names.tolist()):
-            if h in wanted and h not in first:
-                first[h] = d
-    candidates = ((-int(t), name(first[h]), int(c)) for h, t, c in zip(hashes.tolist(), n_name, count_name)
-                  if h in first)
-    top = heapq.nsmallest(LARGEST, candidates)
-    total = int(tokens.sum())
-    return {
-        "documents": int(docs.size),
-        "source_documents": int(hashes.size),
-        "tokens": total,
-        "largest": [{"name": doc_name, "tokens": -t, "pieces": count} for t, doc_name, count in top],
-        "largest_share": -top[0][0] / total if total else 0.0,
-        "names": hashes,  # popped before meta.json is written
-    }
-
-
-def _name_digest(name: str) -> int:
-    return xxhash.xxh3_64_intdigest(name.encode("utf-8", "surrogatepass"))
-
-
-def _group(keys: np.ndarray, tokens: np.ndarray, counts: np.ndarray | None = None):
-    """(the distinct keys, sorted; the tokens summed per key; the counts summed per key: rows when None)."""
-    if keys.size == 0:
-        return keys, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
-    counts = np.ones(keys.size, np.int64) if counts is None else counts
-    return sorted_keys[starts], np.add.reduceat(tokens[order], starts), np.add.reduceat(counts[order], starts)
+# --------------------------------------------------------------------------- sizes and errors
 
 
 def split_targets(train_tokens: int, val_tokens: int, heldout_tokens: int, test_tokens: int = 0) -> dict[str, int]:

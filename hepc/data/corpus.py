@@ -16,9 +16,11 @@ by the file's index in `source.files`) and the UTF-8 bytes of each file's docume
 (`file_text_bytes`), from which `hepc data` gives each split's share of the files' compressed and
 decompressed bytes.
 
-Memory: the pieces carving may need lie in a scratch file under `scratch_dir` (hepc/data/spill.py);
-each split's ids are written to its `.npy` as carving takes them, `CHUNK` ids at a time, hashed and
-counted on the way, so no split is ever whole in memory; only the index of its pieces is.
+Memory: the pieces carving may need, their ids and their index, lie in scratch files under
+`scratch_dir` (hepc/data/spill.py); each split's ids are written to its `.npy` as carving takes
+them, `CHUNK` ids at a time, hashed and counted on the way, and its pieces' offsets and statistics
+are recorded as they are taken (hepc/data/taken.py: 8 bytes a document taken stay in memory), so
+neither a split nor an array of its pieces is ever in memory.
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ from hepc.data.carve import (
     SPLITS,
     NotEnough,
     Piece,
+    PieceSource,
     carve,
     check_sizes,
     not_enough_error,
-    split_stats,
     split_targets,
 )
 from hepc.data.identity import source_identity
 from hepc.data.pieces import file_source, synthetic_source, tokens_source
 from hepc.data.spill import ScratchDir
+from hepc.data.taken import Offsets, SplitStats
 from hepc.data.tokenizers import make_tokenizer, token_dtype
 
 CHUNK = 1 << 16  # ids of a split written, hashed and counted at a time
@@ -100,30 +103,32 @@ def _build(source_cfg, tokenizer_cfg, train_tokens, val_tokens, heldout_tokens, 
     dtype = token_dtype(tokenizer.vocab_size)
     sizes = {**targets, "val": given_val.size if given_val is not None else targets["val"]}
     files = _SplitFiles(out_dir, dtype, sizes, getattr(tokenizer, "token_bytes", None))
+    taken = _Taken(files, targets, scratch, source, bpe_training.Unseen(tokenizer_dir) if bpe else None)
     try:
         try:
-            carved = carve(source.pieces, targets, sink=files.add)
+            carved = carve(source.pieces, targets, sink=taken.add)
         except NotEnough as e:
             raise not_enough_error(source, e, targets, given_val is None) from None
-        taken = carved.taken
-        trained_on = bpe_training.check_unseen(taken, tokenizer_dir) if bpe else None
-        starts, splits = {}, {}
+        trained_on = taken.unseen.result() if bpe else None
+        val_starts, pieces, splits = None, {}, {}
         for name in SPLITS:
             if name == "val" and given_val is not None:
                 files.write("val", given_val)
-                starts["val"] = shards.document_starts(given_val, tokenizer.eot_id)
-                lengths = np.diff(np.append(starts["val"], given_val.size))
-                splits["val"] = split_stats(np.arange(lengths.size), lengths, lambda j: f"val_paths document {j}")
-                splits["val"]["tokens_dropped"] = 0
+                val_starts = shards.document_starts(given_val, tokenizer.eot_id)
+                pieces["val"] = int(val_starts.size)
+                splits["val"] = _val_stats(val_starts, given_val.size, scratch)
             else:
-                starts[name] = _offsets(taken[name]["n"])
-                splits[name] = split_stats(taken[name]["doc"], taken[name]["n"], source.name)
+                pieces[name] = len(taken.offsets[name])
+                splits[name] = taken.stats[name].result()
                 splits[name]["tokens_dropped"] = carved.dropped[name]  # the rest of the document that filled it
                 if source.file_of is not None:
-                    splits[name]["tokens_by_file"] = _tokens_by_file(taken[name], source.file_of)
+                    splits[name]["tokens_by_file"] = taken.stats[name].tokens_by_file()
         written = files.close()
         for name in SPLITS:
-            np.save(out_dir / f"{name}_docs.npy", starts[name])
+            if name == "val" and val_starts is not None:
+                np.save(out_dir / "val_docs.npy", val_starts)
+            else:
+                taken.offsets[name].save(out_dir / f"{name}_docs.npy")
     except BaseException:
         files.discard()
         raise
@@ -145,7 +150,7 @@ def _build(source_cfg, tokenizer_cfg, train_tokens, val_tokens, heldout_tokens, 
         "tokens": {name: written[name].count for name in SPLITS},
         "bytes": n_bytes,
         "bytes_per_token": bytes_per_token,
-        "documents": {name: int(starts[name].size) for name in SPLITS},
+        "documents": pieces,
         "tokens_dropped": sum(carved.dropped.values()),
         "max_doc_tokens": cap,
         "split_rule": source.rule,
@@ -262,18 +267,27 @@ class _SplitFiles:
                 pass
 
 
-def _tokens_by_file(taken: np.ndarray, file_of: np.ndarray) -> list[list[int]]:
-    """[[file index, tokens the split takes from its documents], ...] of the files a split draws on, by index
-    (`taken`: the split's rows of carve.TAKEN; `file_of`: each document's file)."""
-    files, where = np.unique(file_of[taken["doc"]], return_inverse=True)
-    tokens = np.zeros(files.size, dtype=np.int64)
-    np.add.at(tokens, where, taken["n"])
-    return [[int(f), int(n)] for f, n in zip(files, tokens)]
+class _Taken:
+    """Carving's sink: each piece taken goes to its split's `.npy` (`files`), its `_docs.npy` offsets and its
+    statistics (hepc/data/taken.py), and for a BPE corpus to the check that the tokenizer never saw val,
+    test or held-out (`unseen`): nothing of a split's pieces is kept in memory."""
+
+    def __init__(self, files: _SplitFiles, targets: dict, scratch: ScratchDir, source: PieceSource, unseen=None):
+        self.files, self.unseen = files, unseen
+        self.offsets = {name: Offsets(scratch) for name in targets}
+        self.stats = {name: SplitStats(scratch, source.name, source.file_of) for name in targets}
+
+    def add(self, name: str, piece: Piece, n: int) -> None:
+        self.files.add(name, piece, n)
+        self.offsets[name].add(n)
+        self.stats[name].add(piece.doc, n)
+        if self.unseen is not None:
+            self.unseen.add(name, piece)
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    """Start offsets (int64) of consecutive pieces of these lengths."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if not lengths.size:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]).astype(np.int64)
+def _val_stats(starts: np.ndarray, size: int, scratch: ScratchDir) -> dict:
+    """The statistics of a `val_paths` val: its documents start at `starts`, it holds `size` ids."""
+    stats = SplitStats(scratch, lambda j: f"val_paths document {j}")
+    for j, n in enumerate(np.diff(np.append(starts, size)).tolist()):
+        stats.add(j, n)
+    return {**stats.result(), "tokens_dropped": 0}

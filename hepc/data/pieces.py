@@ -9,7 +9,8 @@
 - Synthetic: independent draws in stream order, never cut, never duplicated.
 
 Per source document, 32 bytes stay in memory (its digest and size in tokens for the duplicate count,
-the end of its name in the names' scratch file); per kept piece, one 72-byte index row.
+the end of its name in the names' scratch file); a kept piece's 72-byte index row lies in a scratch
+file (hepc/data/spill.py: at most a fixed number of rows in memory).
 """
 
 from __future__ import annotations
