@@ -148,6 +148,22 @@ class GPT(nn.Module):
         return self.lm_head(self.hidden(idx)).float()  # (B, T, V), float32 for the losses and softmax
 
 
+def state_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in a GPT's state_dict, from the config alone: what a snapshot must hold
+    before anything is allocated for it (building the model on the meta device costs over a second of
+    torch's meta kernels). tests/test_use.py holds it equal to GPT(config).state_dict()."""
+    d, hidden = config.d_model, swiglu_hidden(config.d_model)
+    shapes = {"wte.weight": (config.vocab_size, d)}
+    for i in range(config.n_layer):
+        shapes |= {
+            f"blocks.{i}.attn.c_attn.weight": (3 * d, d),
+            f"blocks.{i}.attn.c_proj.weight": (d, d),
+            f"blocks.{i}.mlp.c_fc.weight": (2 * hidden, d),
+            f"blocks.{i}.mlp.c_proj.weight": (d, hidden),
+        }
+    return shapes | {"lm_head.weight": (config.vocab_size, d)}
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
     if name == "auto":

@@ -122,13 +122,11 @@ class Ensemble:
         return net.to(self.device).eval()
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter shapes of the model config, taken on the meta device (no memory allocated)."""
+        """Parameter shapes of the model config (computed, nothing allocated)."""
         if getattr(self, "_meta_shapes", None) is None:
-            from hepc.train.model import GPT
+            from hepc.train.model import state_shapes
 
-            with torch.device("meta"):
-                net = GPT(self.config)
-            self._meta_shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+            self._meta_shapes = state_shapes(self.config)
         return self._meta_shapes
 
     def groups(self) -> Iterator[list[tuple[int, torch.nn.Module]]]:
