@@ -49,6 +49,9 @@ class Worker:
         return self.proc is not None and self.proc.is_alive()
 
     def start(self) -> None:
+        if self.proc is not None:  # a dead worker not yet reported: let go of its handles
+            self.proc.release()
+            self.conn.close()
         here, there = socket.socketpair()
         popen = subprocess.Popen(
             worker_command(there.fileno()),
