@@ -124,25 +124,8 @@ def _name_digest(name: str) -> int:
 
 def _distinct(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the distinct name digests, those that more than one document has), both sorted."""
-    ordered = np.sort(digests)
-    first = _firsts(ordered)
-    repeated = ordered[~first]  # a digest once for each document after its first
-    return ordered[first], repeated[_firsts(repeated)]
-
-
-def _firsts(ordered: np.ndarray) -> np.ndarray:
-    """Which of sorted values differ from the one before (np.unique's mask, without importing numpy.ma)."""
-    first = np.ones(ordered.size, dtype=bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    return first
-
-
-def _member(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
-    """Which `values` are in `ordered` (sorted): np.isin, without importing numpy.ma (1 MB) as it does."""
-    if not ordered.size:
-        return np.zeros(values.size, dtype=bool)
-    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
-    return ordered[at] == values
+    names, counts = np.unique(digests, return_counts=True)
+    return names, names[counts > 1]
 
 
 def _largest_documents(docs: Spool, shared: np.ndarray, name: Callable[[int], str]) -> list[tuple[int, str, int]]:
@@ -153,7 +136,7 @@ def _largest_documents(docs: Spool, shared: np.ndarray, name: Callable[[int], st
     groups: dict[int, list[int]] = {}  # shared name digest -> [tokens, pieces, first document]
     top: list[tuple[int, str, int]] = []
     for rows in docs.chunks(size=CHUNK):
-        many = _member(rows["name"], shared)
+        many = np.isin(rows["name"], shared)
         for digest, doc, tokens, pieces in rows[many].tolist():
             group = groups.setdefault(digest, [0, 0, doc])
             group[0], group[1], group[2] = group[0] + tokens, group[1] + pieces, min(group[2], doc)
