@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
     """Hidden width of the SwiGLU MLP: 8/3 of d_model rounded up to a multiple (as in LLaMA/nanochat)."""
@@ -9,14 +11,26 @@ def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
     return int(multiple_of * -(-target // multiple_of))
 
 
-def param_count(vocab_size: int, n_layer: int, d_model: int) -> int:
-    """Trainable parameters of hepc's GPT: untied embedding + unembedding, attention (q,k,v,o), SwiGLU (3 mats).
+def state_shapes(vocab_size: int, n_layer: int, d_model: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in hepc's GPT's state_dict: untied embedding and unembedding, per block
+    the fused q,k,v and the output projection, SwiGLU's fused gate/up and its down projection. RMSNorm
+    has no learnable gain and RoPE no parameters, so nothing else is there. What a member snapshot is
+    checked against before anything is allocated for it (hepc/use/ensemble.py)."""
+    d, hidden = d_model, swiglu_hidden(d_model)
+    shapes = {"wte.weight": (vocab_size, d)}
+    for i in range(n_layer):
+        shapes |= {
+            f"blocks.{i}.attn.c_attn.weight": (3 * d, d),
+            f"blocks.{i}.attn.c_proj.weight": (d, d),
+            f"blocks.{i}.mlp.c_fc.weight": (2 * hidden, d),
+            f"blocks.{i}.mlp.c_proj.weight": (d, hidden),
+        }
+    return shapes | {"lm_head.weight": (vocab_size, d)}
 
-    RMSNorm has no learnable gain and RoPE has no parameters, so nothing else counts.
-    """
-    hidden = swiglu_hidden(d_model)
-    per_layer = 4 * d_model * d_model + 3 * d_model * hidden
-    return 2 * vocab_size * d_model + n_layer * per_layer
+
+def param_count(vocab_size: int, n_layer: int, d_model: int) -> int:
+    """Trainable parameters of hepc's GPT: the sizes of its `state_shapes`."""
+    return sum(math.prod(shape) for shape in state_shapes(vocab_size, n_layer, d_model).values())
 
 
 def train_flops_per_token(vocab_size: int, n_layer: int, d_model: int, seq_len: int) -> float:

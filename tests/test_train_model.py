@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hepc.sizes import param_count
+from hepc.sizes import param_count, state_shapes
 from hepc.train.checkpoint import load_state, load_weights, save_state, save_weights
 from hepc.train.model import GPT, GPTConfig
 from hepc.train.optim import make_optimizer, set_lr_wd
@@ -13,6 +13,8 @@ from hepc.train.optim import make_optimizer, set_lr_wd
 def test_param_count_matches_sizes(vocab, layers, d, heads):
     model = GPT(GPTConfig(vocab, layers, d, heads, dropout=0.1, seq_len=16))
     assert model.num_params() == param_count(vocab, layers, d)
+    # what a member snapshot is checked against before it is loaded (use/ensemble.py)
+    assert state_shapes(vocab, layers, d) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert all(p.dim() == 2 for p in model.parameters())  # no biases, no gains
     assert set(model.state_dict()) == {n for n, _ in model.named_parameters()}  # RoPE tables not saved
 

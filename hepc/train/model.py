@@ -2,7 +2,8 @@
 
 Pre-norm blocks with parameter-free RMSNorm, causal attention with RoPE and QK-norm, a SwiGLU MLP,
 untied embedding / unembedding, no biases. Its trainable parameter count is exactly
-`hepc.sizes.param_count`, which the compiler uses for FLOP estimates without importing torch.
+`hepc.sizes.param_count` and its tensors' shapes `hepc.sizes.state_shapes` (the compiler's FLOP estimates
+and the ensemble's snapshot check, without importing torch).
 Also home to the two runtime helpers shared by training and scoring (device, precision).
 """
 
@@ -146,22 +147,6 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden(idx)).float()  # (B, T, V), float32 for the losses and softmax
-
-
-def state_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor in a GPT's state_dict, from the config alone: what a snapshot must hold
-    before anything is allocated for it (building the model on the meta device costs over a second of
-    torch's meta kernels). tests/test_use.py holds it equal to GPT(config).state_dict()."""
-    d, hidden = config.d_model, swiglu_hidden(config.d_model)
-    shapes = {"wte.weight": (config.vocab_size, d)}
-    for i in range(config.n_layer):
-        shapes |= {
-            f"blocks.{i}.attn.c_attn.weight": (3 * d, d),
-            f"blocks.{i}.attn.c_proj.weight": (d, d),
-            f"blocks.{i}.mlp.c_fc.weight": (2 * hidden, d),
-            f"blocks.{i}.mlp.c_proj.weight": (d, hidden),
-        }
-    return shapes | {"lm_head.weight": (config.vocab_size, d)}
 
 
 def resolve_device(name: str) -> torch.device:

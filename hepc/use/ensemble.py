@@ -102,6 +102,7 @@ class Ensemble:
         does not match its snapshot)."""
         from safetensors.torch import load
 
+        from hepc.sizes import state_shapes
         from hepc.train.model import GPT
         from hepc.use.source import load_member
 
@@ -112,22 +113,16 @@ class Ensemble:
         except Exception as e:  # noqa: BLE001  (safetensors raises its own errors for damaged files)
             raise HepcError(f"{member.path}: not a loadable safetensors snapshot ({e})") from None
         shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != self._shapes():
-            wrong = sorted(set(shapes.items()) ^ set(self._shapes().items()))[:2]
+        c = self.config
+        expected = state_shapes(c.vocab_size, c.n_layer, c.d_model)
+        if shapes != expected:
+            wrong = sorted(set(shapes.items()) ^ set(expected.items()))[:2]
             raise HepcError(f"{member.path}: its tensors do not match the model {self.resolved.model} "
                             f"(first differences: {wrong}); not used")
         net = GPT(self.config)
         net.load_state_dict(state)
         self.loads += 1
         return net.to(self.device).eval()
-
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter shapes of the model config (computed, nothing allocated)."""
-        if getattr(self, "_meta_shapes", None) is None:
-            from hepc.train.model import state_shapes
-
-            self._meta_shapes = state_shapes(self.config)
-        return self._meta_shapes
 
     def groups(self) -> Iterator[list[tuple[int, torch.nn.Module]]]:
         """The members in groups of at most `max_resident` loaded at once; every member resident when
