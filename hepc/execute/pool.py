@@ -7,8 +7,8 @@ bootstrap: that bootstrap reads its start-up data from the driver before any of 
 a driver killed in that instant left a traceback from every starting worker. Here the first thing
 a worker reads is its arguments, and a driver gone by then just ends it quietly.
 
-One pipe per worker, not a shared queue: a worker killed with SIGKILL can never leave a lock held
-that other workers then wait on; its end of the pipe just closes, and its process sentinel tells
+One socket per worker, not a shared queue: a worker killed with SIGKILL can never leave a lock held
+that other workers then wait on; its end of the socket just closes, and its process sentinel tells
 the driver it died. Its step's lease names a dead pid, so the next attempt takes the lease over
 and resumes the step from its mid-cycle checkpoint.
 
@@ -61,7 +61,7 @@ class Worker:
         there.close()
         self.proc = Child(popen)
         self.conn = Connection(here.detach())
-        self.conn.send((str(self.root), self.runtime, self.env, self.label))
+        self.conn.send((str(self.root), self.runtime, self.label))
         self.stopping = False
 
     def submit(self, step: StepSpec, upstream: dict[str, StepSpec]) -> None:
@@ -125,12 +125,10 @@ class Child:
             pass
 
     def terminate(self) -> None:
-        if self.is_alive():
-            self.popen.terminate()
+        self.popen.terminate()  # nothing once it has been reaped (Popen checks)
 
     def kill(self) -> None:
-        if self.is_alive():
-            self.popen.kill()
+        self.popen.kill()
 
     def release(self) -> None:
         if self.sentinel is not None:
@@ -223,12 +221,11 @@ def child_main() -> None:
     worker_main(conn, *args)
 
 
-def worker_main(conn, root: str, runtime: dict, env: dict[str, str], label: str) -> None:
+def worker_main(conn, root: str, runtime: dict, label: str) -> None:
     """Run steps sent by the driver until it sends None, goes away, or interrupts this worker. An
     interrupt or a vanished driver at any point (even while torch is still being imported) ends the
-    worker quietly: the driver, if alive, reports; an orphan has no one to report to."""
-    os.environ.update(env)  # before anything imports torch: CUDA_VISIBLE_DEVICES, thread counts
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker quietly: the driver, if alive, reports; an orphan has no one to report to. (Its
+    environment and ignored SIGINT come from `Worker.start` and `worker_command`.)"""
     signal.signal(signal.SIGTERM, _interrupt)
     _watch_parent(os.getppid())
     try:
